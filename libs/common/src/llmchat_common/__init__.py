@@ -1,0 +1,1 @@
+"""Shared pieces of the llmchat services: contracts, subjects, settings, messaging, logging."""

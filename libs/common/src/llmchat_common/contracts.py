@@ -1,0 +1,172 @@
+"""Event contracts of the log (DESIGN.md §3), versioned with `schema_version`.
+
+Rules: add fields only with defaults; a breaking change gets a new version and an upcaster in
+`parse_event`. Times are Unix epoch seconds (float) so every service can compare them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+Role = Literal["system", "user", "assistant"]
+DisconnectPolicy = Literal["cancel", "detach"]
+CancelReason = Literal["client", "deadline", "shutdown"]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ChatMessage(_Contract):
+    role: Role
+    content: str
+
+
+class GenerationParams(_Contract):
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    # Benchmarks need fixed output lengths; never set by the public API's defaults.
+    ignore_eos: bool = False
+
+
+class ChatRequested(_Contract):
+    """Published on `chat.v1.requests.<model>` with `Nats-Msg-Id = request_id`."""
+
+    schema_version: int = SCHEMA_VERSION
+    type: Literal["requested"] = "requested"
+    request_id: str
+    model: str
+    messages: list[ChatMessage]
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    user_id: str | None = None
+    api_key_id: str | None = None
+    conversation_id: str | None = None
+    stream: bool = False
+    disconnect: DisconnectPolicy = "cancel"
+    created_at: float
+    deadline: float
+
+
+class Usage(_Contract):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Timings(_Contract):
+    """Milliseconds. TTFT and end-to-end are measured from the edge's `created_at`."""
+
+    queue_ms: float = 0.0
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float = 0.0
+
+
+class _Event(_Contract):
+    schema_version: int = SCHEMA_VERSION
+    request_id: str
+    attempt: int = Field(ge=1)
+    seq: int = Field(ge=0)
+    worker_id: str
+    ts: float
+
+
+class Started(_Event):
+    type: Literal["started"] = "started"
+    queue_ms: float
+    prompt_tokens: int
+
+
+class Delta(_Event):
+    type: Literal["delta"] = "delta"
+    text: str
+    token_ids: list[int]
+
+
+class Completed(_Event):
+    type: Literal["completed"] = "completed"
+    finish_reason: str
+    text: str
+    usage: Usage
+    timings: Timings
+
+
+class Failed(_Event):
+    type: Literal["failed"] = "failed"
+    code: str
+    message: str
+    retriable: bool = False
+    text: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+
+
+class Cancelled(_Event):
+    type: Literal["cancelled"] = "cancelled"
+    reason: CancelReason
+    text: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+
+
+ChatEvent = Annotated[Started | Delta | Completed | Failed | Cancelled, Field(discriminator="type")]
+TerminalEvent = Completed | Failed | Cancelled
+TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
+
+_event_adapter: TypeAdapter[Started | Delta | Completed | Failed | Cancelled] = TypeAdapter(
+    ChatEvent
+)
+
+
+class UnsupportedSchemaVersion(ValueError):
+    pass
+
+
+def parse_event(data: bytes | str) -> Started | Delta | Completed | Failed | Cancelled:
+    event = _event_adapter.validate_json(data)
+    if event.schema_version > SCHEMA_VERSION:
+        raise UnsupportedSchemaVersion(f"event schema {event.schema_version} is newer than ours")
+    return event
+
+
+def parse_request(data: bytes | str) -> ChatRequested:
+    request = ChatRequested.model_validate_json(data)
+    if request.schema_version > SCHEMA_VERSION:
+        raise UnsupportedSchemaVersion(f"request schema {request.schema_version} is too new")
+    return request
+
+
+def is_terminal(event: _Event) -> bool:
+    return getattr(event, "type", "") in TERMINAL_TYPES
+
+
+class CancelRequest(_Contract):
+    """Core NATS message on `chat.v1.cancel.<request_id>` (the KV entry covers queued ones)."""
+
+    request_id: str
+    reason: CancelReason = "client"
+
+
+class WorkerInfo(_Contract):
+    """A worker's heartbeat in the model registry (KV, expires by TTL)."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: str
+    engine_model: str
+    worker_id: str
+    capacity: int
+    running: int
+    max_model_len: int
+    version: str
+    heartbeat_at: float
+    started_at: float

@@ -1,0 +1,104 @@
+"""Broker construction and idempotent JetStream provisioning shared by every service.
+
+FastStream's `NatsBroker` owns the connection and the typed subscribers; its underlying nats-py
+client is used directly where FastStream does not reach (KV, pull loops with slot-aware fetch,
+per-request subscriptions, `publish_async`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from llmchat_common import subjects
+from llmchat_common.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+REGISTRY_TTL_S = 15.0
+CANCELS_TTL_S = 3600.0
+
+
+def make_broker(settings: NatsSettings, *, name: str) -> NatsBroker:
+    return NatsBroker(
+        settings.url,
+        connect_timeout=settings.connect_timeout,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        logger=log,
+    )
+
+
+def nats_client(broker: NatsBroker) -> Client:
+    conn = broker.connection
+    if conn is None:
+        raise RuntimeError("broker is not connected")
+    return conn
+
+
+def jetstream(broker: NatsBroker) -> JetStreamContext:
+    return nats_client(broker).jetstream()
+
+
+def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
+    common = {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE,
+        "discard": DiscardPolicy.OLD,
+        "duplicate_window": settings.duplicate_window_s,
+        "max_msg_size": settings.max_msg_bytes,
+        "allow_direct": True,
+    }
+    return [
+        StreamConfig(
+            name=subjects.REQUESTS_STREAM,
+            subjects=[subjects.requests_wildcard()],
+            max_age=settings.requests_max_age_s,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.events_wildcard()],
+            max_age=settings.events_max_age_s,
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Create or update the streams; safe to run from every service at every start."""
+    for config in stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with another configuration (e.g. a changed max_age): update in place.
+            await js.update_stream(config)
+
+
+async def ensure_kv(js: JetStreamContext, bucket: str, ttl_s: float) -> KeyValue:
+    config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.FILE)
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:
+        return await js.key_value(bucket)
+
+
+async def registry_kv(js: JetStreamContext) -> KeyValue:
+    return await ensure_kv(js, subjects.REGISTRY_BUCKET, REGISTRY_TTL_S)
+
+
+async def cancels_kv(js: JetStreamContext) -> KeyValue:
+    return await ensure_kv(js, subjects.CANCELS_BUCKET, CANCELS_TTL_S)

@@ -1,0 +1,52 @@
+"""Settings pieces shared by every service; each service composes them into its own settings.
+
+Infrastructure locations use one prefix for all services (`LLMCHAT_NATS_URL`, ...), so a single
+environment configures a whole deployment; service-specific settings use the service's prefix.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NatsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_NATS_", extra="ignore")
+
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout: float = 5.0
+    # Limits-retention streams; kept long enough to resume and replay.
+    requests_max_age_s: float = 7 * 24 * 3600
+    events_max_age_s: float = 7 * 24 * 3600
+    duplicate_window_s: float = 120.0
+    # Storage is "file" everywhere; tests may shrink replicas/limits, never switch to memory.
+    max_msg_bytes: int = 8 * 1024 * 1024
+
+
+class PostgresSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_POSTGRES_", extra="ignore")
+
+    dsn: str = "postgresql://llmchat@127.0.0.1:5432/llmchat"
+
+
+class RedisSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_REDIS_", extra="ignore")
+
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class OtelSettings(BaseSettings):
+    """Standard OpenTelemetry variables; tracing is off when no endpoint is set."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore")
+
+    exporter_otlp_endpoint: str | None = None
+    service_name: str | None = None
+    traces_sampler_arg: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class LogSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_LOG_", extra="ignore")
+
+    level: str = "INFO"
+    json_format: bool = Field(default=True, alias="LLMCHAT_LOG_JSON")

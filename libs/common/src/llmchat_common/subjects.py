@@ -1,0 +1,75 @@
+"""Every NATS subject, stream, consumer and KV bucket name, defined once.
+
+Request ids and model aliases become subject tokens, so they must not contain `.`, `*`, `>` or
+whitespace; `check_token` enforces that where untrusted input reaches a subject.
+"""
+
+from __future__ import annotations
+
+import re
+
+REQUESTS_STREAM = "CHAT_REQUESTS"
+EVENTS_STREAM = "CHAT_EVENTS"
+
+REQUESTS_PREFIX = "chat.v1.requests"
+EVENTS_PREFIX = "chat.v1.events"
+CANCEL_PREFIX = "chat.v1.cancel"
+
+REGISTRY_BUCKET = "llmchat_models"
+CANCELS_BUCKET = "llmchat_cancels"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+def check_token(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def model_token(alias: str) -> str:
+    """Aliases may hold `/` or `.` (Hugging Face ids); subjects and keys get a safe token."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", alias)[:128]
+
+
+def request_subject(model: str) -> str:
+    return f"{REQUESTS_PREFIX}.{model_token(model)}"
+
+
+def requests_wildcard() -> str:
+    return f"{REQUESTS_PREFIX}.*"
+
+
+def event_subject(request_id: str, event_type: str) -> str:
+    return f"{EVENTS_PREFIX}.{request_id}.{event_type}"
+
+
+def request_events_filter(request_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{check_token(request_id)}.*"
+
+
+def events_wildcard() -> str:
+    return f"{EVENTS_PREFIX}.*.*"
+
+
+def cancel_subject(request_id: str) -> str:
+    return f"{CANCEL_PREFIX}.{check_token(request_id)}"
+
+
+def cancel_wildcard() -> str:
+    return f"{CANCEL_PREFIX}.*"
+
+
+def worker_consumer(model: str) -> str:
+    """The one durable pull consumer shared by all workers of a model."""
+    return f"worker-{model_token(model)}"
+
+
+def registry_key(model: str, worker_id: str) -> str:
+    return f"{model_token(model)}.{check_token(worker_id)}"
+
+
+def msg_id_for_event(request_id: str, attempt: int, seq: int) -> str:
+    """JetStream de-duplication id: the attempt is part of it so a redelivered generation is
+    never swallowed by the duplicate window."""
+    return f"{request_id}:{attempt}:{seq}"

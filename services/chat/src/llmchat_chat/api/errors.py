@@ -1,0 +1,56 @@
+"""The one place where failures become HTTP responses, always in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from llmchat_chat.errors import ApiError, InvalidRequest, error_body
+
+log = logging.getLogger(__name__)
+
+
+def _json(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+
+
+async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _json(exc)
+
+
+async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return _json(InvalidRequest("the request body is not valid JSON"))
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    return _json(InvalidRequest(f"{param}: {message}" if param else message, param=param))
+
+
+async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    error = ApiError(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    error.status = exc.status_code
+    return _json(error, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    error = ApiError("internal error", code="internal_error")
+    error.status = 500
+    error.type = "server_error"
+    return _json(error)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

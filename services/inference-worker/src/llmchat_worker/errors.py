@@ -1,0 +1,19 @@
+class WorkerError(Exception):
+    """Base class of the worker's own failures."""
+
+
+class ProfileError(WorkerError):
+    """A model profile is invalid or cannot run on this hardware; the worker refuses to start."""
+
+
+class EngineFailure(WorkerError):
+    """The engine died: this process must exit and its in-flight requests be redelivered."""
+
+
+class RequestRejected(WorkerError):
+    """A request the engine cannot serve as asked (e.g. too long for the context)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,293 @@
+"""The worker's messaging: the pull loop over CHAT_REQUESTS, the event sink, cancels, heartbeats.
+
+The pull loop is plain nats-py on purpose: it fetches only as many requests as the engine has
+free slots, so no request waits in a local buffer without in-progress heartbeats (FastStream's
+concurrent pull subscriber prefetches into an in-memory queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from faststream.nats import NatsBroker
+from llmchat_common import subjects
+from llmchat_common.contracts import (
+    CancelRequest,
+    Failed,
+    WorkerInfo,
+    parse_request,
+)
+from llmchat_common.messaging import cancels_kv, jetstream, registry_kv
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from llmchat_worker.engine import VllmEngine
+from llmchat_worker.errors import EngineFailure
+from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Terminal
+from llmchat_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+class NatsEventSink:
+    """Deltas go out with `publish_async` (bounded in flight); the terminal event is awaited."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    def _args(self, event: Event) -> tuple[str, bytes, dict[str, str]]:
+        subject = subjects.event_subject(event.request_id, event.type)
+        headers = {"Nats-Msg-Id": subjects.msg_id_for_event(event.request_id, event.attempt, event.seq)}
+        return subject, event.model_dump_json().encode(), headers
+
+    def emit(self, event: Event) -> None:
+        subject, payload, headers = self._args(event)
+        future = asyncio.ensure_future(
+            self._js.publish_async(subject, payload, headers=headers, wait_stall=5.0)
+        )
+        future.add_done_callback(_log_publish_failure)
+
+    async def emit_terminal(self, event: Terminal) -> None:
+        subject, payload, headers = self._args(event)
+        await self._js.publish(subject, payload, headers=headers, timeout=10.0)
+
+
+def _log_publish_failure(future: asyncio.Future[object]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("event publish failed", extra={"error": repr(future.exception())})
+
+
+class RequestConsumer:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: VllmEngine,
+        broker: NatsBroker,
+        alias: str,
+        on_fatal: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.broker = broker
+        self.alias = alias
+        self.token = subjects.model_token(alias)
+        self.capacity = settings.capacity or engine.profile.max_num_seqs
+        self.on_fatal = on_fatal
+        self.runners: dict[str, RequestRunner] = {}
+        self.started_at = time.time()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._cancels: KeyValue | None = None
+        self._registry: KeyValue | None = None
+        self._sink: NatsEventSink | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        js = jetstream(self.broker)
+        self._sink = NatsEventSink(js)
+        self._cancels = await cancels_kv(js)
+        self._registry = await registry_kv(js)
+        durable = subjects.worker_consumer(self.token)
+        await js.add_consumer(
+            subjects.REQUESTS_STREAM,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subjects.request_subject(self.token),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.settings.ack_wait_s,
+                max_deliver=self.settings.max_deliver,
+                max_ack_pending=self.settings.max_ack_pending,
+            ),
+        )
+        psub = await js.pull_subscribe_bind(durable=durable, stream=subjects.REQUESTS_STREAM)
+        await self._heartbeat_once()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        self._loop_task = asyncio.create_task(self._pull_loop(psub))
+        self.ready = True
+
+    async def drain(self) -> None:
+        """Stop pulling, let running requests finish (bounded), then leave the registry."""
+        self.ready = False
+        self._stopping.set()
+        self._slot_free.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
+            for task in pending:
+                task.cancel()  # not acked: JetStream redelivers them to another worker
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        if self._registry is not None:
+            with contextlib.suppress(Exception):
+                await self._registry.delete(subjects.registry_key(self.token, self.settings.worker_id))
+
+    def cancel(self, request: CancelRequest) -> None:
+        runner = self.runners.get(request.request_id)
+        if runner is not None:
+            log.info("cancelling request", extra={"request_id": request.request_id, "reason": request.reason})
+            runner.cancel(request.reason)
+
+    async def _pull_loop(self, psub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            free = self.capacity - len(self._tasks)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                msgs = await psub.fetch(batch=min(free, 32), timeout=self.settings.fetch_timeout_s)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - reconnects are handled by the client
+                log.warning("fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_free.set()
+
+    async def _handle(self, msg: Msg) -> None:
+        assert self._sink is not None
+        attempt = int(msg.metadata.num_delivered)
+        try:
+            request = parse_request(msg.data)
+        except (ValidationError, ValueError):
+            log.error("malformed request dropped", extra={"subject": msg.subject})
+            await msg.term()
+            return
+        runner = RequestRunner(
+            request,
+            attempt=attempt,
+            worker_id=self.settings.worker_id,
+            engine=self.engine,
+            sink=self._sink,
+            coalesce=CoalesceConfig(self.settings.delta_max_tokens, self.settings.delta_max_ms),
+        )
+        if await self._cancelled_while_queued(request):
+            runner.cancel("client")
+        self.runners[request.request_id] = runner
+        keepalive = asyncio.create_task(self._keep_in_progress(msg))
+        try:
+            terminal = await runner.run()
+        except EngineFailure:
+            log.critical("engine died", extra={"request_id": request.request_id})
+            await msg.nak()
+            self.on_fatal()
+            return
+        except asyncio.CancelledError:
+            # Drain timeout or shutdown: hand the request back for another worker.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as exc:  # noqa: BLE001 - publish failures etc.
+            await self._fail_unexpected(runner, msg, exc)
+            return
+        finally:
+            keepalive.cancel()
+            self.runners.pop(request.request_id, None)
+        await msg.ack()
+        log.info(
+            "request finished",
+            extra={"request_id": request.request_id, "attempt": attempt, "outcome": terminal.type},
+        )
+
+    async def _fail_unexpected(self, runner: RequestRunner, msg: Msg, exc: Exception) -> None:
+        request, attempt = runner.request, runner.attempt
+        log.error("request failed", extra={"request_id": request.request_id, "error": repr(exc)})
+        if attempt < self.settings.max_deliver:
+            await msg.nak(delay=1.0)
+            return
+        assert self._sink is not None
+        # Last delivery: the client must get a clear end, not a hang.
+        with contextlib.suppress(Exception):
+            await self._sink.emit_terminal(
+                Failed(
+                    request_id=request.request_id,
+                    attempt=attempt,
+                    seq=runner.next_seq,
+                    worker_id=self.settings.worker_id,
+                    ts=time.time(),
+                    code="worker_error",
+                    message="the request failed on every delivery",
+                    retriable=False,
+                )
+            )
+        await msg.term()
+
+    async def _cancelled_while_queued(self, request: ChatRequested) -> bool:
+        assert self._cancels is not None
+        try:
+            await self._cancels.get(request.request_id)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def _keep_in_progress(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.settings.in_progress_interval_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            model=self.alias,
+            engine_model=self.engine.model_path,
+            worker_id=self.settings.worker_id,
+            capacity=self.capacity,
+            running=self.engine.running(),
+            max_model_len=self.engine.max_model_len,
+            version=VERSION,
+            heartbeat_at=time.time(),
+            started_at=self.started_at,
+        )
+
+    async def _heartbeat_once(self) -> None:
+        assert self._registry is not None
+        key = subjects.registry_key(self.token, self.settings.worker_id)
+        await self._registry.put(key, self.info().model_dump_json().encode())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            if self.engine.dead:
+                log.critical("engine is dead")
+                self.on_fatal()
+                return
+            try:
+                await self._heartbeat_once()
+            except Exception as exc:  # noqa: BLE001 - the next beat retries
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+
+def register_cancel_handler(broker: NatsBroker, consumer: Callable[[], RequestConsumer | None]) -> None:
+    """Every worker hears every cancel (no queue group) and acts only on its own requests."""
+
+    @broker.subscriber(subjects.cancel_wildcard())
+    async def on_cancel(request: CancelRequest) -> None:
+        current = consumer()
+        if current is not None:
+            current.cancel(request)

@@ -1,0 +1,107 @@
+"""Worker process: engine + JetStream consumer, with /healthz and /readyz over HTTP.
+
+Exit codes: 0 after a clean drain (SIGTERM), 1 when the engine died (in-flight requests are
+nak'ed or left un-acked, so JetStream redelivers them to another worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI, Response
+from llmchat_common.logging import setup_logging
+from llmchat_common.messaging import ensure_streams, jetstream, make_broker
+
+from llmchat_worker.engine import VllmEngine
+from llmchat_worker.handlers import RequestConsumer, register_cancel_handler
+from llmchat_worker.profiles import load_profile
+from llmchat_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerState:
+    fatal: bool = False
+    consumer: RequestConsumer | None = None
+
+
+def create_app(settings: WorkerSettings | None = None, state: WorkerState | None = None) -> FastAPI:
+    settings = settings or WorkerSettings()
+    state = state or WorkerState()
+    profile = load_profile(settings.model, settings.alias)
+    broker = make_broker(settings.nats, name=f"worker-{settings.worker_id}")
+    register_cancel_handler(broker, lambda: state.consumer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = VllmEngine(profile, settings.models_dir)
+        engine.start()
+        try:
+            await engine.probe()
+            await broker.start()
+            await ensure_streams(jetstream(broker), settings.nats)
+            consumer = RequestConsumer(
+                settings, engine, broker, profile.alias, lambda: app.state.fatal()
+            )
+            await consumer.start()
+            state.consumer = consumer
+            log.info("worker ready", extra={"model": profile.alias, "capacity": consumer.capacity})
+            yield
+            await consumer.drain()
+        finally:
+            await broker.stop()
+            engine.shutdown()
+
+    app = FastAPI(title="llmchat inference worker", lifespan=lifespan)
+    app.state.worker = state
+    app.state.fatal = lambda: None
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, object]:
+        consumer = state.consumer
+        ready = consumer is not None and consumer.ready and not state.fatal
+        response.status_code = 200 if ready else 503
+        return {"ready": ready}
+
+    @app.get("/status")
+    async def status() -> dict[str, object]:
+        consumer = state.consumer
+        if consumer is None:
+            return {"ready": False}
+        return {"ready": consumer.ready, **consumer.info().model_dump(), "tracked": len(consumer.runners)}
+
+    return app
+
+
+def run() -> None:
+    settings = WorkerSettings()
+    setup_logging("inference-worker", settings.log)
+    state = WorkerState()
+    app = create_app(settings, state)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    )
+
+    def fatal() -> None:
+        state.fatal = True
+        server.should_exit = True
+
+    app.state.fatal = fatal
+    asyncio.run(server.serve())
+    if state.fatal or not server.started:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,93 @@
+"""Model profiles: alias, weights, dtype, context, parallelism and memory, one YAML each."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmchat_worker.errors import ProfileError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class ModelProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alias: str
+    model: str
+    dtype: str = "auto"
+    max_model_len: int = Field(default=4096, ge=16)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    quantization: str | None = None
+    max_num_seqs: int = Field(default=64, ge=1)
+    enforce_eager: bool = True
+    cpu_kvcache_space_gib: int | None = None
+    requires_gpus: int = 0
+    seed: int = 0
+
+
+def _builtin_profiles() -> dict[str, ModelProfile]:
+    found: dict[str, ModelProfile] = {}
+    for entry in resources.files("llmchat_worker").joinpath("profiles").iterdir():
+        if entry.name.endswith(".yaml"):
+            profile = _parse(entry.read_text(), entry.name)
+            found[profile.alias] = profile
+    return found
+
+
+def _parse(text: str, origin: str) -> ModelProfile:
+    try:
+        return ModelProfile.model_validate(yaml.safe_load(text))
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ProfileError(f"invalid model profile {origin}: {exc}") from exc
+
+
+def load_profile(name: str, alias: str | None = None) -> ModelProfile:
+    """A built-in alias, a YAML path, or a Hugging Face id / local path with defaults."""
+    builtin = _builtin_profiles()
+    if name in builtin:
+        profile = builtin[name]
+    elif name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.exists():
+            raise ProfileError(f"model profile {name} does not exist")
+        profile = _parse(path.read_text(), name)
+    else:
+        profile = ModelProfile(alias=name, model=name)
+    if alias:
+        profile = profile.model_copy(update={"alias": alias})
+    return profile
+
+
+def resolve_model_path(profile: ModelProfile, models_dir: Path) -> str:
+    """Built-in models are built locally on first use (offline, deterministic)."""
+    if not profile.model.startswith(BUILTIN_PREFIX):
+        return profile.model
+    name = profile.model.removeprefix(BUILTIN_PREFIX)
+    if name != "tiny-random":
+        raise ProfileError(f"unknown built-in model {name}")
+    from llmchat_worker import tiny_model
+
+    out = models_dir / name
+    if not tiny_model.is_built(out):
+        tiny_model.build(out)
+    return str(out)
+
+
+def check_hardware(profile: ModelProfile, *, is_cpu: bool, gpu_count: int) -> None:
+    """Fail fast with a clear message instead of a cryptic engine error minutes later."""
+    need = max(profile.requires_gpus, profile.tensor_parallel_size if not is_cpu else 1)
+    if profile.requires_gpus and is_cpu:
+        raise ProfileError(
+            f"profile {profile.alias!r} needs {profile.requires_gpus} GPU(s) "
+            f"(tensor_parallel_size={profile.tensor_parallel_size}); this machine runs the CPU "
+            "build of vLLM. Use a CPU profile such as 'tiny-random'."
+        )
+    if is_cpu and profile.tensor_parallel_size > 1:
+        raise ProfileError(f"profile {profile.alias!r}: tensor parallelism needs GPUs on this build")
+    if not is_cpu and gpu_count < need:
+        raise ProfileError(f"profile {profile.alias!r} needs {need} GPU(s); found {gpu_count}")

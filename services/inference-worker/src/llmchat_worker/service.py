@@ -1,0 +1,290 @@
+"""Running one chat request on the engine and turning it into events (no framework imports).
+
+Invariants:
+- exactly one terminal event per run (`completed`, `failed` or `cancelled`), always last;
+- events of one attempt carry `seq` 0, 1, 2, ... in publish order (`started` is 0);
+- the text in the terminal event equals the concatenation of the attempt's delta texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from llmchat_common.contracts import (
+    CancelReason,
+    Cancelled,
+    ChatMessage,
+    ChatRequested,
+    Completed,
+    Delta,
+    Failed,
+    GenerationParams,
+    Started,
+    Timings,
+    Usage,
+)
+
+from llmchat_worker.errors import EngineFailure, RequestRejected
+
+Terminal = Completed | Failed | Cancelled
+Event = Started | Delta | Terminal
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+class EngineLike(Protocol):
+    max_model_len: int
+
+    def encode_chat(self, messages: list[ChatMessage]) -> list[int]: ...
+
+    def generate(
+        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int
+    ) -> AsyncIterator[TokenChunk]: ...
+
+    async def abort(self, key: str) -> None: ...
+
+
+class EventSink(Protocol):
+    def emit(self, event: Event) -> None:
+        """Publish without awaiting the broker's ack (bounded in flight by the sink)."""
+
+    async def emit_terminal(self, event: Terminal) -> None:
+        """Publish and await the ack: the request may be acked only after this returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoalesceConfig:
+    max_tokens: int = 8
+    max_ms: float = 10.0
+
+
+class DeltaCoalescer:
+    """Batches tokens into delta events; the very first token goes out alone (TTFT)."""
+
+    def __init__(self, config: CoalesceConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._text: list[str] = []
+        self._ids: list[int] = []
+        self._since = 0.0
+        self._sent_any = False
+
+    def add(self, text: str, token_ids: list[int]) -> bool:
+        """Buffer a chunk; True when the buffer should be flushed now."""
+        if not self._ids and not self._text:
+            self._since = self._clock()
+        self._text.append(text)
+        self._ids.extend(token_ids)
+        if not self._sent_any:
+            return True
+        if len(self._ids) >= self._config.max_tokens:
+            return True
+        return (self._clock() - self._since) * 1000.0 >= self._config.max_ms
+
+    def pending(self) -> bool:
+        return bool(self._ids or self._text)
+
+    def take(self) -> tuple[str, list[int]]:
+        text, ids = "".join(self._text), self._ids
+        self._text, self._ids = [], []
+        self._sent_any = True
+        return text, ids
+
+
+class RequestRunner:
+    def __init__(
+        self,
+        request: ChatRequested,
+        *,
+        attempt: int,
+        worker_id: str,
+        engine: EngineLike,
+        sink: EventSink,
+        coalesce: CoalesceConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.request = request
+        self.attempt = attempt
+        self.worker_id = worker_id
+        self.engine = engine
+        self.sink = sink
+        self.clock = clock
+        self.cancel_reason: CancelReason | None = None
+        self._coalescer = DeltaCoalescer(coalesce)
+        self._gen_task: asyncio.Task[str] | None = None
+        self._seq = 0
+        self._prompt_tokens = 0
+        self._tokens: list[int] = []
+        self._text: list[str] = []
+        self._started_at = 0.0
+        self._first_token_at: float | None = None
+        self._last_token_at: float | None = None
+
+    @property
+    def engine_key(self) -> str:
+        return f"{self.request.request_id}-{self.attempt}"
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def cancel(self, reason: CancelReason) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self._gen_task is not None and not self._gen_task.done():
+            self._gen_task.cancel()
+
+    async def run(self) -> Terminal:
+        self._started_at = self.clock()
+        if self.cancel_reason is None and self._started_at >= self.request.deadline:
+            self.cancel_reason = "deadline"
+        if self.cancel_reason is not None:
+            return await self._finish_cancelled(self.cancel_reason)
+        try:
+            prompt_ids = self.engine.encode_chat(self.request.messages)
+            max_tokens = self._max_tokens(len(prompt_ids))
+        except RequestRejected as exc:
+            return await self._terminal(
+                Failed(**self._base(), code=exc.code, message=exc.message, retriable=False)
+            )
+        self._prompt_tokens = len(prompt_ids)
+        self._emit(
+            Started(
+                **self._base(),
+                queue_ms=max(0.0, (self._started_at - self.request.created_at) * 1000.0),
+                prompt_tokens=len(prompt_ids),
+            )
+        )
+        self._gen_task = asyncio.create_task(self._generate(prompt_ids, max_tokens))
+        try:
+            finish_reason = await asyncio.wait_for(
+                self._gen_task, timeout=max(0.0, self.request.deadline - self.clock())
+            )
+        except TimeoutError:
+            await self.engine.abort(self.engine_key)
+            return await self._finish_cancelled(self.cancel_reason or "deadline")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our own task is being cancelled (shutdown): no terminal from here
+            await self.engine.abort(self.engine_key)
+            return await self._finish_cancelled(self.cancel_reason or "client")
+        except EngineFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one request's engine error must not kill the worker
+            self._flush()
+            return await self._terminal(
+                Failed(
+                    **self._base(),
+                    code="engine_error",
+                    message=f"generation failed: {type(exc).__name__}",
+                    retriable=False,
+                    text="".join(self._text),
+                    usage=self._usage(),
+                    timings=self._timings(),
+                )
+            )
+        self._flush()
+        return await self._terminal(
+            Completed(
+                **self._base(),
+                finish_reason=finish_reason,
+                text="".join(self._text),
+                usage=self._usage(),
+                timings=self._timings(),
+            )
+        )
+
+    def _max_tokens(self, prompt_len: int) -> int:
+        limit = self.engine.max_model_len
+        if prompt_len >= limit:
+            raise RequestRejected(
+                "context_length_exceeded",
+                f"the prompt has {prompt_len} tokens; this model's context is {limit} tokens",
+            )
+        wanted = self.request.params.max_tokens
+        if wanted is None:
+            return limit - prompt_len
+        if prompt_len + wanted > limit:
+            raise RequestRejected(
+                "context_length_exceeded",
+                f"prompt ({prompt_len} tokens) + max_tokens ({wanted}) exceeds this model's "
+                f"context of {limit} tokens",
+            )
+        return wanted
+
+    async def _generate(self, prompt_ids: list[int], max_tokens: int) -> str:
+        finish_reason = "stop"
+        async for chunk in self.engine.generate(
+            self.engine_key, prompt_ids, self.request.params, max_tokens
+        ):
+            now = self.clock()
+            if chunk.token_ids:
+                if self._first_token_at is None:
+                    self._first_token_at = now
+                self._last_token_at = now
+                self._tokens.extend(chunk.token_ids)
+            self._text.append(chunk.text)
+            if self._coalescer.add(chunk.text, chunk.token_ids):
+                self._flush()
+            if chunk.finish_reason is not None:
+                finish_reason = chunk.finish_reason
+        return finish_reason
+
+    def _flush(self) -> None:
+        if self._coalescer.pending():
+            text, ids = self._coalescer.take()
+            self._emit(Delta(**self._base(), text=text, token_ids=ids))
+
+    async def _finish_cancelled(self, reason: CancelReason) -> Terminal:
+        self._flush()
+        return await self._terminal(
+            Cancelled(
+                **self._base(),
+                reason=reason,
+                text="".join(self._text),
+                usage=self._usage(),
+                timings=self._timings(),
+            )
+        )
+
+    def _base(self) -> dict[str, object]:
+        return {
+            "request_id": self.request.request_id,
+            "attempt": self.attempt,
+            "seq": self._seq,
+            "worker_id": self.worker_id,
+            "ts": self.clock(),
+        }
+
+    def _emit(self, event: Event) -> None:
+        self.sink.emit(event)
+        self._seq += 1
+
+    async def _terminal(self, event: Terminal) -> Terminal:
+        await self.sink.emit_terminal(event)
+        self._seq += 1
+        return event
+
+    def _usage(self) -> Usage:
+        return Usage(prompt_tokens=self._prompt_tokens, completion_tokens=len(self._tokens))
+
+    def _timings(self) -> Timings:
+        created = self.request.created_at
+        end = self.clock()
+        first, last, n = self._first_token_at, self._last_token_at, len(self._tokens)
+        return Timings(
+            queue_ms=max(0.0, (self._started_at - created) * 1000.0),
+            ttft_ms=None if first is None else (first - created) * 1000.0,
+            tpot_ms=(last - first) * 1000.0 / (n - 1) if first and last and n > 1 else None,
+            e2e_ms=(end - created) * 1000.0,
+        )

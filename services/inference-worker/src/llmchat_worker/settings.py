@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmchat_common.settings import LogSettings, NatsSettings
+
+
+def _default_worker_id() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{socket.gethostname()}-{os.getpid()}")[:64]
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_WORKER_", extra="ignore")
+
+    # A profile alias (profiles/*.yaml), a path to a profile YAML, or a Hugging Face id / local
+    # model path served with default settings.
+    model: str = "tiny-random"
+    # Serve the profile under another alias (e.g. to run a second, independent pool).
+    alias: str | None = None
+    models_dir: Path = Path(".state/models")
+    worker_id: str = Field(default_factory=_default_worker_id)
+    capacity: int | None = Field(default=None, ge=1)
+
+    # Delta coalescing: one event per N tokens or per M milliseconds, whichever comes first.
+    delta_max_tokens: int = Field(default=8, ge=1)
+    delta_max_ms: float = Field(default=10.0, ge=0)
+
+    ack_wait_s: float = 30.0
+    in_progress_interval_s: float = 10.0
+    max_deliver: int = 3
+    max_ack_pending: int = 1024
+    fetch_timeout_s: float = 1.0
+    heartbeat_interval_s: float = 3.0
+    drain_timeout_s: float = 60.0
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
