@@ -5,7 +5,10 @@ Secrets, tokens and prompt text are never passed to loggers; callers log ids onl
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+import signal
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -29,3 +32,15 @@ def setup_logging(service: str, settings: LogSettings | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
+
+
+def install_task_dump() -> None:
+    """SIGUSR1 logs every asyncio task's stack: what a stuck service is waiting for."""
+
+    def dump() -> None:
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=out)
+        logging.getLogger("llmchat.tasks").warning("task dump\n%s", out.getvalue())
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)

@@ -50,11 +50,11 @@ class NatsEventSink:
         headers = {"Nats-Msg-Id": subjects.msg_id_for_event(event.request_id, event.attempt, event.seq)}
         return subject, event.model_dump_json().encode(), headers
 
-    def emit(self, event: Event) -> None:
+    async def emit(self, event: Event) -> None:
         subject, payload, headers = self._args(event)
-        future = asyncio.ensure_future(
-            self._js.publish_async(subject, payload, headers=headers, wait_stall=5.0)
-        )
+        # Returns once the message is written to the connection (in order); the ack arrives
+        # later on the returned future.
+        future = await self._js.publish_async(subject, payload, headers=headers, wait_stall=5.0)
         future.add_done_callback(_log_publish_failure)
 
     async def emit_terminal(self, event: Terminal) -> None:
@@ -93,6 +93,7 @@ class RequestConsumer:
         self._cancels: KeyValue | None = None
         self._registry: KeyValue | None = None
         self._sink: NatsEventSink | None = None
+        self._psub: JetStreamContext.PullSubscription | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -113,10 +114,10 @@ class RequestConsumer:
                 max_ack_pending=self.settings.max_ack_pending,
             ),
         )
-        psub = await js.pull_subscribe_bind(durable=durable, stream=subjects.REQUESTS_STREAM)
+        self._psub = await js.pull_subscribe_bind(durable=durable, stream=subjects.REQUESTS_STREAM)
         await self._heartbeat_once()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
-        self._loop_task = asyncio.create_task(self._pull_loop(psub))
+        self._loop_task = asyncio.create_task(self._pull_loop(self._psub))
         self.ready = True
 
     async def drain(self) -> None:
@@ -126,6 +127,11 @@ class RequestConsumer:
         self._slot_free.set()
         if self._loop_task is not None:
             await self._loop_task
+        if self._psub is not None:
+            # A pull subscription left open makes the connection's drain wait forever.
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+        log.info("draining", extra={"running": len(self._tasks)})
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
             for task in pending:

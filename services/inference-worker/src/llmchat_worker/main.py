@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, Response
-from llmchat_common.logging import setup_logging
+from llmchat_common.logging import install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 
 from llmchat_worker.engine import VllmEngine
@@ -41,6 +41,7 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_task_dump()
         engine = VllmEngine(profile, settings.models_dir)
         engine.start()
         try:
@@ -55,9 +56,12 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
             log.info("worker ready", extra={"model": profile.alias, "capacity": consumer.capacity})
             yield
             await consumer.drain()
+            log.info("drained")
         finally:
             await broker.stop()
+            log.info("broker stopped")
             engine.shutdown()
+            log.info("engine stopped")
 
     app = FastAPI(title="llmchat inference worker", lifespan=lifespan)
     app.state.worker = state

@@ -54,8 +54,9 @@ class EngineLike(Protocol):
 
 
 class EventSink(Protocol):
-    def emit(self, event: Event) -> None:
-        """Publish without awaiting the broker's ack (bounded in flight by the sink)."""
+    async def emit(self, event: Event) -> None:
+        """Hand the event to the connection in order, without awaiting the broker's ack
+        (the sink bounds how many are in flight)."""
 
     async def emit_terminal(self, event: Terminal) -> None:
         """Publish and await the ack: the request may be acked only after this returns."""
@@ -157,7 +158,7 @@ class RequestRunner:
                 Failed(**self._base(), code=exc.code, message=exc.message, retriable=False)
             )
         self._prompt_tokens = len(prompt_ids)
-        self._emit(
+        await self._emit(
             Started(
                 **self._base(),
                 queue_ms=max(0.0, (self._started_at - self.request.created_at) * 1000.0),
@@ -181,7 +182,7 @@ class RequestRunner:
         except EngineFailure:
             raise
         except Exception as exc:  # noqa: BLE001 - one request's engine error must not kill the worker
-            self._flush()
+            await self._flush()
             return await self._terminal(
                 Failed(
                     **self._base(),
@@ -193,7 +194,7 @@ class RequestRunner:
                     timings=self._timings(),
                 )
             )
-        self._flush()
+        await self._flush()
         return await self._terminal(
             Completed(
                 **self._base(),
@@ -235,18 +236,18 @@ class RequestRunner:
                 self._tokens.extend(chunk.token_ids)
             self._text.append(chunk.text)
             if self._coalescer.add(chunk.text, chunk.token_ids):
-                self._flush()
+                await self._flush()
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
         return finish_reason
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         if self._coalescer.pending():
             text, ids = self._coalescer.take()
-            self._emit(Delta(**self._base(), text=text, token_ids=ids))
+            await self._emit(Delta(**self._base(), text=text, token_ids=ids))
 
     async def _finish_cancelled(self, reason: CancelReason) -> Terminal:
-        self._flush()
+        await self._flush()
         return await self._terminal(
             Cancelled(
                 **self._base(),
@@ -266,8 +267,8 @@ class RequestRunner:
             "ts": self.clock(),
         }
 
-    def _emit(self, event: Event) -> None:
-        self.sink.emit(event)
+    async def _emit(self, event: Event) -> None:
+        await self.sink.emit(event)
         self._seq += 1
 
     async def _terminal(self, event: Terminal) -> Terminal:

@@ -3,6 +3,7 @@ when its parent dies (PR_SET_PDEATHSIG), so test runs never leak servers."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -117,12 +118,19 @@ class ManagedProcess:
             return ""
 
     def signal(self, sig: signal.Signals) -> None:
+        """To the leader only: it shuts its own children down in order (e.g. a worker drains
+        before stopping its engine)."""
         if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, sig)
+            os.kill(self._proc.pid, sig)
+
+    def _kill_group(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
 
     def kill(self) -> None:
-        """SIGKILL the whole group (e.g. a worker and its engine processes)."""
-        self.signal(signal.SIGKILL)
+        """SIGKILL the whole group at once (e.g. a worker and its engine processes)."""
+        self._kill_group()
         if self._proc is not None:
             self._proc.wait(timeout=10)
 
@@ -134,8 +142,10 @@ class ManagedProcess:
             try:
                 self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
+                self._kill_group()
                 self._proc.wait(timeout=10)
+        # Whatever the leader left behind in its group goes too.
+        self._kill_group()
         if self._log is not None:
             self._log.close()
             self._log = None

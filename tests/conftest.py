@@ -1,0 +1,66 @@
+"""Session fixtures: one real stack (nats-server, Postgres, Redis), one engine-backed worker and
+one edge per test run, all as real processes on free loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
+from llmchat_common.testing.stack import LocalStack, StackPorts
+
+REPO = Path(__file__).resolve().parents[1]
+# Aliases the edge serves: the main pool, a pool whose workers the failover tests start and
+# kill, and one that never gets a worker.
+MAIN_MODEL = "tiny-random"
+FAILOVER_MODEL = "tiny-random-b"
+IDLE_MODEL = "tiny-random-idle"
+
+
+@dataclass
+class Worker:
+    proc: ManagedProcess
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return REPO / ".state" / "models"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    state = REPO / ".state" / "test-run"
+    shutil.rmtree(state, ignore_errors=True)
+    local = LocalStack(state, preferred=StackPorts(0, 0, 0, 0)).start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: LocalStack, models_dir: Path) -> Iterator[Worker]:
+    proc, port = start_worker(stack, models_dir=models_dir, name="worker-main", wait=False)
+    try:
+        wait_for_worker(proc, port, timeout=300)
+        yield Worker(proc, port)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_url(stack: LocalStack, worker: Worker) -> Iterator[str]:
+    proc, port = start_edge(stack, models=[MAIN_MODEL, FAILOVER_MODEL, IDLE_MODEL])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()

@@ -1,0 +1,97 @@
+"""Every malformed request gets the right status and OpenAI's error JSON; nothing breaks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import IDLE_MODEL
+
+GOOD: dict[str, Any] = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
+    ("malformed json", b'{"model": "tiny-random", "messages": [', 400, None),
+    ("not an object", b"[1, 2, 3]", 400, None),
+    ("missing messages", {"model": "tiny-random"}, 400, "messages"),
+    ("empty messages", {**GOOD, "messages": []}, 400, "messages"),
+    ("unknown role", {**GOOD, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+    ("missing content", {**GOOD, "messages": [{"role": "user"}]}, 400, "messages.0.content"),
+    ("unknown model", {**GOOD, "model": "no-such-model"}, 404, "model"),
+    ("missing model", {"messages": GOOD["messages"]}, 400, "model"),
+    ("n=2", {**GOOD, "n": 2}, 400, "n"),
+    ("max_tokens beyond context", {**GOOD, "max_tokens": 100_000}, 400, "max_tokens"),
+    ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
+    ("temperature wrong type", {**GOOD, "temperature": "hot"}, 400, "temperature"),
+    ("temperature out of range", {**GOOD, "temperature": 5}, 400, "temperature"),
+    ("stream wrong type", {**GOOD, "stream": "yes please"}, 400, "stream"),
+    ("messages wrong type", {**GOOD, "messages": "hello"}, 400, "messages"),
+    ("too many stops", {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "param"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_request_gets_openai_error(
+    edge_url: str, name: str, body: bytes | dict[str, Any], status: int, param: str | None
+) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, timeout=30) as http:
+        if isinstance(body, bytes):
+            resp = await http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        else:
+            resp = await http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+async def test_prompt_beyond_context_is_400_from_the_worker(edge_url: str) -> None:
+    long_text = "the river and the mill " * 1200  # far more than 2048 tokens
+    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+        resp = await http.post(
+            "/v1/chat/completions", json={**GOOD, "messages": [{"role": "user", "content": long_text}]}
+        )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_ten_megabyte_body_is_413(edge_url: str) -> None:
+    huge = {**GOOD, "messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}]}
+    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+        resp = await http.post("/v1/chat/completions", json=huge)
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "request_too_large"
+
+        # Chunked upload without Content-Length: counted while reading.
+        async def chunks() -> Any:
+            for _ in range(11):
+                yield b"x" * (1024 * 1024)
+
+        resp = await http.post(
+            "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 413
+
+
+async def test_no_worker_for_model_ends_with_503_not_a_hang(edge_url: str) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+        resp = await http.post("/v1/chat/completions", json={**GOOD, "model": IDLE_MODEL, "timeout": 2})
+    assert resp.status_code in (503, 504)
+    assert resp.json()["error"]["code"] == "no_worker"
+
+
+async def test_unknown_route_is_openai_shaped_404(edge_url: str) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, timeout=10) as http:
+        resp = await http.get("/v1/nothing-here")
+    assert resp.status_code == 404
+    assert "error" in resp.json()
+
+
+async def test_still_serving_after_bad_input(edge_url: str) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+        resp = await http.post("/v1/chat/completions", json=GOOD)
+    assert resp.status_code == 200
+    assert resp.json()["usage"]["completion_tokens"] >= 1

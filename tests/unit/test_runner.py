@@ -1,0 +1,189 @@
+"""RequestRunner logic with a scripted engine (the engine itself is covered end to end)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from llmchat_common.contracts import (
+    Cancelled,
+    ChatMessage,
+    ChatRequested,
+    Completed,
+    Delta,
+    Failed,
+    GenerationParams,
+    Started,
+)
+from llmchat_worker.errors import EngineFailure
+from llmchat_worker.service import CoalesceConfig, DeltaCoalescer, RequestRunner, TokenChunk
+
+
+class ScriptedEngine:
+    max_model_len = 64
+
+    def __init__(self, n_tokens: int = 10, delay: float = 0.0, fail_at: int | None = None,
+                 dead_at: int | None = None) -> None:
+        self.n_tokens = n_tokens
+        self.delay = delay
+        self.fail_at = fail_at
+        self.dead_at = dead_at
+        self.aborted: list[str] = []
+
+    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        return [1] * sum(len(m.content.split()) for m in messages)
+
+    async def generate(
+        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int
+    ) -> AsyncIterator[TokenChunk]:
+        n = min(self.n_tokens, max_tokens)
+        for i in range(n):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if i == self.fail_at:
+                raise RuntimeError("boom")
+            if i == self.dead_at:
+                raise EngineFailure("dead")
+            last = i == n - 1
+            yield TokenChunk(f"t{i} ", [100 + i], ("length" if n == max_tokens else "stop") if last else None)
+
+    async def abort(self, key: str) -> None:
+        self.aborted.append(key)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    async def emit(self, event: object) -> None:
+        self.events.append(event)
+
+    async def emit_terminal(self, event: object) -> None:
+        self.events.append(event)
+
+
+def make_request(words: int = 3, max_tokens: int | None = 10, timeout: float = 30.0) -> ChatRequested:
+    now = time.time()
+    return ChatRequested(
+        request_id="chatcmpl-test",
+        model="m",
+        messages=[ChatMessage(role="user", content=" ".join(["w"] * words))],
+        params=GenerationParams(max_tokens=max_tokens),
+        created_at=now,
+        deadline=now + timeout,
+    )
+
+
+def runner(engine: ScriptedEngine, request: ChatRequested | None = None, max_tokens: int = 4) -> tuple[RequestRunner, ListSink]:
+    sink = ListSink()
+    return (
+        RequestRunner(
+            request or make_request(),
+            attempt=1,
+            worker_id="w1",
+            engine=engine,
+            sink=sink,
+            coalesce=CoalesceConfig(max_tokens=max_tokens, max_ms=10_000),
+        ),
+        sink,
+    )
+
+
+def check_invariants(events: list[object]) -> None:
+    assert isinstance(events[0], Started)
+    assert [e.seq for e in events] == list(range(len(events)))  # type: ignore[attr-defined]
+    terminals = [e for e in events if isinstance(e, Completed | Failed | Cancelled)]
+    assert terminals == [events[-1]]
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert "".join(d.text for d in deltas) == terminals[0].text  # type: ignore[union-attr]
+    assert sum(len(d.token_ids) for d in deltas) == terminals[0].usage.completion_tokens  # type: ignore[union-attr]
+
+
+async def test_completes_with_coalesced_deltas_and_usage() -> None:
+    run, sink = runner(ScriptedEngine(n_tokens=10))
+    terminal = await run.run()
+    assert isinstance(terminal, Completed)
+    assert terminal.finish_reason == "length"
+    assert terminal.usage.prompt_tokens == 3 and terminal.usage.completion_tokens == 10
+    deltas = [e for e in sink.events if isinstance(e, Delta)]
+    # First token alone (time to first token), then batches of 4, then the rest.
+    assert [len(d.token_ids) for d in deltas] == [1, 4, 4, 1]
+    assert terminal.timings.ttft_ms is not None and terminal.timings.tpot_ms is not None
+    check_invariants(sink.events)
+
+
+async def test_cancel_mid_generation_keeps_partial_usage() -> None:
+    engine = ScriptedEngine(n_tokens=1000, delay=0.005)
+    run, sink = runner(engine, make_request(max_tokens=None))
+    task = asyncio.create_task(run.run())
+    while len([e for e in sink.events if isinstance(e, Delta)]) < 2:
+        await asyncio.sleep(0.005)
+    run.cancel("client")
+    terminal = await task
+    assert isinstance(terminal, Cancelled) and terminal.reason == "client"
+    assert 0 < terminal.usage.completion_tokens < 1000
+    assert engine.aborted == ["chatcmpl-test-1"]
+    check_invariants(sink.events)
+
+
+async def test_deadline_aborts_engine_and_says_why() -> None:
+    engine = ScriptedEngine(n_tokens=1000, delay=0.005)
+    run, sink = runner(engine, make_request(max_tokens=None, timeout=0.2))
+    terminal = await run.run()
+    assert isinstance(terminal, Cancelled) and terminal.reason == "deadline"
+    assert terminal.usage.completion_tokens > 0
+    assert engine.aborted
+    check_invariants(sink.events)
+
+
+async def test_expired_before_start_never_reaches_engine() -> None:
+    engine = ScriptedEngine()
+    run, sink = runner(engine, make_request(timeout=-1))
+    terminal = await run.run()
+    assert isinstance(terminal, Cancelled) and terminal.reason == "deadline"
+    assert sink.events == [terminal]
+
+
+async def test_cancelled_while_queued_is_skipped() -> None:
+    run, sink = runner(ScriptedEngine())
+    run.cancel("client")
+    terminal = await run.run()
+    assert isinstance(terminal, Cancelled) and terminal.usage.completion_tokens == 0
+    assert sink.events == [terminal]
+
+
+@pytest.mark.parametrize(("words", "max_tokens"), [(64, 1), (60, 10)])
+async def test_context_overflow_fails_clearly(words: int, max_tokens: int) -> None:
+    run, sink = runner(ScriptedEngine(), make_request(words=words, max_tokens=max_tokens))
+    terminal = await run.run()
+    assert isinstance(terminal, Failed) and terminal.code == "context_length_exceeded"
+    assert not terminal.retriable
+
+
+async def test_engine_error_on_one_request_fails_it_only() -> None:
+    run, sink = runner(ScriptedEngine(fail_at=3))
+    terminal = await run.run()
+    assert isinstance(terminal, Failed) and terminal.code == "engine_error"
+    check_invariants(sink.events)
+
+
+async def test_dead_engine_propagates_without_terminal() -> None:
+    run, sink = runner(ScriptedEngine(dead_at=2))
+    with pytest.raises(EngineFailure):
+        await run.run()
+    assert not any(isinstance(e, Completed | Failed | Cancelled) for e in sink.events)
+
+
+def test_coalescer_flushes_on_time() -> None:
+    now = [0.0]
+    coalescer = DeltaCoalescer(CoalesceConfig(max_tokens=100, max_ms=10), clock=lambda: now[0])
+    assert coalescer.add("a", [1])  # first token goes alone
+    coalescer.take()
+    assert not coalescer.add("b", [2])
+    now[0] = 0.005
+    assert not coalescer.add("c", [3])
+    now[0] = 0.011
+    assert coalescer.add("d", [4])
+    assert coalescer.take() == ("bcd", [2, 3, 4])
