@@ -36,6 +36,10 @@ async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ApiError):
+        # FastAPI wraps errors raised while reading the body (e.g. the size cap) in a 400.
+        return _json(cause)
     error = ApiError(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
     error.status = exc.status_code
     return _json(error, headers=dict(exc.headers) if exc.headers else None)

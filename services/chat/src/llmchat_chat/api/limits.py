@@ -1,4 +1,8 @@
-"""Request body cap, enforced before anything is parsed or queued (pure ASGI: no buffering)."""
+"""Request body cap, enforced before anything is parsed or queued (pure ASGI: no buffering).
+
+An oversized body is read and discarded (up to `discard_limit`) before the 413 is sent: a
+client still uploading would otherwise see a reset connection instead of the error.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,20 @@ from llmchat_chat.errors import PayloadTooLarge, error_body
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, discard_limit: int = 64 * 1024 * 1024) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.discard_limit = discard_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._reject(send)
-                    return
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await self._discard(receive, 0)
+                await self._reject(send)
+                return
         seen = 0
 
         async def limited() -> Message:
@@ -30,10 +35,21 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await self._discard(receive, seen)
                     raise PayloadTooLarge(self._message())
             return message
 
         await self.app(scope, limited, send)
+
+    async def _discard(self, receive: Receive, seen: int) -> None:
+        while seen <= self.discard_limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     def _message(self) -> str:
         return f"the request body exceeds {self.max_bytes} bytes"
