@@ -65,6 +65,11 @@ def worker_consumer(model: str) -> str:
     return f"worker-{model_token(model)}"
 
 
+def max_deliveries_advisory(model: str) -> str:
+    """JetStream's advisory when a worker consumer gives up on a request."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{REQUESTS_STREAM}.{worker_consumer(model)}"
+
+
 def registry_key(model: str, worker_id: str) -> str:
     return f"{model_token(model)}.{check_token(worker_id)}"
 

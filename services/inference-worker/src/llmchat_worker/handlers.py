@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
@@ -94,6 +94,7 @@ class RequestConsumer:
         self._registry: KeyValue | None = None
         self._sink: NatsEventSink | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
+        self._fatal = False
         self.ready = False
 
     async def start(self) -> None:
@@ -146,6 +147,20 @@ class RequestConsumer:
             with contextlib.suppress(Exception):
                 await self._registry.delete(subjects.registry_key(self.token, self.settings.worker_id))
 
+    async def _stop_pulling_fatal(self) -> None:
+        """Stop fetching before handing requests back, so none is redelivered to this dying
+        worker (each delivery counts against max_deliver)."""
+        if self._fatal:
+            return
+        self._fatal = True
+        self.ready = False
+        self._stopping.set()
+        self._slot_free.set()
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+        self.on_fatal()
+
     def cancel(self, request: CancelRequest) -> None:
         runner = self.runners.get(request.request_id)
         if runner is not None:
@@ -178,6 +193,9 @@ class RequestConsumer:
 
     async def _handle(self, msg: Msg) -> None:
         assert self._sink is not None
+        if self._fatal:
+            await msg.nak()
+            return
         attempt = int(msg.metadata.num_delivered)
         try:
             request = parse_request(msg.data)
@@ -201,8 +219,8 @@ class RequestConsumer:
             terminal = await runner.run()
         except EngineFailure:
             log.critical("engine died", extra={"request_id": request.request_id})
+            await self._stop_pulling_fatal()
             await msg.nak()
-            self.on_fatal()
             return
         except asyncio.CancelledError:
             # Drain timeout or shutdown: hand the request back for another worker.
@@ -222,27 +240,11 @@ class RequestConsumer:
         )
 
     async def _fail_unexpected(self, runner: RequestRunner, msg: Msg, exc: Exception) -> None:
-        request, attempt = runner.request, runner.attempt
-        log.error("request failed", extra={"request_id": request.request_id, "error": repr(exc)})
-        if attempt < self.settings.max_deliver:
-            await msg.nak(delay=1.0)
-            return
-        assert self._sink is not None
-        # Last delivery: the client must get a clear end, not a hang.
+        """Hand the request back; after its last delivery JetStream's advisory ends it
+        `failed` (see fail_exhausted_request)."""
+        log.error("request failed", extra={"request_id": runner.request.request_id, "error": repr(exc)})
         with contextlib.suppress(Exception):
-            await self._sink.emit_terminal(
-                Failed(
-                    request_id=request.request_id,
-                    attempt=attempt,
-                    seq=runner.next_seq,
-                    worker_id=self.settings.worker_id,
-                    ts=time.time(),
-                    code="worker_error",
-                    message="the request failed on every delivery",
-                    retriable=False,
-                )
-            )
-        await msg.term()
+            await msg.nak(delay=1.0)
 
     async def _cancelled_while_queued(self, request: ChatRequested) -> bool:
         assert self._cancels is not None
@@ -281,12 +283,53 @@ class RequestConsumer:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             if self.engine.dead:
                 log.critical("engine is dead")
-                self.on_fatal()
+                await self._stop_pulling_fatal()
                 return
             try:
                 await self._heartbeat_once()
             except Exception as exc:  # noqa: BLE001 - the next beat retries
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+
+async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveries: int) -> None:
+    """A request that used up max_deliver (e.g. its workers kept dying) ends `failed`, so its
+    client gets a clear error instead of waiting for the deadline. Every worker of the model
+    hears the advisory; the message id makes the event exist once."""
+    raw = await js.get_msg(subjects.REQUESTS_STREAM, stream_seq)
+    request = parse_request(raw.data or b"")
+    event = Failed(
+        request_id=request.request_id,
+        attempt=deliveries,
+        seq=0,
+        worker_id="jetstream",
+        ts=time.time(),
+        code="max_deliveries",
+        message=f"the request failed on all {deliveries} deliveries",
+        retriable=False,
+    )
+    await js.publish(
+        subjects.event_subject(request.request_id, event.type),
+        event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": f"{request.request_id}:exhausted"},
+    )
+    log.error("request exhausted its deliveries", extra={"request_id": request.request_id})
+
+
+class MaxDeliveriesAdvisory(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    stream_seq: int
+    deliveries: int
+
+
+def register_handlers(
+    broker: NatsBroker, model: str, consumer: Callable[[], RequestConsumer | None]
+) -> None:
+    register_cancel_handler(broker, consumer)
+
+    @broker.subscriber(subjects.max_deliveries_advisory(model))
+    async def on_exhausted(advisory: MaxDeliveriesAdvisory) -> None:
+        await fail_exhausted_request(jetstream(broker), advisory.stream_seq, advisory.deliveries)
 
 
 def register_cancel_handler(broker: NatsBroker, consumer: Callable[[], RequestConsumer | None]) -> None:

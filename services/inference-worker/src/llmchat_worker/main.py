@@ -19,7 +19,7 @@ from llmchat_common.logging import install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 
 from llmchat_worker.engine import VllmEngine
-from llmchat_worker.handlers import RequestConsumer, register_cancel_handler
+from llmchat_worker.handlers import RequestConsumer, register_handlers
 from llmchat_worker.profiles import load_profile
 from llmchat_worker.settings import WorkerSettings
 
@@ -37,7 +37,7 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
     state = state or WorkerState()
     profile = load_profile(settings.model, settings.alias)
     broker = make_broker(settings.nats, name=f"worker-{settings.worker_id}")
-    register_cancel_handler(broker, lambda: state.consumer)
+    register_handlers(broker, profile.alias, lambda: state.consumer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

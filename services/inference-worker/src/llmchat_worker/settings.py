@@ -33,7 +33,8 @@ class WorkerSettings(BaseSettings):
 
     ack_wait_s: float = 30.0
     in_progress_interval_s: float = 10.0
-    max_deliver: int = 3
+    # Worker deaths use up deliveries too; after the last one the request ends `failed`.
+    max_deliver: int = 5
     max_ack_pending: int = 1024
     fetch_timeout_s: float = 1.0
     heartbeat_interval_s: float = 3.0
