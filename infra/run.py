@@ -34,8 +34,11 @@ def main() -> int:
     services: list[ManagedProcess] = []
     try:
         stack.start()
-        print(f"infrastructure up: nats :{stack.ports.nats}, postgres :{stack.ports.postgres}, "
-              f"redis :{stack.ports.redis} (logs in {stack.logs})", flush=True)
+        print(
+            f"infrastructure up: nats :{stack.ports.nats}, postgres :{stack.ports.postgres}, "
+            f"redis :{stack.ports.redis} (logs in {stack.logs})",
+            flush=True,
+        )
         worker, worker_port = start_worker(stack, model=args.model, wait=False)
         services.append(worker)
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model

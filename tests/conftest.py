@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack, StackPorts

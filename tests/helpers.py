@@ -9,9 +9,10 @@ from typing import TypeVar
 
 import httpx
 import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
 from llmchat_common import subjects
 from llmchat_common.contracts import parse_event
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 T = TypeVar("T")
 

@@ -9,7 +9,11 @@ import pytest
 
 from tests.conftest import IDLE_MODEL
 
-GOOD: dict[str, Any] = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+GOOD: dict[str, Any] = {
+    "model": "tiny-random",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 4,
+}
 
 CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
     ("malformed json", b'{"model": "tiny-random", "messages": [', 400, None),
@@ -37,7 +41,9 @@ async def test_bad_request_gets_openai_error(
 ) -> None:
     async with httpx.AsyncClient(base_url=edge_url, timeout=30) as http:
         if isinstance(body, bytes):
-            resp = await http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+            resp = await http.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
         else:
             resp = await http.post("/v1/chat/completions", json=body)
     assert resp.status_code == status, resp.text

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from llmchat_common.contracts import Completed, Delta, Started
-from llmchat_common.testing.stack import LocalStack
 from openai import AsyncOpenAI
 
+from llmchat_common.contracts import Completed, Delta, Started
+from llmchat_common.testing.stack import LocalStack
 from tests.e2e.conftest import CASES, Reference
 from tests.helpers import read_request_events
 
@@ -66,7 +66,10 @@ async def test_streaming_matches_direct_engine(client: AsyncOpenAI, reference: R
         assert text == ref["text"]
         assert finish == ref["finish_reason"]
         assert usage is not None
-        assert (usage.prompt_tokens, usage.completion_tokens) == (ref["prompt_tokens"], ref["completion_tokens"])
+        assert (usage.prompt_tokens, usage.completion_tokens) == (
+            ref["prompt_tokens"],
+            ref["completion_tokens"],
+        )
 
 
 async def test_request_id_header_and_body(edge_url: str) -> None:
@@ -84,8 +87,13 @@ async def test_sixteen_concurrent_streams(client: AsyncOpenAI) -> None:
     prompts = [f"Tell me about the number {i} and the river." for i in range(16)]
     results = await asyncio.gather(
         *(
-            stream_text(client, messages=[{"role": "user", "content": p}], max_tokens=max_tokens,
-                        temperature=0, extra_body={"ignore_eos": True})
+            stream_text(
+                client,
+                messages=[{"role": "user", "content": p}],
+                max_tokens=max_tokens,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
             for p in prompts
         )
     )
@@ -97,18 +105,28 @@ async def test_sixteen_concurrent_streams(client: AsyncOpenAI) -> None:
         assert text
         # Same prompt alone gives the same text: tokens pass unaltered and in order.
         single = await client.chat.completions.create(
-            model="tiny-random", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-            temperature=0, extra_body={"ignore_eos": True},
+            model="tiny-random",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0,
+            extra_body={"ignore_eos": True},
         )
         assert single.choices[0].message.content == text
         assert single.usage is not None and single.usage.prompt_tokens == usage.prompt_tokens
 
 
-async def test_events_on_own_subject_in_order_with_one_terminal(client: AsyncOpenAI, stack: LocalStack) -> None:
+async def test_events_on_own_subject_in_order_with_one_terminal(
+    client: AsyncOpenAI, stack: LocalStack
+) -> None:
     runs = await asyncio.gather(
         *(
-            stream_text(client, messages=[{"role": "user", "content": f"story {i}"}], max_tokens=50,
-                        temperature=0, extra_body={"ignore_eos": True})
+            stream_text(
+                client,
+                messages=[{"role": "user", "content": f"story {i}"}],
+                max_tokens=50,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
             for i in range(4)
         )
     )

@@ -12,6 +12,8 @@ import nats
 import openai
 import psutil
 import pytest
+from openai import AsyncOpenAI
+
 from llmchat_common import subjects
 from llmchat_common.contracts import (
     Cancelled,
@@ -26,8 +28,6 @@ from llmchat_common.messaging import cancels_kv
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_worker
 from llmchat_common.testing.stack import LocalStack
-from openai import AsyncOpenAI
-
 from tests.conftest import FAILOVER_MODEL
 from tests.helpers import eventually, read_request_events
 
@@ -101,6 +101,8 @@ async def test_queue_cancel_engine_death_and_sigkill(
     watcher = StartedWatcher()
     await watcher.open(nats_url)
     client = AsyncOpenAI(base_url=f"{edge_url}/v1", api_key="unused", max_retries=0, timeout=600)
+    # Untyped handle: the SDK's overloads do not accept a spread of shared keyword arguments.
+    completions: Any = client.chat.completions
     messages = [{"role": "user", "content": "Tell me about the market on Saturday."}]
 
     # -- No worker for the model yet: one request cancelled while queued, one waiting. ------
@@ -122,7 +124,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     await (await cancels_kv(js)).put(skipped.request_id, b"{}")
     await nc.close()
     waiting = asyncio.create_task(
-        client.chat.completions.create(model=FAILOVER_MODEL, messages=messages, max_tokens=16, temperature=0)  # type: ignore[arg-type]
+        completions.create(model=FAILOVER_MODEL, messages=messages, max_tokens=16, temperature=0)
     )
     await asyncio.sleep(1)
     assert not waiting.done()
@@ -135,9 +137,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     assert events[0].usage.completion_tokens == 0
 
     # -- The engine dies under a request: the worker exits non-zero, the request survives. --
-    survivor = asyncio.create_task(
-        client.chat.completions.create(model=FAILOVER_MODEL, messages=messages, **LONG)  # type: ignore[arg-type]
-    )
+    survivor = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
     await watcher.wait_for("worker-b1", 2)  # the short request above, then this one
     engine_procs = [p for p in psutil.Process(b1.pid).children(recursive=True) if "EngineCor" in p.name()]
     assert engine_procs, "no engine process found under the worker"
@@ -158,12 +158,13 @@ async def test_queue_cancel_engine_death_and_sigkill(
     terminals = [e for e in survivor_events if isinstance(e, Completed | Cancelled)]
     assert len(terminals) == 1 and terminals[0].attempt == 2
 
-    stream = await client.chat.completions.create(
-        model=FAILOVER_MODEL, messages=messages, stream=True, **LONG  # type: ignore[arg-type]
+    stream = await completions.create(
+        model=FAILOVER_MODEL,
+        messages=messages,
+        stream=True,
+        **LONG,
     )
-    pending = asyncio.create_task(
-        client.chat.completions.create(model=FAILOVER_MODEL, messages=messages, **LONG)  # type: ignore[arg-type]
-    )
+    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
     _, stream = await first_content(stream)
     await watcher.wait_for("worker-b2", 3)  # the survivor, the stream and the pending request
     b2.kill()  # SIGKILL to the worker and its engine processes at once

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llmchat_common import subjects
 from llmchat_common.contracts import (
     SCHEMA_VERSION,
@@ -17,8 +18,15 @@ def test_events_round_trip_by_type() -> None:
     delta = Delta(request_id="r1", attempt=2, seq=3, worker_id="w", ts=1.0, text="hi", token_ids=[5])
     assert parse_event(delta.model_dump_json()) == delta
     done = Completed(
-        request_id="r1", attempt=1, seq=4, worker_id="w", ts=1.0, finish_reason="stop", text="x",
-        usage=Usage(prompt_tokens=2, completion_tokens=3), timings=Timings(e2e_ms=5),
+        request_id="r1",
+        attempt=1,
+        seq=4,
+        worker_id="w",
+        ts=1.0,
+        finish_reason="stop",
+        text="x",
+        usage=Usage(prompt_tokens=2, completion_tokens=3),
+        timings=Timings(e2e_ms=5),
     )
     parsed = parse_event(done.model_dump_json())
     assert isinstance(parsed, Completed) and parsed.usage.total_tokens == 5
@@ -32,7 +40,10 @@ def test_newer_schema_is_refused_not_misread() -> None:
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    raw = b'{"type":"delta","request_id":"r","attempt":1,"seq":0,"worker_id":"w","ts":0,"text":"a","token_ids":[1],"new_field":1}'
+    raw = (
+        b'{"type":"delta","request_id":"r","attempt":1,"seq":0,"worker_id":"w","ts":0,'
+        b'"text":"a","token_ids":[1],"new_field":1}'
+    )
     assert isinstance(parse_event(raw), Delta)
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llmchat_worker.errors import ProfileError
 from llmchat_worker.profiles import check_hardware, load_profile
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+
 from llmchat_common.contracts import (
     Cancelled,
     ChatMessage,
@@ -24,8 +25,9 @@ from llmchat_worker.service import CoalesceConfig, DeltaCoalescer, RequestRunner
 class ScriptedEngine:
     max_model_len = 64
 
-    def __init__(self, n_tokens: int = 10, delay: float = 0.0, fail_at: int | None = None,
-                 dead_at: int | None = None) -> None:
+    def __init__(
+        self, n_tokens: int = 10, delay: float = 0.0, fail_at: int | None = None, dead_at: int | None = None
+    ) -> None:
         self.n_tokens = n_tokens
         self.delay = delay
         self.fail_at = fail_at
@@ -76,7 +78,9 @@ def make_request(words: int = 3, max_tokens: int | None = 10, timeout: float = 3
     )
 
 
-def runner(engine: ScriptedEngine, request: ChatRequested | None = None, max_tokens: int = 4) -> tuple[RequestRunner, ListSink]:
+def runner(
+    engine: ScriptedEngine, request: ChatRequested | None = None, max_tokens: int = 4
+) -> tuple[RequestRunner, ListSink]:
     sink = ListSink()
     return (
         RequestRunner(
@@ -97,8 +101,8 @@ def check_invariants(events: list[object]) -> None:
     terminals = [e for e in events if isinstance(e, Completed | Failed | Cancelled)]
     assert terminals == [events[-1]]
     deltas = [e for e in events if isinstance(e, Delta)]
-    assert "".join(d.text for d in deltas) == terminals[0].text  # type: ignore[union-attr]
-    assert sum(len(d.token_ids) for d in deltas) == terminals[0].usage.completion_tokens  # type: ignore[union-attr]
+    assert "".join(d.text for d in deltas) == terminals[0].text
+    assert sum(len(d.token_ids) for d in deltas) == terminals[0].usage.completion_tokens
 
 
 async def test_completes_with_coalesced_deltas_and_usage() -> None:
@@ -156,7 +160,7 @@ async def test_cancelled_while_queued_is_skipped() -> None:
 
 @pytest.mark.parametrize(("words", "max_tokens"), [(64, 1), (60, 10)])
 async def test_context_overflow_fails_clearly(words: int, max_tokens: int) -> None:
-    run, sink = runner(ScriptedEngine(), make_request(words=words, max_tokens=max_tokens))
+    run, _ = runner(ScriptedEngine(), make_request(words=words, max_tokens=max_tokens))
     terminal = await run.run()
     assert isinstance(terminal, Failed) and terminal.code == "context_length_exceeded"
     assert not terminal.retriable

@@ -123,9 +123,7 @@ ChatEvent = Annotated[Started | Delta | Completed | Failed | Cancelled, Field(di
 TerminalEvent = Completed | Failed | Cancelled
 TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
 
-_event_adapter: TypeAdapter[Started | Delta | Completed | Failed | Cancelled] = TypeAdapter(
-    ChatEvent
-)
+_event_adapter: TypeAdapter[Started | Delta | Completed | Failed | Cancelled] = TypeAdapter(ChatEvent)
 
 
 class UnsupportedSchemaVersion(ValueError):

@@ -37,7 +37,7 @@ def make_broker(settings: NatsSettings, *, name: str) -> NatsBroker:
         connect_timeout=settings.connect_timeout,
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         logger=log,
     )
 

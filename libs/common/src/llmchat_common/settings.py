@@ -14,7 +14,7 @@ class NatsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMCHAT_NATS_", extra="ignore")
 
     url: str = "nats://127.0.0.1:4222"
-    connect_timeout: float = 5.0
+    connect_timeout: int = 5
     # Limits-retention streams; kept long enough to resume and replay.
     requests_max_age_s: float = 7 * 24 * 3600
     events_max_age_s: float = 7 * 24 * 3600

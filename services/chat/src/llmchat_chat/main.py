@@ -8,6 +8,12 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+
+from llmchat_chat.api import build_router
+from llmchat_chat.api import errors as api_errors
+from llmchat_chat.api.limits import BodySizeLimit
+from llmchat_chat.service import ChatService, ModelRegistry
+from llmchat_chat.settings import ChatSettings
 from llmchat_common.logging import setup_logging
 from llmchat_common.messaging import (
     cancels_kv,
@@ -17,12 +23,6 @@ from llmchat_common.messaging import (
     nats_client,
     registry_kv,
 )
-
-from llmchat_chat.api import build_router
-from llmchat_chat.api import errors as api_errors
-from llmchat_chat.api.limits import BodySizeLimit
-from llmchat_chat.service import ChatService, ModelRegistry
-from llmchat_chat.settings import ChatSettings
 
 log = logging.getLogger(__name__)
 

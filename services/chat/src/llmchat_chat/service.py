@@ -14,20 +14,6 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from llmchat_common import subjects
-from llmchat_common.contracts import (
-    CancelReason,
-    Cancelled,
-    CancelRequest,
-    ChatRequested,
-    Completed,
-    Delta,
-    Failed,
-    Started,
-    WorkerInfo,
-    parse_event,
-)
-from llmchat_common.messaging import REGISTRY_TTL_S
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -38,6 +24,20 @@ from nats.js.kv import KeyValue
 from llmchat_chat import errors
 from llmchat_chat.errors import ApiError, DeadlineExceeded, ServiceUnavailable
 from llmchat_chat.settings import ChatSettings
+from llmchat_common import subjects
+from llmchat_common.contracts import (
+    Cancelled,
+    CancelReason,
+    CancelRequest,
+    ChatRequested,
+    Completed,
+    Delta,
+    Failed,
+    Started,
+    WorkerInfo,
+    parse_event,
+)
+from llmchat_common.messaging import REGISTRY_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class ChatService:
             live = await self.registry.live()
             if not live.get(handle.request.model):
                 raise ServiceUnavailable(
-                    f"no worker for model {handle.request.model!r} picked up the request "
-                    "within its deadline",
+                    f"no worker for model {handle.request.model!r} picked up the request within its deadline",
                     code="no_worker",
                 ) from None
             raise DeadlineExceeded(

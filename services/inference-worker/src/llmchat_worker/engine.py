@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from llmchat_common.contracts import ChatMessage, GenerationParams
-
 from llmchat_worker.errors import EngineFailure
 from llmchat_worker.profiles import ModelProfile, check_hardware, resolve_model_path
 from llmchat_worker.service import TokenChunk
@@ -58,7 +57,7 @@ class VllmEngine:
             max_model_len=self.profile.max_model_len,
             tensor_parallel_size=self.profile.tensor_parallel_size,
             gpu_memory_utilization=self.profile.gpu_memory_utilization,
-            quantization=self.profile.quantization,  # type: ignore[arg-type]
+            quantization=self.profile.quantization,
             max_num_seqs=self.profile.max_num_seqs,
             enforce_eager=self.profile.enforce_eager,
             seed=self.profile.seed,

@@ -12,16 +12,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from faststream.nats import NatsBroker
-from llmchat_common import subjects
-from llmchat_common.contracts import (
-    CancelRequest,
-    Failed,
-    WorkerInfo,
-    parse_request,
-)
-from llmchat_common.messaging import cancels_kv, jetstream, registry_kv
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -30,6 +23,15 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from llmchat_common import subjects
+from llmchat_common.contracts import (
+    CancelRequest,
+    ChatRequested,
+    Failed,
+    WorkerInfo,
+    parse_request,
+)
+from llmchat_common.messaging import cancels_kv, jetstream, registry_kv
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
 from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Terminal
@@ -62,7 +64,7 @@ class NatsEventSink:
         await self._js.publish(subject, payload, headers=headers, timeout=10.0)
 
 
-def _log_publish_failure(future: asyncio.Future[object]) -> None:
+def _log_publish_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("event publish failed", extra={"error": repr(future.exception())})
 
@@ -176,7 +178,7 @@ class RequestConsumer:
                 continue
             try:
                 msgs = await psub.fetch(batch=min(free, 32), timeout=self.settings.fetch_timeout_s)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue
             except Exception as exc:  # noqa: BLE001 - reconnects are handled by the client
                 log.warning("fetch failed", extra={"error": repr(exc)})
@@ -322,9 +324,7 @@ class MaxDeliveriesAdvisory(BaseModel):
     deliveries: int
 
 
-def register_handlers(
-    broker: NatsBroker, model: str, consumer: Callable[[], RequestConsumer | None]
-) -> None:
+def register_handlers(broker: NatsBroker, model: str, consumer: Callable[[], RequestConsumer | None]) -> None:
     register_cancel_handler(broker, consumer)
 
     @broker.subscriber(subjects.max_deliveries_advisory(model))

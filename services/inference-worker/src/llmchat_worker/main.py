@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, Response
+
 from llmchat_common.logging import install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
-
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.handlers import RequestConsumer, register_handlers
 from llmchat_worker.profiles import load_profile
@@ -48,9 +48,7 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
             await engine.probe()
             await broker.start()
             await ensure_streams(jetstream(broker), settings.nats)
-            consumer = RequestConsumer(
-                settings, engine, broker, profile.alias, lambda: app.state.fatal()
-            )
+            consumer = RequestConsumer(settings, engine, broker, profile.alias, lambda: app.state.fatal())
             await consumer.start()
             state.consumer = consumer
             log.info("worker ready", extra={"model": profile.alias, "capacity": consumer.capacity})

@@ -12,11 +12,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from llmchat_common.contracts import (
-    CancelReason,
     Cancelled,
+    CancelReason,
     ChatMessage,
     ChatRequested,
     Completed,
@@ -27,11 +27,18 @@ from llmchat_common.contracts import (
     Timings,
     Usage,
 )
-
 from llmchat_worker.errors import EngineFailure, RequestRejected
 
 Terminal = Completed | Failed | Cancelled
 Event = Started | Delta | Terminal
+
+
+class EventHeader(TypedDict):
+    request_id: str
+    attempt: int
+    seq: int
+    worker_id: str
+    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +232,7 @@ class RequestRunner:
 
     async def _generate(self, prompt_ids: list[int], max_tokens: int) -> str:
         finish_reason = "stop"
-        async for chunk in self.engine.generate(
-            self.engine_key, prompt_ids, self.request.params, max_tokens
-        ):
+        async for chunk in self.engine.generate(self.engine_key, prompt_ids, self.request.params, max_tokens):
             now = self.clock()
             if chunk.token_ids:
                 if self._first_token_at is None:
@@ -258,7 +263,7 @@ class RequestRunner:
             )
         )
 
-    def _base(self) -> dict[str, object]:
+    def _base(self) -> EventHeader:
         return {
             "request_id": self.request.request_id,
             "attempt": self.attempt,

@@ -71,7 +71,7 @@ def build(out: Path, *, vocab_size: int = 2048, seed: int = 0) -> Path:
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     # A wider init than the default keeps greedy output varied instead of one repeated token.

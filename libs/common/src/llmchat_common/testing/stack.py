@@ -79,12 +79,17 @@ class LocalStack:
             "nats",
             [
                 binary,
-                "-a", "127.0.0.1",
-                "-p", str(self.ports.nats),
-                "-m", str(self.ports.nats_monitor),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.ports.nats),
+                "-m",
+                str(self.ports.nats_monitor),
                 "-js",
-                "-sd", str(store),
-                "-n", "llmchat-local",
+                "-sd",
+                str(store),
+                "-n",
+                "llmchat-local",
             ],
             log_path=self.logs / "nats.log",
         ).start()
@@ -110,8 +115,14 @@ class LocalStack:
         if not (data / "PG_VERSION").exists():
             subprocess.run(
                 [
-                    str(bindir / "initdb"), "-D", str(data), "-U", DB_USER,
-                    "--auth=trust", "--encoding=UTF8", "--no-instructions",
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    DB_USER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
                 ],
                 check=True,
                 user=user,
@@ -121,16 +132,34 @@ class LocalStack:
         proc = ManagedProcess(
             "postgres",
             [
-                str(bindir / "postgres"), "-D", str(data),
-                "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-k", str(sock),
-                "-c", "fsync=on", "-c", "max_connections=200",
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.ports.postgres),
+                "-k",
+                str(sock),
+                "-c",
+                "fsync=on",
+                "-c",
+                "max_connections=200",
             ],
             log_path=log_path,
             user=user,
             stop_signal=signal.SIGINT,  # "fast" shutdown
         ).start()
         self.processes.append(proc)
-        isready = [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", DB_USER]
+        isready = [
+            str(bindir / "pg_isready"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.ports.postgres),
+            "-U",
+            DB_USER,
+        ]
         wait_until(
             lambda: subprocess.run(isready, capture_output=True).returncode == 0,
             timeout=60,
@@ -139,11 +168,23 @@ class LocalStack:
         )
         psql = [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-U", DB_USER]
         exists = subprocess.run(
-            [*psql, "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{DB_NAME}'"],
-            capture_output=True, text=True, check=True,
+            [
+                *psql,
+                "-d",
+                "postgres",
+                "-tAc",
+                "SELECT 1 FROM pg_database WHERE datname = :'db'",
+                "-v",
+                f"db={DB_NAME}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if exists != "1":
-            subprocess.run([*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"], check=True, capture_output=True)
+            subprocess.run(
+                [*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"], check=True, capture_output=True
+            )
         return proc
 
     # -- Redis ------------------------------------------------------------------------------
@@ -157,9 +198,21 @@ class LocalStack:
         proc = ManagedProcess(
             "redis",
             [
-                binary, "--bind", "127.0.0.1", "--port", str(self.ports.redis),
-                "--dir", str(data), "--appendonly", "yes", "--save", "60 1",
-                "--protected-mode", "yes", "--daemonize", "no",
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.ports.redis),
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--save",
+                "60 1",
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
             ],
             log_path=self.logs / "redis.log",
         ).start()

@@ -7,6 +7,13 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
+from sse_starlette import EventSourceResponse
+
+from llmchat_chat.api.deps import get_service
+from llmchat_chat.api.openai_format import ChunkWriter, completion_body
+from llmchat_chat.api.schemas import ChatCompletionRequest
+from llmchat_chat.errors import ApiError, ContextLengthExceeded, ModelNotFound, error_body
+from llmchat_chat.service import ChatService, RequestHandle, new_request_id, terminal_error
 from llmchat_common.contracts import (
     Cancelled,
     ChatMessage,
@@ -16,13 +23,6 @@ from llmchat_common.contracts import (
     Failed,
     GenerationParams,
 )
-from sse_starlette import EventSourceResponse
-
-from llmchat_chat.api.deps import get_service
-from llmchat_chat.api.openai_format import ChunkWriter, completion_body
-from llmchat_chat.api.schemas import ChatCompletionRequest
-from llmchat_chat.errors import ApiError, ContextLengthExceeded, ModelNotFound, error_body
-from llmchat_chat.service import ChatService, RequestHandle, new_request_id, terminal_error
 
 router = APIRouter()
 ServiceDep = Annotated[ChatService, Depends(get_service)]
@@ -130,8 +130,8 @@ async def stream_chunks(
                 if sent_text:
                     # Until continuation lands, a restarted attempt after text was sent would
                     # repeat it: end with a clear, retriable error instead.
-                    exc = ApiError("the worker serving this answer was lost; retry", code="worker_lost")
-                    yield orjson.dumps(error_body(exc)).decode()
+                    lost = ApiError("the worker serving this answer was lost; retry", code="worker_lost")
+                    yield orjson.dumps(error_body(lost)).decode()
                     break
                 attempt = event.attempt
             if isinstance(event, Delta):

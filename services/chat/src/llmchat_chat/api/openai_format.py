@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
 from llmchat_common.contracts import Completed, Usage
 
 
