@@ -147,7 +147,8 @@ def main() -> int:
         url, stop = start_platform()
     try:
         print(
-            "| concurrency | requests | errors | TTFT p50 ms | TTFT p99 ms | gap p50 ms | gap p99 ms | e2e p50 ms | output tok/s | tok/s per stream |"
+            "| concurrency | requests | errors | TTFT p50 ms | TTFT p99 ms | gap p50 ms | gap p99 ms "
+            "| e2e p50 ms | output tok/s | tok/s per stream |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for level in args.concurrency:
