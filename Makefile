@@ -11,6 +11,12 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_REACHABLE = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" >/dev/null 2>&1 && echo yes)
 WORKER_EXTRA ?= cpu
 
+# Optional local settings (see .env.example).
+ifneq (,$(wildcard .env))
+include .env
+export
+endif
+
 .PHONY: setup system-deps run test lint fmt bench clean
 
 setup: system-deps $(STAMP)
