@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import nats
+import pytest
 
-from llmchat_common.contracts import Cancelled, Delta
+from llmchat_common import subjects
+from llmchat_common.contracts import Cancelled, Delta, parse_request
+from llmchat_common.messaging import cancels_kv
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import Worker
+from tests.conftest import IDLE_MODEL, Worker
 from tests.helpers import eventually, read_request_events, worker_status
 
 
@@ -49,3 +53,44 @@ async def test_disconnect_cancels_and_frees_the_engine(
     assert 0 < terminal.usage.completion_tokens < 1900
     assert terminal.usage.completion_tokens == sum(len(d.token_ids) for d in deltas)
     assert terminal.usage.prompt_tokens > 0
+
+
+async def test_disconnect_while_queued_cancels_before_any_worker_runs_it(
+    edge_url: str, stack: LocalStack
+) -> None:
+    """The client leaves before a worker picked its request up: the KV cancel entry is written,
+    so whichever worker pulls it later skips it."""
+    subject = subjects.request_subject(IDLE_MODEL)
+    body = {
+        "model": IDLE_MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "timeout": 300,
+    }
+    nc = await nats.connect(stack.env()["LLMCHAT_NATS_URL"])
+    try:
+        js = nc.jetstream()
+        async with httpx.AsyncClient(base_url=edge_url) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/v1/chat/completions", json=body, timeout=2)
+
+        async def queued_id() -> str | None:
+            try:
+                msg = await js.get_last_msg(subjects.REQUESTS_STREAM, subject)
+            except nats.js.errors.NotFoundError:
+                return None
+            return parse_request(msg.data or b"").request_id
+
+        request_id = await eventually(queued_id, timeout=5, what="the queued request")
+        cancels = await cancels_kv(js)
+
+        async def cancel_recorded() -> bool:
+            try:
+                await cancels.get(request_id)
+            except nats.js.errors.KeyNotFoundError:
+                return False
+            return True
+
+        await eventually(cancel_recorded, timeout=5, what="the cancel entry")
+    finally:
+        await nc.close()

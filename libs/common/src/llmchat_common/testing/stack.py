@@ -22,6 +22,7 @@ from llmchat_common.testing.process import ManagedProcess, find_binary, free_por
 PG_SYSTEM_USER = "llmchat-pg"
 DB_NAME = "llmchat"
 DB_USER = "llmchat"
+EXISTS_SQL = "SELECT 1 FROM pg_database WHERE datname = 'llmchat'"
 
 
 @dataclass
@@ -173,9 +174,7 @@ class LocalStack:
                 "-d",
                 "postgres",
                 "-tAc",
-                "SELECT 1 FROM pg_database WHERE datname = :'db'",
-                "-v",
-                f"db={DB_NAME}",
+                EXISTS_SQL,
             ],
             capture_output=True,
             text=True,

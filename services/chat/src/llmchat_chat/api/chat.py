@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, TypeVar
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
@@ -25,6 +26,7 @@ from llmchat_common.contracts import (
 )
 
 router = APIRouter()
+T = TypeVar("T")
 ServiceDep = Annotated[ChatService, Depends(get_service)]
 
 
@@ -64,12 +66,54 @@ async def to_request(body: ChatCompletionRequest, service: ChatService) -> ChatR
     )
 
 
+class ClientDisconnected(Exception):
+    """The caller went away before the response started."""
+
+
+async def until_disconnected(http_request: Request, work: Awaitable[T]) -> T:
+    """Runs `work` unless the client disconnects first (e.g. while its request is queued)."""
+
+    async def watch() -> None:
+        # The body is already read: the next ASGI message is the disconnect, if any.
+        while (await http_request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientDisconnected
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
 @router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, service: ServiceDep) -> Response:
+async def create_chat_completion(
+    body: ChatCompletionRequest, http_request: Request, service: ServiceDep
+) -> Response:
     request = await to_request(body, service)
     handle = await service.submit(request)
     try:
-        first = await service.wait_started(handle)
+        return await respond(body, http_request, service, handle)
+    except ClientDisconnected:
+        if request.disconnect == "cancel":
+            service.in_background(service.cancel(request.request_id, "client"))
+        return Response(status_code=499)
+    finally:
+        if not body.stream:
+            await handle.close()
+
+
+async def respond(
+    body: ChatCompletionRequest, http_request: Request, service: ChatService, handle: RequestHandle
+) -> Response:
+    request = handle.request
+    try:
+        first = await until_disconnected(http_request, service.wait_started(handle))
         if isinstance(first, Failed | Cancelled):
             raise terminal_error(first)
     except BaseException:
@@ -86,10 +130,7 @@ async def create_chat_completion(body: ChatCompletionRequest, service: ServiceDe
             sep="\n",
             ping=15,
         )
-    try:
-        completed = await collect(handle, first.attempt)
-    finally:
-        await handle.close()
+    completed = await until_disconnected(http_request, collect(handle, first.attempt))
     return Response(
         orjson.dumps(completion_body(request.request_id, body.model, created, completed)),
         media_type="application/json",
