@@ -4,10 +4,12 @@ worker (redelivery to a fresh one), and every client gets a well-formed end."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import nats
 import openai
 import psutil
@@ -170,7 +172,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     b2.kill()  # SIGKILL to the worker and its engine processes at once
 
     streamed = asyncio.create_task(drain(stream))
-    start_b(stack, models_dir, "worker-b3", workers)
+    b3 = start_b(stack, models_dir, "worker-b3", workers)
     # The streaming client already had text from the dead attempt: it gets a clean error,
     # never a hang and never repeated text.
     with pytest.raises(openai.APIError, match="worker"):
@@ -180,4 +182,19 @@ async def test_queue_cancel_engine_death_and_sigkill(
     assert finished.choices[0].message.content == answer.choices[0].message.content  # greedy, same prompt
     pending_events = await read_request_events(nats_url, finished.id)
     assert any(isinstance(e, Started) and e.attempt == 2 for e in pending_events)
+
+    # -- SIGTERM drains: the running answer completes, then the worker leaves the registry. --
+    draining = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
+    await watcher.wait_for("worker-b3", 3)  # the two redelivered requests, then this one
+    b3.signal(signal.SIGTERM)
+    drained = await asyncio.wait_for(draining, timeout=300)
+    assert drained.usage is not None and drained.usage.completion_tokens == 1800
+    assert await asyncio.to_thread(b3.wait, 60) == 0
+
+    async def model_b_has_no_worker() -> bool:
+        async with httpx.AsyncClient(base_url=edge_url) as http:
+            models = (await http.get("/v1/models")).json()["data"]
+        return any(m["id"] == FAILOVER_MODEL and m["workers"] == 0 for m in models)
+
+    await eventually(model_b_has_no_worker, timeout=10, what="the drained worker to leave the registry")
     await watcher.close()

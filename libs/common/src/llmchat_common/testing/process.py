@@ -113,6 +113,10 @@ class ManagedProcess:
     def poll(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
 
+    def wait(self, timeout: float) -> int:
+        assert self._proc is not None
+        return self._proc.wait(timeout=timeout)
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,60 @@
+"""`make run`'s launcher: everything comes up, answers, and Ctrl-C stops it all cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from llmchat_common.testing.process import free_port
+from tests.conftest import REPO
+
+
+def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: Path) -> None:
+    state = REPO / ".state" / "test-run-command"
+    subprocess.run(["rm", "-rf", str(state)], check=True)
+    state.mkdir(parents=True)
+    # Reuse the built model: this test is about the launcher, not the model build.
+    (state / "models").symlink_to(models_dir)
+    port = free_port()
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "infra" / "run.py"), "--state-dir", str(state), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    try:
+        body = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        deadline = time.monotonic() + 240
+        answer = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
+                if resp.status_code == 200:
+                    answer = resp.json()
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert answer is not None, (tmp_path / "run.log").read_text()[-3000:]
+        assert answer["usage"]["completion_tokens"] == 4
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 5  # nats, postgres, redis, worker (+ engine), edge
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [p.pid for p in alive]
+        output = (tmp_path / "run.log").read_text()
+        assert "llmchat is ready" in output
+        assert f"http://127.0.0.1:{port}/v1" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
