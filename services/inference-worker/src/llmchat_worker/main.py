@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -100,6 +101,10 @@ def run() -> None:
         server.should_exit = True
 
     app.state.fatal = fatal
+    # uvicorn re-raises the signal that stopped it once it has shut down; by then the drain is
+    # done, so the re-raised signal is ignored and the exit code says how it went.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     asyncio.run(server.serve())
     if state.fatal or not server.started:
         sys.exit(1)
