@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -13,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -21,6 +22,15 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments to run as `user` with its own group only (not root's group, which would
+    select the group permission bits of root-owned folders)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def free_port(preferred: int = 0) -> int:
@@ -102,7 +112,7 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             env=self.env,
             cwd=self.cwd,
-            user=self.user,
+            **as_user(self.user),
             # Own process group: Ctrl-C in a terminal reaches the launcher only, which then
             # stops children in order.
             start_new_session=True,

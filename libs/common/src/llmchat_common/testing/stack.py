@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmchat_common.testing.process import ManagedProcess, find_binary, free_port, wait_until
+from llmchat_common.testing.process import ManagedProcess, as_user, find_binary, free_port, wait_until
 
 PG_SYSTEM_USER = "llmchat-pg"
 DB_NAME = "llmchat"
@@ -112,7 +112,7 @@ class LocalStack:
         if user is not None:
             # The postgres user must traverse to its folder; it owns only that folder.
             _make_traversable(base)
-            subprocess.run(["chown", "-R", user, str(base)], check=True)
+            subprocess.run(["chown", "-R", f"{user}:", str(base)], check=True)
         if not (data / "PG_VERSION").exists():
             subprocess.run(
                 [
@@ -126,8 +126,8 @@ class LocalStack:
                     "--no-instructions",
                 ],
                 check=True,
-                user=user,
                 stdout=subprocess.DEVNULL,
+                **as_user(user),
             )
         log_path = base / "postgres.log"
         proc = ManagedProcess(
