@@ -177,7 +177,11 @@ class RequestConsumer:
                 await self._slot_free.wait()
                 continue
             try:
-                msgs = await psub.fetch(batch=min(free, 32), timeout=self.settings.fetch_timeout_s)
+                # One at a time: nats-py's batch fetch lingers until the batch is full or its
+                # timeout ends, and a short batch fetch can leave a message parked in the
+                # subscription's queue until the next batch fetch, both delaying requests.
+                # One round trip per request is cheap next to a generation.
+                msgs = await psub.fetch(batch=1, timeout=self.settings.fetch_timeout_s)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except Exception as exc:  # noqa: BLE001 - reconnects are handled by the client

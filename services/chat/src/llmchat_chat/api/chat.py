@@ -7,8 +7,7 @@ from typing import Annotated, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
-from sse_starlette import EventSourceResponse
+from fastapi.responses import Response, StreamingResponse
 
 from llmchat_chat.api.deps import get_service
 from llmchat_chat.api.openai_format import ChunkWriter, completion_body
@@ -124,11 +123,10 @@ async def respond(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(request.request_id, body.model, created, include_usage)
-        return EventSourceResponse(
-            stream_chunks(service, handle, writer, first.attempt),
-            headers=headers,
-            sep="\n",
-            ping=15,
+        return StreamingResponse(
+            sse_frames(stream_chunks(service, handle, writer, first.attempt)),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
     completed = await until_disconnected(http_request, collect(handle, first.attempt))
     return Response(
@@ -150,6 +148,13 @@ async def collect(handle: RequestHandle, attempt: int) -> Completed:
             return event
         if isinstance(event, Failed | Cancelled):
             raise terminal_error(event)
+
+
+async def sse_frames(payloads: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    """One SSE `data:` frame per payload. Starlette cancels this generator when the client
+    disconnects, which runs stream_chunks' cleanup (the cancel)."""
+    async for payload in payloads:
+        yield b"data: " + payload.encode() + b"\n\n"
 
 
 async def stream_chunks(
