@@ -258,6 +258,9 @@ class RequestConsumer:
             await self._cancels.get(request.request_id)
         except KeyNotFoundError:
             return False
+        except Exception as exc:  # noqa: BLE001 - the live cancel and the deadline still apply
+            log.warning("cancel lookup failed", extra={"request_id": request.request_id, "error": repr(exc)})
+            return False
         return True
 
     async def _keep_in_progress(self, msg: Msg) -> None:
