@@ -32,6 +32,11 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
     ("stream wrong type", {**GOOD, "stream": "yes please"}, 400, "stream"),
     ("messages wrong type", {**GOOD, "messages": "hello"}, 400, "messages"),
     ("too many stops", {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("empty stop", {**GOOD, "stop": ""}, 400, "stop"),
+    ("seed beyond 64 bits", {**GOOD, "seed": 2**70}, 400, "seed"),
+    ("tools", {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ("json mode", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ("streamed and invalid", {**GOOD, "stream": True, "messages": []}, 400, "messages"),
 ]
 
 
@@ -60,6 +65,15 @@ async def test_prompt_beyond_context_is_400_from_the_worker(edge_url: str) -> No
         resp = await http.post(
             "/v1/chat/completions", json={**GOOD, "messages": [{"role": "user", "content": long_text}]}
         )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_body_under_the_cap_but_over_a_megabyte_reaches_the_worker(edge_url: str) -> None:
+    """The broker's payload limit is above the edge's body cap: no 503 for a valid size."""
+    body = {**GOOD, "messages": [{"role": "user", "content": "x " * 750_000}]}
+    async with httpx.AsyncClient(base_url=edge_url, timeout=120) as http:
+        resp = await http.post("/v1/chat/completions", json=body)
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "context_length_exceeded"
 

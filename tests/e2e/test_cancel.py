@@ -25,6 +25,7 @@ async def test_disconnect_cancels_and_frees_the_engine(
         "ignore_eos": True,
     }
     chunks = 0
+
     async with (
         httpx.AsyncClient(base_url=edge_url, timeout=60) as http,
         http.stream("POST", "/v1/chat/completions", json=body) as resp,
@@ -35,8 +36,6 @@ async def test_disconnect_cancels_and_frees_the_engine(
             if line.startswith("data: ") and '"content"' in line:
                 chunks += 1
             if chunks >= 5:
-                status = await worker_status(worker.url)
-                assert int(status["running"]) >= 1  # type: ignore[call-overload]
                 break
     # Leaving the block closed the connection mid-stream.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -191,3 +192,45 @@ def test_coalescer_flushes_on_time() -> None:
     now[0] = 0.011
     assert coalescer.add("d", [4])
     assert coalescer.take() == ("bcd", [2, 3, 4])
+
+
+class SwallowingSink(ListSink):
+    """Like the broker client's publish, an await that swallows a task cancellation."""
+
+    async def emit(self, event: object) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.002)
+        self.events.append(event)
+
+
+async def test_cancel_is_honoured_even_when_an_await_swallows_it() -> None:
+    engine = ScriptedEngine(n_tokens=1000, delay=0.001)
+    sink = SwallowingSink()
+    run = RequestRunner(
+        make_request(max_tokens=None),
+        attempt=1,
+        worker_id="w1",
+        engine=engine,
+        sink=sink,
+        coalesce=CoalesceConfig(max_tokens=1, max_ms=0),
+    )
+    task = asyncio.create_task(run.run())
+    while len(sink.events) < 5:
+        await asyncio.sleep(0.001)
+    run.cancel("client")
+    terminal = await asyncio.wait_for(task, timeout=5)
+    assert isinstance(terminal, Cancelled)
+    assert terminal.usage.completion_tokens < 1000
+    assert engine.aborted
+    check_invariants(sink.events)
+
+
+async def test_chat_template_error_is_the_callers() -> None:
+    class Picky(ScriptedEngine):
+        def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+            raise ValueError("roles must alternate")
+
+    run, _ = runner(Picky())
+    terminal = await run.run()
+    assert isinstance(terminal, Failed)
+    assert terminal.code == "invalid_request"

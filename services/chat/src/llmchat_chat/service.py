@@ -64,7 +64,10 @@ class ModelRegistry:
             return self._cached
         async with self._lock:
             if time.monotonic() - self._cached_at >= self._cache_s:
-                self._cached = await self._read()
+                try:
+                    self._cached = await self._read()
+                except Exception as exc:  # noqa: BLE001 - serve the last view; the next call retries
+                    log.warning("registry read failed", extra={"error": repr(exc)})
                 self._cached_at = time.monotonic()
         return self._cached
 
@@ -204,6 +207,8 @@ def terminal_error(event: Failed | Cancelled) -> ApiError:
         return errors.RequestCancelled("the request was cancelled")
     if event.code == "context_length_exceeded":
         return errors.ContextLengthExceeded(event.message, param="messages")
+    if event.code == "invalid_request":
+        return errors.InvalidRequest(event.message, param="messages")
     if event.retriable:
         return errors.ServiceUnavailable(event.message, code=event.code)
     return errors.UpstreamFailed(event.message, code=event.code)

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -209,6 +209,10 @@ class RequestConsumer:
             log.error("malformed request dropped", extra={"subject": msg.subject})
             await msg.term()
             return
+        if attempt > 1 and await self._already_finished(request.request_id):
+            # A previous attempt stored its terminal event but its ack was lost: done.
+            await msg.ack()
+            return
         runner = RequestRunner(
             request,
             attempt=attempt,
@@ -251,6 +255,19 @@ class RequestConsumer:
         log.error("request failed", extra={"request_id": runner.request.request_id, "error": repr(exc)})
         with contextlib.suppress(Exception):
             await msg.nak(delay=1.0)
+
+    async def _already_finished(self, request_id: str) -> bool:
+        js = jetstream(self.broker)
+        for kind in ("completed", "failed", "cancelled"):
+            try:
+                await js.get_last_msg(subjects.EVENTS_STREAM, subjects.event_subject(request_id, kind))
+            except NotFoundError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - if unsure, generate again (the edge keeps the latest attempt)
+                log.warning("terminal lookup failed", extra={"request_id": request_id, "error": repr(exc)})
+                return False
+            return True
+        return False
 
     async def _cancelled_while_queued(self, request: ChatRequested) -> bool:
         assert self._cancels is not None

@@ -158,7 +158,7 @@ class RequestRunner:
         if self.cancel_reason is not None:
             return await self._finish_cancelled(self.cancel_reason)
         try:
-            prompt_ids = self.engine.encode_chat(self.request.messages)
+            prompt_ids = await self._encode()
             max_tokens = self._max_tokens(len(prompt_ids))
         except RequestRejected as exc:
             return await self._terminal(
@@ -201,6 +201,9 @@ class RequestRunner:
                     timings=self._timings(),
                 )
             )
+        if finish_reason == "cancelled" and self.cancel_reason is not None:
+            await self.engine.abort(self.engine_key)
+            return await self._finish_cancelled(self.cancel_reason)
         await self._flush()
         return await self._terminal(
             Completed(
@@ -211,6 +214,13 @@ class RequestRunner:
                 timings=self._timings(),
             )
         )
+
+    async def _encode(self) -> list[int]:
+        try:
+            # In a thread: tokenizing a long prompt must not stall every other stream.
+            return await asyncio.to_thread(self.engine.encode_chat, self.request.messages)
+        except Exception as exc:
+            raise RequestRejected("invalid_request", f"the messages do not fit this model: {exc}") from exc
 
     def _max_tokens(self, prompt_len: int) -> int:
         limit = self.engine.max_model_len
@@ -244,6 +254,10 @@ class RequestRunner:
                 await self._flush()
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
+            if self.cancel_reason is not None:
+                # The task's cancellation can be swallowed by an await that shields it (the
+                # broker client's publish); the flag is the contract.
+                return "cancelled"
         return finish_reason
 
     async def _flush(self) -> None:

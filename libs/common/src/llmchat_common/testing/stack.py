@@ -76,10 +76,15 @@ class LocalStack:
         self.ports.nats_monitor = free_port(self.preferred.nats_monitor)
         store = self.state_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
+        # Above the edge's body cap, as in infra/nats/nats.conf (the default is 1 MB).
+        conf = self.state_dir / "nats.conf"
+        conf.write_text("max_payload: 8MB\n")
         proc = ManagedProcess(
             "nats",
             [
                 binary,
+                "-c",
+                str(conf),
                 "-a",
                 "127.0.0.1",
                 "-p",

@@ -3,7 +3,7 @@ SDK only sends what the caller set); extensions are documented in the README."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,9 +42,14 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     n: int | None = None
     user: str | None = Field(default=None, max_length=256)
+    # Not supported yet: refused with a 400 rather than silently ignored.
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    logprobs: bool | None = None
+    response_format: dict[str, Any] | None = None
     # Extensions.
     timeout: float | None = Field(default=None, gt=0, description="deadline in seconds")
     ignore_eos: bool = False
@@ -62,6 +67,29 @@ class ChatCompletionRequest(BaseModel):
     def at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool and function calling are not supported")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type", "text") != "text":
+            raise ValueError("only the text response format is supported")
         return value
 
     def stops(self) -> list[str]:
