@@ -16,8 +16,6 @@ from llmchat_common.contracts import parse_event
 
 T = TypeVar("T")
 
-AnyEvent = object
-
 
 async def read_request_events(nats_url: str, request_id: str, *, wait_terminal: float = 30.0) -> list[object]:
     """All stored events of one request, in stream order, waiting until a terminal one is there."""
