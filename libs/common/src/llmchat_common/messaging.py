@@ -102,3 +102,12 @@ async def registry_kv(js: JetStreamContext) -> KeyValue:
 
 async def cancels_kv(js: JetStreamContext) -> KeyValue:
     return await ensure_kv(js, subjects.CANCELS_BUCKET, CANCELS_TTL_S)
+
+
+# Longer than any access token lives (auth refuses a longer access TTL): a denylisted token
+# has expired by the time its entry does.
+REVOCATIONS_TTL_S = 24 * 3600.0
+
+
+async def revocations_kv(js: JetStreamContext) -> KeyValue:
+    return await ensure_kv(js, subjects.REVOCATIONS_BUCKET, REVOCATIONS_TTL_S)

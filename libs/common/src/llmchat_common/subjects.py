@@ -78,3 +78,37 @@ def msg_id_for_event(request_id: str, attempt: int, seq: int) -> str:
     """JetStream de-duplication id: the attempt is part of it so a redelivered generation is
     never swallowed by the duplicate window."""
     return f"{request_id}:{attempt}:{seq}"
+
+
+# -- auth (request-reply; only the edge may publish here) -------------------------------------
+AUTH_RPC_PREFIX = "auth.v1.rpc"
+# The auth service's queue group: replicas share the requests.
+AUTH_QUEUE = "auth"
+REVOCATIONS_BUCKET = "llmchat_revocations"
+
+AUTH_OPS = (
+    "ping",
+    "register",
+    "login",
+    "refresh",
+    "logout",
+    "me",
+    "change_password",
+    "create_api_key",
+    "list_api_keys",
+    "revoke_api_key",
+    "verify_api_key",
+    "list_users",
+    "set_user_disabled",
+    "jwks",
+)
+
+
+def auth_subject(op: str) -> str:
+    if op not in AUTH_OPS:
+        raise ValueError(f"unknown auth operation {op!r}")
+    return f"{AUTH_RPC_PREFIX}.{op}"
+
+
+def auth_wildcard() -> str:
+    return f"{AUTH_RPC_PREFIX}.>"

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import nats
+
+from llmchat_common import subjects
+from llmchat_common.auth_contracts import AuthReply
 from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
 from llmchat_common.testing.stack import LocalStack, _http_ok
 
 
-def _env(stack: LocalStack, extra: Mapping[str, str]) -> dict[str, str]:
-    env = {**os.environ, **stack.env(), **extra}
+def _env(stack: LocalStack, service: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """The stack's locations plus `service`'s own NATS credentials."""
+    env = {**os.environ, **stack.env(service), **extra}
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -30,6 +37,7 @@ def start_edge(
     port = port or free_port()
     env = _env(
         stack,
+        "chat",
         {
             "LLMCHAT_CHAT_PORT": str(port),
             "LLMCHAT_CHAT_MODELS": json.dumps(models or ["tiny-random"]),
@@ -58,6 +66,7 @@ def start_worker(
     port = port or free_port()
     env = _env(
         stack,
+        "worker",
         {
             "LLMCHAT_WORKER_MODEL": model,
             "LLMCHAT_WORKER_PORT": str(port),
@@ -79,3 +88,47 @@ def wait_for_worker(proc: ManagedProcess, port: int, *, timeout: float = 240) ->
     wait_until(
         lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=timeout, what=proc.name, proc=proc
     )
+
+
+def start_auth(
+    stack: LocalStack,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "auth",
+    timeout: float = 60,
+) -> ManagedProcess:
+    """The auth service has no port: it is ready once it answers a ping over NATS."""
+    env = _env(stack, "auth", extra_env or {})
+    proc = ManagedProcess(
+        name, [sys.executable, "-m", "llmchat_auth"], env=env, log_path=stack.logs / f"{name}.log"
+    ).start()
+    wait_until(lambda: auth_ping(stack), timeout=timeout, what=name, proc=proc)
+    return proc
+
+
+def auth_ping(stack: LocalStack) -> bool:
+    """One request-reply round trip to the auth service, with the edge's credentials."""
+
+    async def ping() -> bool:
+        env = stack.env("chat")
+        nc = await nats.connect(
+            env["LLMCHAT_NATS_URL"],
+            user=env.get("LLMCHAT_NATS_USER"),
+            password=env.get("LLMCHAT_NATS_PASSWORD"),
+            connect_timeout=2,
+            max_reconnect_attempts=0,
+        )
+        try:
+            reply = await nc.request(subjects.auth_subject("ping"), b"{}", timeout=1)
+            return bool(AuthReply.model_validate_json(reply.data).ok)
+        except Exception:  # noqa: BLE001 - not ready yet
+            return False
+        finally:
+            await nc.close()
+
+    # Callers may run inside an event loop (async fixtures): use a thread of our own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(asyncio.run, ping()).result(timeout=10)
+        except Exception:  # noqa: BLE001
+            return False

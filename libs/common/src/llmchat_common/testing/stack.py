@@ -44,8 +44,9 @@ class LocalStack:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
-    def env(self) -> dict[str, str]:
-        """The environment every service needs to find this stack."""
+    def env(self, service: str | None = None) -> dict[str, str]:
+        """The environment every service needs to find this stack (`service`: whose NATS
+        credentials to include)."""
         return {
             "LLMCHAT_NATS_URL": f"nats://127.0.0.1:{self.ports.nats}",
             "LLMCHAT_POSTGRES_DSN": f"postgresql://{DB_USER}@127.0.0.1:{self.ports.postgres}/{DB_NAME}",
