@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
+from llmchat_common.testing.services import start_auth, start_edge, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack, StackPorts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,5 +63,14 @@ def edge_url(stack: LocalStack, worker: Worker) -> Iterator[str]:
     proc, port = start_edge(stack, models=[MAIN_MODEL, FAILOVER_MODEL, IDLE_MODEL])
     try:
         yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_service(stack: LocalStack) -> Iterator[ManagedProcess]:
+    proc = start_auth(stack)
+    try:
+        yield proc
     finally:
         proc.stop()

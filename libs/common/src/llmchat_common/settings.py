@@ -50,3 +50,15 @@ class LogSettings(BaseSettings):
 
     level: str = "INFO"
     json_format: bool = Field(default=True, alias="LLMCHAT_LOG_JSON")
+
+
+class TokenSettings(BaseSettings):
+    """What access tokens say about who issued them and for whom: auth signs with these, the
+    edge refuses any other."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_JWT_", extra="ignore")
+
+    issuer: str = "llmchat-auth"
+    audience: str = "llmchat-api"
+    # Access-token lifetime; at most a day (the revocation bucket's TTL).
+    access_ttl_s: int = Field(default=900, ge=30, le=24 * 3600)
