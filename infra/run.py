@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
+from llmchat_common.testing.services import start_auth, start_edge, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
 
 
@@ -41,6 +41,7 @@ def main() -> int:
         )
         worker, worker_port = start_worker(stack, model=args.model, wait=False)
         services.append(worker)
+        services.append(start_auth(stack))
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model
         edge, port = start_edge(stack, port=args.port, models=[alias])
         services.append(edge)
@@ -51,6 +52,8 @@ def main() -> int:
             f"  API (OpenAI-compatible): http://127.0.0.1:{port}/v1\n"
             f"  models:                  http://127.0.0.1:{port}/v1/models\n"
             f"  API docs:                http://127.0.0.1:{port}/docs\n"
+            "  accounts: POST /v1/auth/register, then /v1/auth/login; the first admin:\n"
+            "    .venv/bin/python -m llmchat_auth create-admin --email you@example.com\n"
             "Ctrl-C stops everything; data stays in the state folder.",
             flush=True,
         )

@@ -13,6 +13,7 @@ import pytest
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_auth, start_edge, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack, StackPorts
+from tests.helpers import Account, register_account
 
 REPO = Path(__file__).resolve().parents[1]
 # Aliases the edge serves: the main pool, a pool whose workers the failover tests start and
@@ -58,13 +59,39 @@ def worker(stack: LocalStack, models_dir: Path) -> Iterator[Worker]:
         proc.stop()
 
 
+# The shared edge's limits are out of the way of the functional tests; the limits tests start
+# their own edge with small ones.
+ROOMY_LIMITS = {
+    f"LLMCHAT_CHAT_LIMITS__{scope}__{role}__{name}": "1000000"
+    for scope in ("USER", "API_KEY")
+    for role in ("USER", "ADMIN")
+    for name in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "CONCURRENT")
+}
+
+
 @pytest.fixture(scope="session")
-def edge_url(stack: LocalStack, worker: Worker) -> Iterator[str]:
-    proc, port = start_edge(stack, models=[MAIN_MODEL, FAILOVER_MODEL, IDLE_MODEL])
+def edge_url(stack: LocalStack, worker: Worker, auth_service: ManagedProcess) -> Iterator[str]:
+    proc, port = start_edge(stack, models=[MAIN_MODEL, FAILOVER_MODEL, IDLE_MODEL], extra_env=ROOMY_LIMITS)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def account(edge_url: str) -> Account:
+    """A registered user of the shared edge, with a session and an API key."""
+    return register_account(edge_url)
+
+
+@pytest.fixture(scope="session")
+def api_key(account: Account) -> str:
+    return account.api_key
+
+
+@pytest.fixture(scope="session")
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
@@ -65,3 +67,36 @@ async def worker_status(url: str) -> dict[str, object]:
         resp = await client.get(f"{url}/status", timeout=5)
         data: dict[str, object] = resp.json()
         return data
+
+
+# Used for every test account: the no-secrets-in-logs test looks for it in every log file.
+CANARY_PASSWORD = "canary-Pa55word-7f3e9b2d41"
+
+
+@dataclass(frozen=True)
+class Account:
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+    api_key: str
+    user_id: str
+
+
+def register_account(edge_url: str, *, email: str | None = None, password: str = CANARY_PASSWORD) -> Account:
+    """Registers through the edge, logs in and creates an API key (real auth service)."""
+    email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
+    with httpx.Client(base_url=edge_url, timeout=30) as http:
+        resp = http.post("/v1/auth/register", json={"email": email, "password": password})
+        assert resp.status_code == 201, resp.text
+        user_id = resp.json()["id"]
+        tokens = http.post("/v1/auth/login", json={"email": email, "password": password})
+        assert tokens.status_code == 200, tokens.text
+        pair = tokens.json()
+        key = http.post(
+            "/v1/auth/api-keys",
+            json={"name": "tests"},
+            headers={"Authorization": f"Bearer {pair['access_token']}"},
+        )
+        assert key.status_code == 201, key.text
+    return Account(email, password, pair["access_token"], pair["refresh_token"], key.json()["key"], user_id)

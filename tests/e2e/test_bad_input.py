@@ -42,9 +42,14 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
 
 @pytest.mark.parametrize(("name", "body", "status", "param"), CASES, ids=[c[0] for c in CASES])
 async def test_bad_request_gets_openai_error(
-    edge_url: str, name: str, body: bytes | dict[str, Any], status: int, param: str | None
+    edge_url: str,
+    auth_headers: dict[str, str],
+    name: str,
+    body: bytes | dict[str, Any],
+    status: int,
+    param: str | None,
 ) -> None:
-    async with httpx.AsyncClient(base_url=edge_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=30) as http:
         if isinstance(body, bytes):
             resp = await http.post(
                 "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
@@ -59,9 +64,11 @@ async def test_bad_request_gets_openai_error(
         assert error["param"] == param
 
 
-async def test_prompt_beyond_context_is_400_from_the_worker(edge_url: str) -> None:
+async def test_prompt_beyond_context_is_400_from_the_worker(
+    edge_url: str, auth_headers: dict[str, str]
+) -> None:
     long_text = "the river and the mill " * 1200  # far more than 2048 tokens
-    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=60) as http:
         resp = await http.post(
             "/v1/chat/completions", json={**GOOD, "messages": [{"role": "user", "content": long_text}]}
         )
@@ -69,18 +76,20 @@ async def test_prompt_beyond_context_is_400_from_the_worker(edge_url: str) -> No
     assert resp.json()["error"]["code"] == "context_length_exceeded"
 
 
-async def test_body_under_the_cap_but_over_a_megabyte_reaches_the_worker(edge_url: str) -> None:
+async def test_body_under_the_cap_but_over_a_megabyte_reaches_the_worker(
+    edge_url: str, auth_headers: dict[str, str]
+) -> None:
     """The broker's payload limit is above the edge's body cap: no 503 for a valid size."""
     body = {**GOOD, "messages": [{"role": "user", "content": "x " * 750_000}]}
-    async with httpx.AsyncClient(base_url=edge_url, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=120) as http:
         resp = await http.post("/v1/chat/completions", json=body)
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "context_length_exceeded"
 
 
-async def test_ten_megabyte_body_is_413(edge_url: str) -> None:
+async def test_ten_megabyte_body_is_413(edge_url: str, auth_headers: dict[str, str]) -> None:
     huge = {**GOOD, "messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}]}
-    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=60) as http:
         resp = await http.post("/v1/chat/completions", json=huge)
         assert resp.status_code == 413
         assert resp.json()["error"]["code"] == "request_too_large"
@@ -96,22 +105,24 @@ async def test_ten_megabyte_body_is_413(edge_url: str) -> None:
         assert resp.status_code == 413
 
 
-async def test_no_worker_for_model_ends_with_503_not_a_hang(edge_url: str) -> None:
-    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+async def test_no_worker_for_model_ends_with_503_not_a_hang(
+    edge_url: str, auth_headers: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=60) as http:
         resp = await http.post("/v1/chat/completions", json={**GOOD, "model": IDLE_MODEL, "timeout": 2})
     assert resp.status_code in (503, 504)
     assert resp.json()["error"]["code"] == "no_worker"
 
 
-async def test_unknown_route_is_openai_shaped_404(edge_url: str) -> None:
-    async with httpx.AsyncClient(base_url=edge_url, timeout=10) as http:
+async def test_unknown_route_is_openai_shaped_404(edge_url: str, auth_headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=10) as http:
         resp = await http.get("/v1/nothing-here")
     assert resp.status_code == 404
     assert "error" in resp.json()
 
 
-async def test_still_serving_after_bad_input(edge_url: str) -> None:
-    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+async def test_still_serving_after_bad_input(edge_url: str, auth_headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=60) as http:
         resp = await http.post("/v1/chat/completions", json=GOOD)
     assert resp.status_code == 200
     assert resp.json()["usage"]["completion_tokens"] >= 1

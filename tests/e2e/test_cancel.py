@@ -15,7 +15,7 @@ from tests.helpers import eventually, read_request_events, worker_status
 
 
 async def test_disconnect_cancels_and_frees_the_engine(
-    edge_url: str, worker: Worker, stack: LocalStack
+    edge_url: str, auth_headers: dict[str, str], worker: Worker, stack: LocalStack
 ) -> None:
     body = {
         "model": "tiny-random",
@@ -27,7 +27,7 @@ async def test_disconnect_cancels_and_frees_the_engine(
     chunks = 0
 
     async with (
-        httpx.AsyncClient(base_url=edge_url, timeout=60) as http,
+        httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=60) as http,
         http.stream("POST", "/v1/chat/completions", json=body) as resp,
     ):
         assert resp.status_code == 200
@@ -55,7 +55,7 @@ async def test_disconnect_cancels_and_frees_the_engine(
 
 
 async def test_disconnect_while_queued_cancels_before_any_worker_runs_it(
-    edge_url: str, stack: LocalStack
+    edge_url: str, auth_headers: dict[str, str], stack: LocalStack
 ) -> None:
     """The client leaves before a worker picked its request up: the KV cancel entry is written,
     so whichever worker pulls it later skips it."""
@@ -69,7 +69,7 @@ async def test_disconnect_while_queued_cancels_before_any_worker_runs_it(
     nc = await nats.connect(stack.env()["LLMCHAT_NATS_URL"])
     try:
         js = nc.jetstream()
-        async with httpx.AsyncClient(base_url=edge_url) as http:
+        async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers) as http:
             with pytest.raises(httpx.ReadTimeout):
                 await http.post("/v1/chat/completions", json=body, timeout=2)
 

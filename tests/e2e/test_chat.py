@@ -16,8 +16,13 @@ from tests.helpers import read_request_events
 
 
 @pytest.fixture
-def client(edge_url: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{edge_url}/v1", api_key="unused", max_retries=0, timeout=120)
+def client(edge_url: str, api_key: str) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url=f"{edge_url}/v1",
+        api_key=api_key,
+        max_retries=0,
+        timeout=120,
+    )
 
 
 async def stream_text(client: AsyncOpenAI, **kwargs: Any) -> tuple[str, Any, str | None, str]:
@@ -72,8 +77,8 @@ async def test_streaming_matches_direct_engine(client: AsyncOpenAI, reference: R
         )
 
 
-async def test_request_id_header_and_body(edge_url: str) -> None:
-    async with httpx.AsyncClient(base_url=edge_url, timeout=60) as http:
+async def test_request_id_header_and_body(edge_url: str, auth_headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=60) as http:
         resp = await http.post(
             "/v1/chat/completions",
             json={"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},

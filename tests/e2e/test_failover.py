@@ -97,12 +97,22 @@ class StartedWatcher:
 
 
 async def test_queue_cancel_engine_death_and_sigkill(
-    edge_url: str, stack: LocalStack, models_dir: Any, workers: list[ManagedProcess]
+    edge_url: str,
+    auth_headers: dict[str, str],
+    api_key: str,
+    stack: LocalStack,
+    models_dir: Any,
+    workers: list[ManagedProcess],
 ) -> None:
     nats_url = stack.env()["LLMCHAT_NATS_URL"]
     watcher = StartedWatcher()
     await watcher.open(nats_url)
-    client = AsyncOpenAI(base_url=f"{edge_url}/v1", api_key="unused", max_retries=0, timeout=600)
+    client = AsyncOpenAI(
+        base_url=f"{edge_url}/v1",
+        api_key=api_key,
+        max_retries=0,
+        timeout=600,
+    )
     # Untyped handle: the SDK's overloads do not accept a spread of shared keyword arguments.
     completions: Any = client.chat.completions
     messages = [{"role": "user", "content": "Tell me about the market on Saturday."}]
@@ -192,7 +202,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     assert await asyncio.to_thread(b3.wait, 60) == 0
 
     async def model_b_has_no_worker() -> bool:
-        async with httpx.AsyncClient(base_url=edge_url) as http:
+        async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers) as http:
             models = (await http.get("/v1/models")).json()["data"]
         return any(m["id"] == FAILOVER_MODEL and m["workers"] == 0 for m in models)
 

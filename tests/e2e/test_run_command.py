@@ -13,6 +13,7 @@ import psutil
 
 from llmchat_common.testing.process import free_port
 from tests.conftest import REPO
+from tests.helpers import register_account
 
 
 def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: Path) -> None:
@@ -32,10 +33,24 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
     try:
         body = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
         deadline = time.monotonic() + 240
+        base = f"http://127.0.0.1:{port}"
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        account = register_account(base)
         answer = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
+                resp = httpx.post(
+                    f"{base}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {account.access_token}"},
+                    timeout=60,
+                )
                 if resp.status_code == 200:
                     answer = resp.json()
                     break
@@ -45,7 +60,7 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
         assert answer is not None, (tmp_path / "run.log").read_text()[-3000:]
         assert answer["usage"]["completion_tokens"] == 4
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 5  # nats, postgres, redis, worker (+ engine), edge
+        assert len(children) >= 6  # nats, postgres, redis, worker (+ engine), auth, edge
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0

@@ -8,10 +8,18 @@ class ApiError(Exception):
     type = "invalid_request_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = dict(headers or {})
         if code is not None:
             self.code = code
 
@@ -22,6 +30,36 @@ class InvalidRequest(ApiError):
 
 class ContextLengthExceeded(ApiError):
     code = "context_length_exceeded"
+
+
+class Unauthorized(ApiError):
+    """Missing or invalid credentials; always sent with a `WWW-Authenticate` challenge."""
+
+    status = 401
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, code: str | None = None, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="llmchat"'
+        if error is not None:
+            challenge += f', error="{error}"'
+        super().__init__(message, code=code, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class ModelNotFound(ApiError):

@@ -8,10 +8,15 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from redis.asyncio import Redis
+from starlette.middleware.cors import CORSMiddleware
 
 from llmchat_chat.api import build_router
 from llmchat_chat.api import errors as api_errors
 from llmchat_chat.api.limits import BodySizeLimit
+from llmchat_chat.api.security import SecurityHeaders
+from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerifier
+from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
 from llmchat_common.logging import setup_logging
@@ -22,6 +27,7 @@ from llmchat_common.messaging import (
     make_broker,
     nats_client,
     registry_kv,
+    revocations_kv,
 )
 
 log = logging.getLogger(__name__)
@@ -36,19 +42,53 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         await broker.start()
         js = jetstream(broker)
         await ensure_streams(js, settings.nats)
+        nc = nats_client(broker)
         registry = ModelRegistry(await registry_kv(js), settings.models, settings.registry_cache_s)
-        service = ChatService(nats_client(broker), js, registry, await cancels_kv(js), settings)
+        service = ChatService(nc, js, registry, await cancels_kv(js), settings)
+        # Short timeouts: a Redis outage must cost milliseconds, not seconds (see ratelimit.py).
+        redis = Redis.from_url(
+            settings.redis.url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
+        )
+        revocations = Revocations()
+        revocations.start(await revocations_kv(js))
+        client = AuthClient(nc, settings.auth_timeout_s)
+        verifier = TokenVerifier(client, settings, revocations)
         app.state.service = service
+        app.state.authenticator = Authenticator(client, verifier, revocations, redis, settings)
+        app.state.limiter = Limiter(redis, settings.limits)
+        try:
+            await verifier.refresh(force=True)
+        except Exception:  # noqa: BLE001 - auth may start later; the first token refetches
+            log.warning("JWKS not available yet")
         log.info("edge ready", extra={"port": settings.port})
         try:
             yield
         finally:
             await service.shutdown()
+            await revocations.stop()
+            await redis.aclose()
             await broker.stop()
 
     app = FastAPI(title="llmchat", version="0.1.0", lifespan=lifespan)
     api_errors.install(app)
+    # Pure ASGI middleware only (BaseHTTPMiddleware hides client disconnects); the last added
+    # runs first.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+        expose_headers=[
+            "X-Request-Id",
+            "Retry-After",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-remaining-tokens",
+        ],
+        max_age=600,
+    )
+    app.add_middleware(SecurityHeaders)
     app.include_router(build_router())
     return app
 
@@ -64,6 +104,8 @@ def run() -> None:
         http="httptools",
         log_config=None,
         access_log=False,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

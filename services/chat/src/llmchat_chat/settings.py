@@ -1,13 +1,50 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llmchat_common.settings import LogSettings, NatsSettings
+from llmchat_common.settings import LogSettings, NatsSettings, RedisSettings, TokenSettings
+
+
+class Limits(BaseModel):
+    """One scope's budget (a user, or one of their API keys)."""
+
+    requests_per_minute: int = Field(default=60, ge=1)
+    # Prompt (estimated) + max_tokens reserved at admission, corrected by the real usage.
+    tokens_per_minute: int = Field(default=200_000, ge=1)
+    concurrent: int = Field(default=8, ge=1)
+
+
+class RoleLimits(BaseModel):
+    user: Limits = Field(default_factory=Limits)
+    admin: Limits = Field(
+        default_factory=lambda: Limits(requests_per_minute=600, tokens_per_minute=2_000_000, concurrent=64)
+    )
+
+    def for_role(self, role: str) -> Limits:
+        return self.admin if role == "admin" else self.user
+
+
+class LimitSettings(BaseModel):
+    # Per role; a request counts against its user's budget and, with an API key, the key's.
+    # e.g. LLMCHAT_CHAT_LIMITS__USER__USER__CONCURRENT=4, LLMCHAT_CHAT_LIMITS__API_KEY__ADMIN__...
+    user: RoleLimits = Field(default_factory=RoleLimits)
+    api_key: RoleLimits = Field(default_factory=RoleLimits)
+    # Reserved when a request gives no max_tokens (corrected at the end like any reservation).
+    default_reserve_tokens: int = Field(default=1024, ge=1)
+    # Prompt tokens are estimated before the worker tokenizes: one per this many characters.
+    chars_per_token: float = Field(default=3.0, gt=0)
+    # Login (and registration) attempts per window, per account and per client address.
+    login_per_account: int = Field(default=10, ge=1)
+    login_per_address: int = Field(default=50, ge=1)
+    login_window_s: int = Field(default=300, ge=1)
+    # After a Redis error, limits are kept in this process's memory for this long before Redis
+    # is tried again (see the README: the deliberate fail-soft choice).
+    redis_retry_s: float = Field(default=2.0, ge=0)
 
 
 class ChatSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMCHAT_CHAT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_CHAT_", extra="ignore", env_nested_delimiter="__")
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -17,6 +54,7 @@ class ChatSettings(BaseSettings):
 
     max_body_bytes: int = 2 * 1024 * 1024
     max_messages: int = 512
+    max_message_chars: int = 512 * 1024
     # Request deadline (seconds): default, and the most a caller may ask for with `timeout`.
     default_timeout_s: float = 600.0
     max_timeout_s: float = 3600.0
@@ -25,5 +63,26 @@ class ChatSettings(BaseSettings):
     registry_cache_s: float = 1.0
     publish_timeout_s: float = 5.0
 
+    # Auth: request-reply timeout to the auth service, the API-key cache in Redis, clock skew
+    # allowed on token times, and how often an unknown `kid` may trigger a JWKS refetch.
+    auth_timeout_s: float = 5.0
+    api_key_cache_s: int = Field(default=10, ge=1)
+    token_leeway_s: int = Field(default=10, ge=0)
+    jwks_refetch_min_s: float = 1.0
+    # Browser origins allowed to call the API (exact matches; `*` is refused).
+    cors_origins: list[str] = Field(default_factory=list)
+    # Client addresses (proxies) whose X-Forwarded-For is believed; none by default.
+    forwarded_allow_ips: str | None = None
+
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def no_wildcard(cls, value: list[str]) -> list[str]:
+        if any("*" in origin for origin in value):
+            raise ValueError("CORS origins must be listed exactly; `*` is not allowed")
+        return value

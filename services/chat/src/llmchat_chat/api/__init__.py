@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from llmchat_chat.api import chat, health, models
+from llmchat_chat.api import admin, auth, chat, health, models
 
 
 def build_router() -> APIRouter:
@@ -8,4 +8,6 @@ def build_router() -> APIRouter:
     router.include_router(health.router)
     router.include_router(models.router)
     router.include_router(chat.router)
+    router.include_router(auth.router)
+    router.include_router(admin.router)
     return router

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from llmchat_chat.api.deps import get_service
+from llmchat_chat.api.deps import Caller, CallerDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import ChunkWriter, completion_body
 from llmchat_chat.api.schemas import ChatCompletionRequest
 from llmchat_chat.errors import ApiError, ContextLengthExceeded, ModelNotFound, error_body
-from llmchat_chat.service import ChatService, RequestHandle, new_request_id, terminal_error
+from llmchat_chat.ratelimit import Admission, Limiter
+from llmchat_chat.service import AnyEvent, ChatService, RequestHandle, new_request_id, terminal_error
+from llmchat_chat.settings import LimitSettings
 from llmchat_common.contracts import (
     Cancelled,
     ChatMessage,
@@ -26,14 +29,20 @@ from llmchat_common.contracts import (
 
 router = APIRouter()
 T = TypeVar("T")
-ServiceDep = Annotated[ChatService, Depends(get_service)]
 
 
-async def to_request(body: ChatCompletionRequest, service: ChatService) -> ChatRequested:
+async def to_request(body: ChatCompletionRequest, service: ChatService, caller: Caller) -> ChatRequested:
+    settings = service.settings
     if not await service.registry.known(body.model):
         raise ModelNotFound(f"the model {body.model!r} does not exist", param="model")
-    if len(body.messages) > service.settings.max_messages:
-        raise ApiError(f"at most {service.settings.max_messages} messages", param="messages")
+    if len(body.messages) > settings.max_messages:
+        raise ApiError(f"at most {settings.max_messages} messages", param="messages")
+    for i, message in enumerate(body.messages):
+        if len(message.text()) > settings.max_message_chars:
+            raise ApiError(
+                f"a message may hold at most {settings.max_message_chars} characters",
+                param=f"messages.{i}.content",
+            )
     max_tokens = body.wanted_max_tokens()
     workers = (await service.registry.live()).get(body.model, [])
     context = max((w.max_model_len for w in workers), default=None)
@@ -58,6 +67,8 @@ async def to_request(body: ChatCompletionRequest, service: ChatService) -> ChatR
             seed=body.seed,
             ignore_eos=body.ignore_eos,
         ),
+        user_id=caller.user_id,
+        api_key_id=caller.principal.api_key_id,
         stream=body.stream,
         disconnect=body.disconnect or "cancel",
         created_at=now,
@@ -90,45 +101,87 @@ async def until_disconnected(http_request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
+def reservation(request: ChatRequested, limits: LimitSettings) -> int:
+    """Tokens held against the per-minute budget until the real usage is known: the prompt,
+    estimated from its length, plus the most the answer may take."""
+    chars = sum(len(m.content) for m in request.messages)
+    prompt = math.ceil(chars / limits.chars_per_token) + 4 * len(request.messages)
+    return prompt + (request.params.max_tokens or limits.default_reserve_tokens)
+
+
 @router.post("/v1/chat/completions")
 async def create_chat_completion(
-    body: ChatCompletionRequest, http_request: Request, service: ServiceDep
+    body: ChatCompletionRequest,
+    http_request: Request,
+    service: ServiceDep,
+    caller: CallerDep,
+    limiter: LimiterDep,
 ) -> Response:
-    request = await to_request(body, service)
-    handle = await service.submit(request)
+    request = await to_request(body, service, caller)
+    principal = caller.principal
+    admission = await limiter.admit(
+        limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
+        request.request_id,
+        reservation(request, service.settings.limits),
+        hold_until=request.deadline + service.settings.deadline_grace_s,
+    )
     try:
-        return await respond(body, http_request, service, handle)
+        handle = await service.submit(request)
+    except BaseException:
+        admission.used_tokens = 0  # never queued: nothing was used
+        await limiter.release(admission)
+        raise
+    streaming = False
+    try:
+        response = await respond(body, http_request, service, handle, admission, limiter)
+        streaming = isinstance(response, StreamingResponse)
+        return response
     except ClientDisconnected:
         if request.disconnect == "cancel":
             service.in_background(service.cancel(request.request_id, "client"))
         return Response(status_code=499)
     finally:
+        if not streaming:
+            # A streamed answer releases its slot when its stream ends (stream_chunks).
+            service.in_background(limiter.release(admission))
         if not body.stream:
             await handle.close()
 
 
+def settle(admission: Admission, event: AnyEvent) -> None:
+    """Records the real usage of a finished request (partial for a failed or cancelled one)."""
+    if isinstance(event, Completed | Failed | Cancelled):
+        admission.used_tokens = event.usage.total_tokens
+
+
 async def respond(
-    body: ChatCompletionRequest, http_request: Request, service: ChatService, handle: RequestHandle
+    body: ChatCompletionRequest,
+    http_request: Request,
+    service: ChatService,
+    handle: RequestHandle,
+    admission: Admission,
+    limiter: Limiter,
 ) -> Response:
     request = handle.request
     try:
         first = await until_disconnected(http_request, service.wait_started(handle))
         if isinstance(first, Failed | Cancelled):
+            settle(admission, first)
             raise terminal_error(first)
     except BaseException:
         await handle.close()
         raise
-    headers = {"X-Request-Id": request.request_id}
+    headers = {"X-Request-Id": request.request_id, **admission.headers}
     created = int(request.created_at)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(request.request_id, body.model, created, include_usage)
         return StreamingResponse(
-            sse_frames(stream_chunks(service, handle, writer, first.attempt)),
+            sse_frames(stream_chunks(service, handle, writer, first.attempt, admission, limiter)),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    completed = await until_disconnected(http_request, collect(handle, first.attempt))
+    completed = await until_disconnected(http_request, collect(handle, first.attempt, admission))
     return Response(
         orjson.dumps(completion_body(request.request_id, body.model, created, completed)),
         media_type="application/json",
@@ -136,7 +189,7 @@ async def respond(
     )
 
 
-async def collect(handle: RequestHandle, attempt: int) -> Completed:
+async def collect(handle: RequestHandle, attempt: int, admission: Admission) -> Completed:
     """Waits for the terminal event of the latest attempt (a redelivered attempt replaces an
     earlier one: its text is rebuilt from scratch, so nothing is duplicated)."""
     while True:
@@ -144,6 +197,7 @@ async def collect(handle: RequestHandle, attempt: int) -> Completed:
         if event.attempt < attempt:
             continue
         attempt = event.attempt
+        settle(admission, event)
         if isinstance(event, Completed):
             return event
         if isinstance(event, Failed | Cancelled):
@@ -158,7 +212,12 @@ async def sse_frames(payloads: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 
 async def stream_chunks(
-    service: ChatService, handle: RequestHandle, writer: ChunkWriter, attempt: int
+    service: ChatService,
+    handle: RequestHandle,
+    writer: ChunkWriter,
+    attempt: int,
+    admission: Admission,
+    limiter: Limiter,
 ) -> AsyncIterator[str]:
     finished = False
     sent_text = False
@@ -185,6 +244,7 @@ async def stream_chunks(
                     sent_text = True
                     yield writer.content(event.text)
             elif isinstance(event, Completed):
+                settle(admission, event)
                 yield writer.finish(event.finish_reason)
                 if writer.include_usage:
                     yield writer.usage(event.usage)
@@ -192,6 +252,7 @@ async def stream_chunks(
                 finished = True
                 break
             elif isinstance(event, Failed | Cancelled):
+                settle(admission, event)
                 yield orjson.dumps(error_body(terminal_error(event))).decode()
                 yield "[DONE]"
                 finished = True
@@ -200,3 +261,4 @@ async def stream_chunks(
         if not finished and handle.request.disconnect == "cancel":
             service.in_background(service.cancel(handle.request_id, "client"))
         service.in_background(handle.close())
+        service.in_background(limiter.release(admission))

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _json(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers={**exc.headers, **(headers or {})})
 
 
 async def on_api_error(_: Request, exc: Exception) -> JSONResponse:

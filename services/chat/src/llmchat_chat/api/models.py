@@ -1,15 +1,14 @@
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from llmchat_chat.api.deps import get_service
-from llmchat_chat.service import ChatService
+from llmchat_chat.api.deps import CallerDep, ServiceDep
 
 router = APIRouter()
 
 
 @router.get("/v1/models")
-async def list_models(service: Annotated[ChatService, Depends(get_service)]) -> dict[str, Any]:
+async def list_models(service: ServiceDep, _: CallerDep) -> dict[str, Any]:
     """OpenAI's model list; `workers`, `capacity`, `running` and `max_model_len` are ours."""
     live = await service.registry.live()
     names = list(dict.fromkeys([*service.registry.catalog, *live]))

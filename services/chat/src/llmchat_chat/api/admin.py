@@ -1,0 +1,42 @@
+"""Administration, for callers whose role is `admin` (403 otherwise)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from llmchat_chat.api.deps import AdminDep, AuthenticatorDep
+from llmchat_chat.errors import InvalidRequest
+from llmchat_common.auth_contracts import ListUsersRequest, SetUserDisabledRequest, UserList, UserView
+
+router = APIRouter(tags=["admin"])
+
+
+class UserPatch(BaseModel):
+    disabled: bool
+
+
+@router.get("/v1/admin/users")
+async def list_users(
+    _: AdminDep,
+    auth: AuthenticatorDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> UserList:
+    return await auth.client.call("list_users", ListUsersRequest(limit=limit, offset=offset), UserList)
+
+
+@router.patch("/v1/admin/users/{user_id}")
+async def update_user(user_id: str, body: UserPatch, caller: AdminDep, auth: AuthenticatorDep) -> UserView:
+    """Disabling stops the user's tokens, refresh tokens and API keys at once."""
+    if body.disabled and user_id == caller.user_id:
+        raise InvalidRequest("administrators cannot disable their own account", param="disabled")
+    request = SetUserDisabledRequest(user_id=user_id, disabled=body.disabled)
+    user = await auth.client.call("set_user_disabled", request, UserView)
+    if body.disabled:
+        auth.revocations.users.add(user_id)
+    else:
+        auth.revocations.users.discard(user_id)
+    return user

@@ -1,0 +1,160 @@
+"""Account routes, forwarded to the auth service over NATS request-reply. Register, login and
+refresh are public (and throttled); the rest need a caller, and key and password management a
+login session."""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from llmchat_chat.api.deps import AuthenticatorDep, CallerDep, LimiterDep, SessionDep
+from llmchat_common.auth_contracts import (
+    ApiKeyCreated,
+    ApiKeyList,
+    ChangePasswordRequest,
+    CreateApiKeyRequest,
+    Done,
+    Jwks,
+    LoginRequest,
+    LogoutRequest,
+    RefreshRequest,
+    RegisterRequest,
+    RevokeApiKeyRequest,
+    TokenPair,
+    UserRef,
+    UserView,
+)
+
+router = APIRouter(tags=["auth"])
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class Credentials(BaseModel):
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class RefreshBody(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class LogoutBody(BaseModel):
+    refresh_token: str | None = Field(default=None, max_length=512)
+
+
+class PasswordBody(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+class ApiKeyBody(BaseModel):
+    name: str = Field(default="", max_length=100)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def throttle_login(limiter: LimiterDep, request: Request, email: str) -> None:
+    """Per account and per client address, counted before the password is checked, so wrong
+    passwords and unknown emails are throttled alike."""
+    settings = limiter.settings
+    account = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    window = settings.login_window_s
+    await limiter.throttle(f"login:account:{account}", settings.login_per_account, window, "login attempts")
+    await limiter.throttle(
+        f"login:addr:{client_address(request)}", settings.login_per_address, window, "login attempts"
+    )
+
+
+@router.post("/v1/auth/register", status_code=201)
+async def register(
+    body: Credentials, http_request: Request, response: Response, auth: AuthenticatorDep, limiter: LimiterDep
+) -> UserView:
+    settings = limiter.settings
+    await limiter.throttle(
+        f"register:addr:{client_address(http_request)}",
+        settings.login_per_address,
+        settings.login_window_s,
+        "registrations",
+    )
+    response.headers.update(NO_STORE)
+    return await auth.client.call(
+        "register", RegisterRequest(email=body.email, password=body.password), UserView
+    )
+
+
+@router.post("/v1/auth/login")
+async def login(
+    body: Credentials, request: Request, response: Response, auth: AuthenticatorDep, limiter: LimiterDep
+) -> TokenPair:
+    await throttle_login(limiter, request, body.email)
+    response.headers.update(NO_STORE)
+    return await auth.client.call("login", LoginRequest(email=body.email, password=body.password), TokenPair)
+
+
+@router.post("/v1/auth/refresh")
+async def refresh(body: RefreshBody, response: Response, auth: AuthenticatorDep) -> TokenPair:
+    response.headers.update(NO_STORE)
+    return await auth.client.call("refresh", RefreshRequest(refresh_token=body.refresh_token), TokenPair)
+
+
+@router.post("/v1/auth/logout", status_code=204)
+async def logout(caller: CallerDep, auth: AuthenticatorDep, body: LogoutBody | None = None) -> Response:
+    claims = caller.claims or {}
+    request = LogoutRequest(
+        user_id=caller.user_id,
+        refresh_token=body.refresh_token if body else None,
+        access_jti=claims.get("jti"),
+        access_exp=claims.get("exp"),
+    )
+    await auth.client.call("logout", request, Done)
+    if request.access_jti:
+        # This edge stops accepting the token at once; others follow through the KV watch.
+        auth.revocations.jtis.add(request.access_jti)
+    return Response(status_code=204)
+
+
+@router.get("/v1/auth/me")
+async def me(caller: CallerDep, auth: AuthenticatorDep) -> UserView:
+    return await auth.client.call("me", UserRef(user_id=caller.user_id), UserView)
+
+
+@router.post("/v1/auth/password")
+async def change_password(
+    body: PasswordBody, caller: SessionDep, response: Response, auth: AuthenticatorDep
+) -> TokenPair:
+    response.headers.update(NO_STORE)
+    request = ChangePasswordRequest(
+        user_id=caller.user_id, current_password=body.current_password, new_password=body.new_password
+    )
+    return await auth.client.call("change_password", request, TokenPair)
+
+
+@router.post("/v1/auth/api-keys", status_code=201)
+async def create_api_key(
+    body: ApiKeyBody, caller: SessionDep, response: Response, auth: AuthenticatorDep
+) -> ApiKeyCreated:
+    response.headers.update(NO_STORE)
+    request = CreateApiKeyRequest(user_id=caller.user_id, name=body.name)
+    return await auth.client.call("create_api_key", request, ApiKeyCreated)
+
+
+@router.get("/v1/auth/api-keys")
+async def list_api_keys(caller: SessionDep, auth: AuthenticatorDep) -> ApiKeyList:
+    return await auth.client.call("list_api_keys", UserRef(user_id=caller.user_id), ApiKeyList)
+
+
+@router.delete("/v1/auth/api-keys/{key_id}", status_code=204)
+async def revoke_api_key(key_id: str, caller: SessionDep, auth: AuthenticatorDep) -> Response:
+    await auth.client.call("revoke_api_key", RevokeApiKeyRequest(user_id=caller.user_id, key_id=key_id), Done)
+    await auth.forget_api_key(key_id)
+    return Response(status_code=204)
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks(response: Response, auth: AuthenticatorDep) -> Jwks:
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return await auth.verifier.jwks()
