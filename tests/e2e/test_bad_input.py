@@ -37,6 +37,13 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
     ("tools", {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
     ("json mode", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
     ("streamed and invalid", {**GOOD, "stream": True, "messages": []}, 400, "messages"),
+    (
+        "message too long",
+        {**GOOD, "messages": [{"role": "user", "content": "x" * 600_000}]},
+        400,
+        "messages.0.content",
+    ),
+    ("too many messages", {**GOOD, "messages": [{"role": "user", "content": "x"}] * 513}, 400, "messages"),
 ]
 
 
@@ -80,7 +87,9 @@ async def test_body_under_the_cap_but_over_a_megabyte_reaches_the_worker(
     edge_url: str, auth_headers: dict[str, str]
 ) -> None:
     """The broker's payload limit is above the edge's body cap: no 503 for a valid size."""
-    body = {**GOOD, "messages": [{"role": "user", "content": "x " * 750_000}]}
+    part = "x " * 250_000  # under the per-message cap; together 1.5 MB
+    roles = ("user", "assistant", "user")
+    body = {**GOOD, "messages": [{"role": role, "content": part} for role in roles]}
     async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=120) as http:
         resp = await http.post("/v1/chat/completions", json=body)
     assert resp.status_code == 400

@@ -142,8 +142,9 @@ async def create_chat_completion(
         return Response(status_code=499)
     finally:
         if not streaming:
-            # A streamed answer releases its slot when its stream ends (stream_chunks).
-            service.in_background(limiter.release(admission))
+            # Before the answer leaves: the caller's next request sees the settled budget. A
+            # streamed answer releases its slot when its stream ends (stream_chunks).
+            await limiter.release(admission)
         if not body.stream:
             await handle.close()
 

@@ -27,7 +27,9 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = [] if str(scope.get("path", "")).startswith(DOCS_PATHS) else [API_CSP]
+        docs = str(scope.get("path", "")).startswith(DOCS_PATHS)
+        # API answers are per caller: never cached unless a route says otherwise (the JWKS).
+        csp = [] if docs else [API_CSP, (b"cache-control", b"no-store")]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,0 +1,190 @@
+"""Per-user and per-key limits with real Redis, on an edge of their own with small limits; and
+what happens while Redis is down (limits kept in the edge's memory) and after it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.testing.services import start_edge
+from llmchat_common.testing.stack import LocalStack
+from tests.conftest import MAIN_MODEL, Worker
+from tests.helpers import Account, eventually, register_account
+
+RPM, TPM, CONCURRENT = 5, 400, 2
+LIMITS = {
+    f"LLMCHAT_CHAT_LIMITS__{scope}__USER__{name}": str(value)
+    for scope in ("USER", "API_KEY")
+    for name, value in (("REQUESTS_PER_MINUTE", RPM), ("TOKENS_PER_MINUTE", TPM), ("CONCURRENT", CONCURRENT))
+} | {"LLMCHAT_CHAT_LIMITS__LOGIN_PER_ACCOUNT": "4", "LLMCHAT_CHAT_LIMITS__REDIS_RETRY_S": "0.5"}
+
+
+def chat(max_tokens: int = 2, **extra: object) -> dict[str, object]:
+    return {
+        "model": MAIN_MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def limited_edge(stack: LocalStack, worker: Worker, auth_service: ManagedProcess) -> Iterator[str]:
+    proc, port = start_edge(stack, extra_env=LIMITS, name="chat-limited")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def user(limited_edge: str) -> AsyncIterator[tuple[httpx.AsyncClient, Account]]:
+    account = register_account(limited_edge)
+    headers = {"Authorization": f"Bearer {account.api_key}"}
+    async with httpx.AsyncClient(base_url=limited_edge, headers=headers, timeout=120) as http:
+        yield http, account
+
+
+async def fresh_window() -> None:
+    """Limits count per clock minute: start a test early in one so it cannot straddle two."""
+    into = time.time() % 60
+    if into > 40:
+        await asyncio.sleep(60.5 - into)
+
+
+def assert_429(resp: httpx.Response) -> None:
+    assert resp.status_code == 429, resp.text
+    assert int(resp.headers["retry-after"]) >= 1
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "rate_limit_exceeded"
+
+
+async def test_requests_per_minute(user: tuple[httpx.AsyncClient, Account]) -> None:
+    http, _ = user
+    await fresh_window()
+    remaining = []
+    for _ in range(RPM):
+        resp = await http.post("/v1/chat/completions", json=chat())
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-ratelimit-limit-requests"] == str(RPM)
+        remaining.append(int(resp.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == list(range(RPM - 1, -1, -1))
+    refused = await http.post("/v1/chat/completions", json=chat())
+    assert_429(refused)
+    assert int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["type"] == "requests"
+
+
+async def test_tokens_per_minute_count_real_usage(user: tuple[httpx.AsyncClient, Account]) -> None:
+    http, _ = user
+    await fresh_window()
+    # A reservation larger than the whole budget can never run.
+    assert_429(await http.post("/v1/chat/completions", json=chat(max_tokens=TPM)))
+    body = chat(max_tokens=100, ignore_eos=True)
+    first = await http.post("/v1/chat/completions", json=body)
+    second = await http.post("/v1/chat/completions", json=body)
+    assert first.status_code == second.status_code == 200, second.text
+    # Each answer reserved ~100 tokens but used fewer; the budget is charged the real usage:
+    # after the first answer settled, the second saw exactly that much less left.
+    first_left = int(first.headers["x-ratelimit-remaining-tokens"])
+    second_left = int(second.headers["x-ratelimit-remaining-tokens"])
+    assert first_left - second_left == first.json()["usage"]["total_tokens"]
+    used = first.json()["usage"]["total_tokens"] + second.json()["usage"]["total_tokens"]
+    # Spend the rest with fixed-length answers until refused: the refusal comes when the real
+    # usage (not the reservations) reaches the budget.
+    spent = used
+    while True:
+        resp = await http.post("/v1/chat/completions", json=chat(max_tokens=60, ignore_eos=True))
+        if resp.status_code == 429:
+            break
+        assert resp.status_code == 200, resp.text
+        spent += resp.json()["usage"]["total_tokens"]
+        assert spent <= TPM
+    assert resp.json()["error"]["type"] == "tokens"
+    assert spent + 60 > TPM - 60  # refused only once the budget was really near its end
+
+
+async def test_concurrent_streams(user: tuple[httpx.AsyncClient, Account]) -> None:
+    http, _ = user
+    await fresh_window()
+    long = chat(max_tokens=1000, ignore_eos=True, stream=True, temperature=0)
+    streams = []
+    for _ in range(CONCURRENT):
+        ctx = http.stream("POST", "/v1/chat/completions", json=long)
+        resp = await ctx.__aenter__()
+        assert resp.status_code == 200
+        streams.append(ctx)
+    try:
+        refused = await http.post("/v1/chat/completions", json=chat())
+        assert_429(refused)
+        assert refused.json()["error"]["type"] == "concurrent"
+    finally:
+        await streams.pop().__aexit__(None, None, None)  # one client leaves: its slot frees
+
+    async def admitted() -> bool:
+        return (await http.post("/v1/chat/completions", json=chat())).status_code == 200
+
+    await eventually(admitted, timeout=10, what="a freed slot")
+    for ctx in streams:
+        await ctx.__aexit__(None, None, None)
+
+
+async def test_login_throttle_and_equal_answers(limited_edge: str) -> None:
+    account = register_account(limited_edge)
+    async with httpx.AsyncClient(base_url=limited_edge, timeout=30) as http:
+        wrong = await http.post(
+            "/v1/auth/login", json={"email": account.email, "password": "wrong-password-123"}
+        )
+        unknown = await http.post(
+            "/v1/auth/login", json={"email": "nobody-x@example.com", "password": "whatever-123"}
+        )
+        assert wrong.status_code == unknown.status_code == 401
+        assert wrong.json() == unknown.json()
+        for _ in range(3):
+            await http.post("/v1/auth/login", json={"email": account.email, "password": "wrong-password-123"})
+        # The account's budget (4 per window) is spent: even the right password waits now.
+        throttled = await http.post(
+            "/v1/auth/login", json={"email": account.email, "password": account.password}
+        )
+        assert_429(throttled)
+
+
+async def test_redis_down_limits_from_memory_then_recovery(
+    stack: LocalStack, limited_edge: str, user: tuple[httpx.AsyncClient, Account]
+) -> None:
+    http, _ = user
+    await fresh_window()
+    redis_proc = next(p for p in stack.processes if p.name == "redis")
+    redis_proc.stop()
+    try:
+        # Documented choice: the edge keeps serving and enforces the same limits per process.
+        for _ in range(RPM):
+            resp = await http.post("/v1/chat/completions", json=chat())
+            assert resp.status_code == 200, resp.text
+        assert_429(await http.post("/v1/chat/completions", json=chat()))
+    finally:
+        stack.processes.remove(redis_proc)
+        stack.start_redis(port=stack.ports.redis)  # same port: the edges' URL stays valid
+
+    # Back on Redis: a new user's requests are counted there again.
+    other = register_account(limited_edge)
+    client = aioredis.from_url(stack.env()["LLMCHAT_REDIS_URL"])
+    try:
+
+        async def counted_in_redis() -> bool:
+            resp = await http.post(
+                "/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {other.api_key}"}
+            )
+            assert resp.status_code in (200, 429), resp.text
+            window = int(time.time() // 60)
+            return bool(await client.get(f"rl:user:{other.user_id}:req:{window}"))
+
+        await eventually(counted_in_redis, timeout=10, what="limits back in Redis")
+    finally:
+        await client.aclose()
