@@ -1,0 +1,69 @@
+"""The limiter's in-memory rules (what runs while Redis is unreachable); the Redis path is
+covered end to end in tests/e2e/test_limits.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from llmchat_chat.errors import RateLimited
+from llmchat_chat.ratelimit import Limiter, Scope
+from llmchat_chat.settings import Limits, LimitSettings
+from llmchat_common.testing.process import free_port
+
+
+@pytest.fixture
+async def limiter() -> Limiter:
+    # Nothing listens on this port: every call falls back to memory at once.
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    return Limiter(redis, LimitSettings())
+
+
+def scope(limiter: Limiter, **limits: int) -> list[Scope]:
+    limiter.settings.user.user = Limits(**limits)
+    return limiter.scopes("u1", "user", None)
+
+
+async def test_requests_per_minute(limiter: Limiter) -> None:
+    scopes = scope(limiter, requests_per_minute=2, tokens_per_minute=1000, concurrent=10)
+    hold = time.time() + 60
+    first = await limiter.admit(scopes, "r1", 10, hold)
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    await limiter.admit(scopes, "r2", 10, hold)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(scopes, "r3", 10, hold)
+    assert refused.value.type == "requests"
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+
+
+async def test_tokens_are_settled_to_real_usage(limiter: Limiter) -> None:
+    scopes = scope(limiter, requests_per_minute=100, tokens_per_minute=100, concurrent=10)
+    hold = time.time() + 60
+    a = await limiter.admit(scopes, "a", 80, hold)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(scopes, "b", 30, hold)
+    assert refused.value.type == "tokens"
+    a.used_tokens = 20
+    await limiter.release(a)
+    b = await limiter.admit(scopes, "b", 30, hold)
+    assert b.headers["x-ratelimit-remaining-tokens"] == str(100 - 20 - 30)
+
+
+async def test_concurrency_slots_free_on_release_or_expiry(limiter: Limiter) -> None:
+    scopes = scope(limiter, requests_per_minute=100, tokens_per_minute=10_000, concurrent=1)
+    held = await limiter.admit(scopes, "a", 1, time.time() + 60)
+    with pytest.raises(RateLimited):
+        await limiter.admit(scopes, "b", 1, time.time() + 60)
+    await limiter.release(held)
+    await limiter.admit(scopes, "b", 1, time.time() - 1)  # its hold has already passed
+    await limiter.admit(scopes, "c", 1, time.time() + 60)
+
+
+async def test_throttle(limiter: Limiter) -> None:
+    for _ in range(3):
+        await limiter.throttle("login:x", 3, 300, "login attempts")
+    with pytest.raises(RateLimited) as refused:
+        await limiter.throttle("login:x", 3, 300, "login attempts")
+    assert int(refused.value.headers["Retry-After"]) <= 300
