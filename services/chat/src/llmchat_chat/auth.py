@@ -36,6 +36,7 @@ from llmchat_common.auth_contracts import (
     VerifyApiKeyRequest,
     api_key_hash,
 )
+from llmchat_common.messaging import REVOCATIONS_TTL_S
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
@@ -79,12 +80,13 @@ def auth_error(code: str, message: str) -> ApiError:
 
 class Revocations:
     """Local view of auth's revocation bucket, kept current by a KV watch (history included, so
-    an edge started later still knows every live revocation)."""
+    an edge started later still knows every live revocation). Entries are forgotten when the
+    bucket's own TTL would have expired them: by then the tokens they stop have expired too."""
 
-    def __init__(self) -> None:
-        self.users: set[str] = set()
-        self.jtis: set[str] = set()
-        self.keys: set[str] = set()
+    def __init__(self, ttl_s: float = REVOCATIONS_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._seen: dict[str, dict[str, float]] = {"user": {}, "jti": {}, "key": {}}
+        self._applied = 0
         self.jwks_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -97,16 +99,33 @@ class Revocations:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
+    def is_revoked(self, kind: str, ident: str) -> bool:
+        return ident in self._seen[kind]
+
+    def add(self, kind: str, ident: str) -> None:
+        self._seen[kind][ident] = time.monotonic()
+
+    def discard(self, kind: str, ident: str) -> None:
+        self._seen[kind].pop(ident, None)
+
     def apply(self, key: str, deleted: bool) -> None:
         kind, _, ident = key.partition(".")
-        target = {"user": self.users, "jti": self.jtis, "key": self.keys}.get(kind)
-        if target is not None:
+        if kind in self._seen:
             if deleted:
-                target.discard(ident)
+                self.discard(kind, ident)
             else:
-                target.add(ident)
+                self.add(kind, ident)
         elif kind == "jwks" and not deleted:
             self.jwks_changed.set()
+        self._applied += 1
+        if self._applied % 1024 == 0:
+            self.prune()
+
+    def prune(self) -> None:
+        cutoff = time.monotonic() - self._ttl_s
+        for entries in self._seen.values():
+            for ident in [i for i, at in entries.items() if at < cutoff]:
+                del entries[ident]
 
     async def _follow(self, kv: KeyValue) -> None:
         while True:
@@ -194,7 +213,7 @@ class TokenVerifier:
         role = claims.get("role")
         if role not in ("user", "admin") or not isinstance(claims["sub"], str):
             raise Unauthorized("the token is invalid")
-        if claims["jti"] in self._revocations.jtis:
+        if self._revocations.is_revoked("jti", claims["jti"]):
             raise Unauthorized("the token was revoked", code="token_revoked")
         return Principal(user_id=claims["sub"], role=role), claims
 
@@ -231,13 +250,13 @@ class Authenticator:
             principal, claims = await self._api_key(credential), None
         else:
             principal, claims = await self.verifier.verify(credential)
-        if principal.user_id in self.revocations.users:
+        if self.revocations.is_revoked("user", principal.user_id):
             raise Unauthorized("this account is disabled", code="account_disabled")
         return principal, claims
 
     async def _api_key(self, key: str) -> Principal:
         digest = api_key_hash(key)
-        if digest in self.revocations.keys:
+        if self.revocations.is_revoked("key", digest):
             raise Unauthorized("the API key was revoked")
         cache_key = f"apikey:{digest}"
         try:

@@ -36,7 +36,7 @@ async def update_user(user_id: str, body: UserPatch, caller: AdminDep, auth: Aut
     request = SetUserDisabledRequest(user_id=user_id, disabled=body.disabled)
     user = await auth.client.call("set_user_disabled", request, UserView)
     if body.disabled:
-        auth.revocations.users.add(user_id)
+        auth.revocations.add("user", user_id)
     else:
-        auth.revocations.users.discard(user_id)
+        auth.revocations.discard("user", user_id)
     return user

@@ -113,7 +113,7 @@ async def logout(caller: CallerDep, auth: AuthenticatorDep, body: LogoutBody | N
     await auth.client.call("logout", request, Done)
     if request.access_jti:
         # This edge stops accepting the token at once; others follow through the KV watch.
-        auth.revocations.jtis.add(request.access_jti)
+        auth.revocations.add("jti", request.access_jti)
     return Response(status_code=204)
 
 
