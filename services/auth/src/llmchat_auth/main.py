@@ -1,0 +1,142 @@
+"""The auth process: migrations, signing key, then the NATS subscribers until SIGTERM/SIGINT.
+
+No HTTP port: readiness is answering `auth.v1.rpc.ping`; containers can watch
+LLMCHAT_AUTH_HEALTH_FILE, touched while serving. Exit codes: 0 after a clean stop, 1 when
+start-up failed (Postgres or NATS unreachable before the deadline, refused settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from faststream.nats import NatsBroker
+
+from llmchat_auth.handlers import KvRevocations, register_handlers
+from llmchat_auth.keyring import KeyRing
+from llmchat_auth.models import SCHEMA
+from llmchat_auth.passwords import Passwords
+from llmchat_auth.repository import Database
+from llmchat_auth.service import AuthService, Revocations, utcnow
+from llmchat_auth.settings import AuthSettings
+from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
+from llmchat_common.logging import install_task_dump, setup_logging
+from llmchat_common.messaging import jetstream, make_broker, revocations_kv
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 5.0
+
+
+def migrations_location() -> str:
+    """The Alembic scripts, shipped inside the package."""
+    return str(files("llmchat_auth") / "migrations")
+
+
+async def migrate(db: Database, settings: AuthSettings) -> None:
+    await wait_for_database(db.engine, timeout_s=settings.startup_timeout_s)
+    await upgrade_schema(db.engine, migrations_location(), schema=SCHEMA)
+
+
+def open_database(settings: AuthSettings) -> Database:
+    return Database(create_engine(settings.postgres, pool_size=settings.db_pool_size))
+
+
+async def connect_broker(broker: NatsBroker, timeout_s: float) -> None:
+    """NATS may still be starting: retry the first connection until the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await broker.connect()
+            return
+        except Exception as exc:  # nats-py raises several kinds
+            if time.monotonic() + 1.0 > deadline:
+                raise
+            log.info("waiting for nats", extra={"error": type(exc).__name__})
+            await asyncio.sleep(1.0)
+
+
+def build_service(settings: AuthSettings, db: Database, revocations: Revocations) -> AuthService:
+    keyring = KeyRing(
+        db, cache_s=settings.key_cache_s, access_ttl_s=settings.tokens.access_ttl_s, clock=utcnow
+    )
+    return AuthService(settings, db, Passwords(settings), keyring, revocations)
+
+
+@dataclass
+class AuthApp:
+    settings: AuthSettings
+    db: Database
+    broker: NatsBroker
+    service: AuthService | None = None
+
+
+def create_app(settings: AuthSettings | None = None) -> AuthApp:
+    """Objects only; connections are made in `lifespan`."""
+    settings = settings or AuthSettings()
+    return AuthApp(settings, open_database(settings), make_broker(settings.nats, name="auth"))
+
+
+@asynccontextmanager
+async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
+    settings = app.settings
+    try:
+        await migrate(app.db, settings)
+        await connect_broker(app.broker, settings.startup_timeout_s)
+        revocations = KvRevocations(await revocations_kv(jetstream(app.broker)))
+        service = build_service(settings, app.db, revocations)
+        await service.prepare()
+        register_handlers(app.broker, service, max_workers=settings.max_concurrency)
+        # Subscribing is the last step: a ping answered means everything above is in place.
+        await app.broker.start()
+        app.service = service
+        log.info("auth ready", extra={"open_registration": settings.open_registration})
+        yield service
+    finally:
+        # Stops taking requests and waits (bounded) for those in flight, then drains.
+        await app.broker.stop()
+        await app.db.dispose()
+        log.info("auth stopped")
+
+
+async def _touch_health(path: Path) -> None:
+    while True:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(path.touch)
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+async def serve(settings: AuthSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    install_task_dump()
+    app = create_app(settings)
+    async with lifespan(app):
+        health = asyncio.create_task(_touch_health(settings.health_file)) if settings.health_file else None
+        await stop.wait()
+        log.info("stopping")
+        if health is not None:
+            health.cancel()
+            with contextlib.suppress(OSError):
+                settings.health_file.unlink(missing_ok=True)  # type: ignore[union-attr]
+
+
+def run(settings: AuthSettings | None = None) -> int:
+    settings = settings or AuthSettings()
+    setup_logging("auth", settings.log)
+    try:
+        asyncio.run(serve(settings))
+    except Exception as exc:  # noqa: BLE001 - reported, then a non-zero exit
+        log.critical("auth failed", extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
+        return 1
+    return 0

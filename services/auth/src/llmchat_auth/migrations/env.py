@@ -1,0 +1,6 @@
+"""Alembic environment of schema `auth` (see llmchat_common.db.run_alembic_env)."""
+
+from llmchat_auth.models import SCHEMA, Base
+from llmchat_common.db import run_alembic_env
+
+run_alembic_env(Base.metadata, schema=SCHEMA)
