@@ -38,6 +38,7 @@ from llmchat_common.auth_contracts import (
 )
 from llmchat_common.settings import TokenSettings
 from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.testing.services import start_auth
 from llmchat_common.testing.stack import LocalStack
 from tests.helpers import eventually
 
@@ -500,3 +501,79 @@ async def test_migrations_match_the_models(stack: LocalStack) -> None:
             assert await conn.run_sync(diff) == []
     finally:
         await engine.dispose()
+
+
+# -- the process ------------------------------------------------------------------------------
+async def test_replicas_share_requests_and_stop_cleanly(nc: Client, stack: LocalStack) -> None:
+    health = stack.state_dir / "auth-replica.alive"
+    replica = await asyncio.to_thread(
+        start_auth, stack, name="auth-replica", extra_env={"LLMCHAT_AUTH_HEALTH_FILE": str(health)}
+    )
+    try:
+        # The running service answers start_auth's ping too: the health file says this one is up.
+        async def alive() -> bool:
+            return health.exists()
+
+        await eventually(alive, timeout=30, what="the replica's health file")
+        replies = await asyncio.gather(*(call(nc, "jwks") for _ in range(40)))
+        assert all(r.ok for r in replies)
+        # Queue group `auth`: the replica took its share (all 40 on one side: p = 2^-39).
+        log = (stack.logs / "auth-replica.log").read_text()
+        assert subjects.auth_subject("jwks") in log
+    finally:
+        code = await asyncio.to_thread(replica.stop)
+    assert code == 0
+    assert not health.exists()
+
+
+async def test_concurrent_migrations_on_a_fresh_database(stack: LocalStack) -> None:
+    dsn = stack.env()["LLMCHAT_POSTGRES_DSN"]
+    name = f"auth_migrate_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        fresh = {
+            **os.environ,
+            **stack.env("auth"),
+            "LLMCHAT_POSTGRES_DSN": dsn.rsplit("/", 1)[0] + f"/{name}",
+        }
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "llmchat_auth", "migrate"],
+                env=fresh,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        results = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in results]
+        conn = await asyncpg.connect(fresh["LLMCHAT_POSTGRES_DSN"])
+        try:
+            assert await conn.fetchval("SELECT version_num FROM auth.alembic_version") == "0001"
+            assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'auth'") == 5
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_start_up_gives_up_when_postgres_is_unreachable(stack: LocalStack) -> None:
+    env = {
+        **os.environ,
+        **stack.env("auth"),
+        "LLMCHAT_POSTGRES_DSN": "postgresql://llmchat@127.0.0.1:9/llmchat",
+        "LLMCHAT_AUTH_STARTUP_TIMEOUT_S": "2",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "llmchat_auth"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "auth failed" in result.stderr

@@ -1,8 +1,8 @@
 """The auth process: migrations, signing key, then the NATS subscribers until SIGTERM/SIGINT.
 
 No HTTP port: readiness is answering `auth.v1.rpc.ping`; containers can watch
-LLMCHAT_AUTH_HEALTH_FILE, touched while serving. Exit codes: 0 after a clean stop, 1 when
-start-up failed (Postgres or NATS unreachable before the deadline, refused settings).
+LLMCHAT_AUTH_HEALTH_FILE, touched while serving with the database reachable. Exit codes: 0
+after a clean stop, 1 when start-up failed (Postgres or NATS unreachable before the deadline).
 """
 
 from __future__ import annotations
@@ -107,10 +107,14 @@ async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
         log.info("auth stopped")
 
 
-async def _touch_health(path: Path) -> None:
+async def _touch_health(path: Path, service: AuthService) -> None:
+    """Touched while the service can reach its database: a container health probe."""
     while True:
-        with contextlib.suppress(OSError):
+        try:
+            await asyncio.wait_for(service.ping(), timeout=HEALTH_INTERVAL_S)
             await asyncio.to_thread(path.touch)
+        except Exception as exc:  # noqa: BLE001 - the stale file is the report
+            log.warning("health check failed", extra={"error": type(exc).__name__})
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
@@ -121,14 +125,15 @@ async def serve(settings: AuthSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     install_task_dump()
     app = create_app(settings)
-    async with lifespan(app):
-        health = asyncio.create_task(_touch_health(settings.health_file)) if settings.health_file else None
+    async with lifespan(app) as service:
+        health_file = settings.health_file
+        health = asyncio.create_task(_touch_health(health_file, service)) if health_file else None
         await stop.wait()
         log.info("stopping")
-        if health is not None:
+        if health is not None and health_file is not None:
             health.cancel()
             with contextlib.suppress(OSError):
-                settings.health_file.unlink(missing_ok=True)  # type: ignore[union-attr]
+                health_file.unlink(missing_ok=True)
 
 
 def run(settings: AuthSettings | None = None) -> int:

@@ -214,32 +214,27 @@ class AuthService:
     async def refresh(self, req: RefreshRequest) -> TokenPair:
         digest = token_hash(req.refresh_token)
         now = self.now()
-        reused = None
         async with self.db.transaction() as repo:
             row = await repo.consume_refresh_token(digest, now)
-            if row is None:
-                old = await repo.refresh_token_by_hash(digest)
-                if old is not None and old.used_at is not None:
-                    # A rotated token came back: someone holds a copy. Kill the whole family,
-                    # including the token the legitimate holder got last.
-                    await repo.revoke_family(old.family_id, now)
-                    reused = old
-            else:
+            if row is not None:
                 user = await repo.user_by_id(row.user_id)
                 if user is None:
                     raise InvalidToken()
                 if user.disabled:
                     raise AccountDisabled()
-                pair = await self._issue(repo, user, now, family_id=row.family_id)
-        if reused is not None:
+                return await self._issue(repo, user, now, family_id=row.family_id)
+            old = await repo.refresh_token_by_hash(digest)
+            reused = old is not None and old.used_at is not None
+            if old is not None and reused:
+                # A rotated token came back: someone holds a copy. The whole family dies,
+                # including the token the legitimate holder got last (committed on exit).
+                await repo.revoke_family(old.family_id, now)
+        if old is not None and reused:
             log.warning(
                 "refresh token reused; family revoked",
-                extra={"user_id": str(reused.user_id), "family_id": str(reused.family_id)},
+                extra={"user_id": str(old.user_id), "family_id": str(old.family_id)},
             )
-            raise InvalidToken()
-        if row is None:
-            raise InvalidToken()
-        return pair
+        raise InvalidToken()
 
     async def logout(self, req: LogoutRequest) -> Done:
         if req.access_jti is not None and not _JTI.match(req.access_jti):
