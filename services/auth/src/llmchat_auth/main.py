@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -88,6 +89,7 @@ def create_app(settings: AuthSettings | None = None) -> AuthApp:
 @asynccontextmanager
 async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
     settings = app.settings
+    started = False
     try:
         await migrate(app.db, settings)
         await connect_broker(app.broker, settings.startup_timeout_s)
@@ -98,13 +100,15 @@ async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
         # Subscribing is the last step: a ping answered means everything above is in place.
         await app.broker.start()
         app.service = service
+        started = True
         log.info("auth ready", extra={"open_registration": settings.open_registration})
         yield service
     finally:
         # Stops taking requests and waits (bounded) for those in flight, then drains.
         await app.broker.stop()
         await app.db.dispose()
-        log.info("auth stopped")
+        if started:
+            log.info("auth stopped")
 
 
 async def _touch_health(path: Path, service: AuthService) -> None:
@@ -137,7 +141,11 @@ async def serve(settings: AuthSettings) -> None:
 
 
 def run(settings: AuthSettings | None = None) -> int:
-    settings = settings or AuthSettings()
+    try:
+        settings = settings or AuthSettings()
+    except ValueError as exc:
+        print(f"refused settings: {exc}", file=sys.stderr)
+        return 1
     setup_logging("auth", settings.log)
     try:
         asyncio.run(serve(settings))
