@@ -22,6 +22,8 @@ from llmchat_auth.keys import KeyRecord, NewKey
 from llmchat_auth.models import ApiKey, RefreshToken, SigningKey, User
 from llmchat_common.db import advisory_lock_id
 
+UNIQUE_VIOLATION = "23505"
+
 
 def parse_uuid(value: str) -> uuid.UUID | None:
     try:
@@ -64,7 +66,9 @@ class AuthRepository:
             await self.s.flush()
         except IntegrityError as exc:
             # The id is random: the only unique value a caller controls is the email.
-            raise EmailTaken() from exc
+            if getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+                raise EmailTaken() from exc
+            raise
         return user
 
     async def update_user(self, user_id: uuid.UUID, **values: Any) -> User | None:
