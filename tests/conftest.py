@@ -3,6 +3,7 @@ one edge per test run, all as real processes on free loopback ports."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    state = REPO / ".state" / "test-run"
+    # Its own folder per concurrent run (e.g. two checkouts' suites on one machine).
+    state = Path(os.environ.get("LLMCHAT_TEST_STATE_DIR", REPO / ".state" / "test-run"))
     shutil.rmtree(state, ignore_errors=True)
     local = LocalStack(state, preferred=StackPorts(0, 0, 0, 0)).start()
     try:
