@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llmchat_common.testing.stack import LocalStack
-from tests.helpers import CANARY_PASSWORD, Account, register_account
+from tests.helpers import CANARY_PASSWORD, Account, read_request_events, register_account
 
 CHAT = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ISSUER, AUDIENCE = "llmchat-auth", "llmchat-api"
@@ -98,9 +98,16 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-async def test_session_flow_register_login_refresh_logout(http: httpx.AsyncClient, edge_url: str) -> None:
+async def test_session_flow_register_login_refresh_logout(
+    http: httpx.AsyncClient, edge_url: str, stack: LocalStack
+) -> None:
     account = register_account(edge_url)
     assert await chat_status(http, account.access_token) == 200
+    # The request and every event of it carry the caller (and the key, when one was used).
+    by_key = await http.post("/v1/chat/completions", json=CHAT, headers=bearer(account.api_key))
+    events = await read_request_events(stack.env(), by_key.json()["id"])
+    assert events and all(getattr(e, "user_id", None) == account.user_id for e in events)
+    assert all(getattr(e, "api_key_id", None) for e in events)
     me = await http.get("/v1/auth/me", headers=bearer(account.access_token))
     assert me.status_code == 200 and me.json()["email"] == account.email and me.json()["role"] == "user"
     assert "password" not in me.text

@@ -79,6 +79,9 @@ class _Event(_Contract):
     seq: int = Field(ge=0)
     worker_id: str
     ts: float
+    # The caller, copied from the request: consumers need no join to attribute an event.
+    user_id: str | None = None
+    api_key_id: str | None = None
 
 
 class Started(_Event):

@@ -39,6 +39,8 @@ class EventHeader(TypedDict):
     seq: int
     worker_id: str
     ts: float
+    user_id: str | None
+    api_key_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +286,8 @@ class RequestRunner:
             "seq": self._seq,
             "worker_id": self.worker_id,
             "ts": self.clock(),
+            "user_id": self.request.user_id,
+            "api_key_id": self.request.api_key_id,
         }
 
     async def _emit(self, event: Event) -> None:
