@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import nats
+from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from llmchat_common import subjects
@@ -19,9 +20,24 @@ from llmchat_common.contracts import parse_event
 T = TypeVar("T")
 
 
-async def read_request_events(nats_url: str, request_id: str, *, wait_terminal: float = 30.0) -> list[object]:
-    """All stored events of one request, in stream order, waiting until a terminal one is there."""
-    nc = await nats.connect(nats_url)
+async def connect_nats(env: Mapping[str, str], **options: Any) -> Client:
+    """A connection with the NATS credentials of a stack environment: `stack.env()` is the
+    admin user, `stack.env("worker")` has exactly the worker's rights."""
+    return await nats.connect(
+        env["LLMCHAT_NATS_URL"],
+        user=env.get("LLMCHAT_NATS_USER"),
+        password=env.get("LLMCHAT_NATS_PASSWORD"),
+        inbox_prefix=env.get("LLMCHAT_NATS_INBOX_PREFIX", "_INBOX"),
+        **options,
+    )
+
+
+async def read_request_events(
+    env: Mapping[str, str], request_id: str, *, wait_terminal: float = 30.0
+) -> list[object]:
+    """All stored events of one request, in stream order, waiting until a terminal one is there
+    (`env`: a stack environment, e.g. `stack.env()`)."""
+    nc = await connect_nats(env)
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + wait_terminal

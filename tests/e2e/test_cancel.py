@@ -11,7 +11,7 @@ from llmchat_common.contracts import Cancelled, Delta, parse_request
 from llmchat_common.messaging import cancels_kv
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import IDLE_MODEL, Worker
-from tests.helpers import eventually, read_request_events, worker_status
+from tests.helpers import connect_nats, eventually, read_request_events, worker_status
 
 
 async def test_disconnect_cancels_and_frees_the_engine(
@@ -44,7 +44,7 @@ async def test_disconnect_cancels_and_frees_the_engine(
         return running == 0
 
     await eventually(engine_idle, timeout=5, what="the engine to release the request")
-    events = await read_request_events(stack.env()["LLMCHAT_NATS_URL"], request_id)
+    events = await read_request_events(stack.env(), request_id)
     terminal = events[-1]
     assert isinstance(terminal, Cancelled), terminal
     assert terminal.reason == "client"
@@ -66,7 +66,7 @@ async def test_disconnect_while_queued_cancels_before_any_worker_runs_it(
         "stream": True,
         "timeout": 300,
     }
-    nc = await nats.connect(stack.env()["LLMCHAT_NATS_URL"])
+    nc = await connect_nats(stack.env())
     try:
         js = nc.jetstream()
         async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers) as http:

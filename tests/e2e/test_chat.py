@@ -136,7 +136,7 @@ async def test_events_on_own_subject_in_order_with_one_terminal(
         )
     )
     for text, usage, _, request_id in runs:
-        events = await read_request_events(stack.env()["LLMCHAT_NATS_URL"], request_id)
+        events = await read_request_events(stack.env(), request_id)
         assert {e.request_id for e in events} == {request_id}  # type: ignore[attr-defined]
         assert isinstance(events[0], Started)
         assert [e.seq for e in events] == list(range(len(events)))  # type: ignore[attr-defined]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
-import nats
 import openai
 import psutil
 import pytest
@@ -31,7 +30,7 @@ from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_worker
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import FAILOVER_MODEL
-from tests.helpers import eventually, read_request_events
+from tests.helpers import connect_nats, eventually, read_request_events
 
 # Short ack_wait so redelivery after a SIGKILL happens within the test's patience.
 FAST_REDELIVERY = {"LLMCHAT_WORKER_ACK_WAIT_S": "8", "LLMCHAT_WORKER_IN_PROGRESS_INTERVAL_S": "2"}
@@ -75,8 +74,8 @@ class StartedWatcher:
     def __init__(self) -> None:
         self.seen: list[Started] = []
 
-    async def open(self, nats_url: str) -> None:
-        self._nc = await nats.connect(nats_url)
+    async def open(self, env: Mapping[str, str]) -> None:
+        self._nc = await connect_nats(env)
 
         async def on_msg(msg: Any) -> None:
             event = parse_event(msg.data)
@@ -104,9 +103,9 @@ async def test_queue_cancel_engine_death_and_sigkill(
     models_dir: Any,
     workers: list[ManagedProcess],
 ) -> None:
-    nats_url = stack.env()["LLMCHAT_NATS_URL"]
+    nats_env = stack.env()
     watcher = StartedWatcher()
-    await watcher.open(nats_url)
+    await watcher.open(nats_env)
     client = AsyncOpenAI(
         base_url=f"{edge_url}/v1",
         api_key=api_key,
@@ -118,7 +117,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     messages = [{"role": "user", "content": "Tell me about the market on Saturday."}]
 
     # -- No worker for the model yet: one request cancelled while queued, one waiting. ------
-    nc = await nats.connect(nats_url)
+    nc = await connect_nats(nats_env)
     skipped = ChatRequested(
         request_id=f"chatcmpl-queuedcancel{int(time.time() * 1000)}",
         model=FAILOVER_MODEL,
@@ -144,7 +143,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     b1 = start_b(stack, models_dir, "worker-b1", workers)
     served = await asyncio.wait_for(waiting, timeout=120)
     assert served.usage is not None and served.usage.completion_tokens == 16
-    events = await read_request_events(nats_url, skipped.request_id)
+    events = await read_request_events(nats_env, skipped.request_id)
     assert len(events) == 1 and isinstance(events[0], Cancelled)  # never started
     assert events[0].usage.completion_tokens == 0
 
@@ -165,7 +164,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     b2 = start_b(stack, models_dir, "worker-b2", workers)
     answer = await asyncio.wait_for(survivor, timeout=300)
     assert answer.usage is not None and answer.usage.completion_tokens == 1800
-    survivor_events = await read_request_events(nats_url, answer.id)
+    survivor_events = await read_request_events(nats_env, answer.id)
     assert {e.attempt for e in survivor_events} == {1, 2}  # type: ignore[attr-defined]
     terminals = [e for e in survivor_events if isinstance(e, Completed | Cancelled)]
     assert len(terminals) == 1 and terminals[0].attempt == 2
@@ -190,7 +189,7 @@ async def test_queue_cancel_engine_death_and_sigkill(
     finished = await asyncio.wait_for(pending, timeout=300)
     assert finished.usage is not None and finished.usage.completion_tokens == 1800
     assert finished.choices[0].message.content == answer.choices[0].message.content  # greedy, same prompt
-    pending_events = await read_request_events(nats_url, finished.id)
+    pending_events = await read_request_events(nats_env, finished.id)
     assert any(isinstance(e, Started) and e.attempt == 2 for e in pending_events)
 
     # -- SIGTERM drains: the running answer completes, then the worker leaves the registry. --

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -32,12 +33,18 @@ CANCELS_TTL_S = 3600.0
 
 
 def make_broker(settings: NatsSettings, *, name: str) -> NatsBroker:
+    security = None
+    if settings.user is not None and settings.password is not None:
+        # Credentials go in the CONNECT, never in the URL (which FastStream and nats-py log).
+        security = NatsUserPassword(settings.user, settings.password.get_secret_value())
     return NatsBroker(
         settings.url,
         connect_timeout=settings.connect_timeout,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        inbox_prefix=settings.inbox_prefix,
+        security=security,
         logger=log,
     )
 

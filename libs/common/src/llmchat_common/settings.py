@@ -6,7 +6,9 @@ environment configures a whole deployment; service-specific settings use the ser
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +16,13 @@ class NatsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMCHAT_NATS_", extra="ignore")
 
     url: str = "nats://127.0.0.1:4222"
+    # This service's NATS user (each service has its own, with its own subject permissions).
+    # The password is a SecretStr: it never shows in a repr, a log line or an error.
+    user: str | None = None
+    password: SecretStr | None = None
+    # Where replies and pull deliveries arrive; a user whose replies are private gets a prefix
+    # only it may subscribe to (see the NATS permissions).
+    inbox_prefix: str = "_INBOX"
     connect_timeout: int = 5
     # Limits-retention streams; kept long enough to resume and replay.
     requests_max_age_s: float = 7 * 24 * 3600
@@ -21,6 +30,12 @@ class NatsSettings(BaseSettings):
     duplicate_window_s: float = 120.0
     # Storage is "file" everywhere; tests may shrink replicas/limits, never switch to memory.
     max_msg_bytes: int = 8 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _user_and_password_together(self) -> Self:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("set both LLMCHAT_NATS_USER and LLMCHAT_NATS_PASSWORD, or neither")
+        return self
 
 
 class PostgresSettings(BaseSettings):

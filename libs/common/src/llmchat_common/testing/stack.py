@@ -8,8 +8,10 @@ user whose data dir, socket and log live inside the state folder.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmchat_common.testing import nats_auth
 from llmchat_common.testing.process import ManagedProcess, as_user, find_binary, free_port, wait_until
 
 PG_SYSTEM_USER = "llmchat-pg"
@@ -44,14 +47,39 @@ class LocalStack:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def nats_passwords_file(self) -> Path:
+        return self.state_dir / "nats-passwords.json"
+
     def env(self, service: str | None = None) -> dict[str, str]:
-        """The environment every service needs to find this stack (`service`: whose NATS
-        credentials to include)."""
+        """The environment every service needs to find this stack, with `service`'s NATS
+        credentials (no service: the admin user, for tests and tools)."""
+        user = service or nats_auth.ADMIN
+        if user not in nats_auth.USERS:
+            raise ValueError(f"no NATS user for {service!r}; known: {', '.join(nats_auth.SERVICES)}")
         return {
             "LLMCHAT_NATS_URL": f"nats://127.0.0.1:{self.ports.nats}",
+            "LLMCHAT_NATS_USER": user,
+            "LLMCHAT_NATS_PASSWORD": self.nats_passwords()[user],
+            "LLMCHAT_NATS_INBOX_PREFIX": nats_auth.inbox_prefix(user),
             "LLMCHAT_POSTGRES_DSN": f"postgresql://{DB_USER}@127.0.0.1:{self.ports.postgres}/{DB_NAME}",
             "LLMCHAT_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
         }
+
+    def nats_passwords(self) -> dict[str, str]:
+        """One random password per NATS user, generated once per state folder and kept in a
+        file only its owner can read, so a restart (and its clients) keep them."""
+        path = self.nats_passwords_file
+        stored: dict[str, str] = {}
+        if path.exists():
+            path.chmod(0o600)
+            stored = json.loads(path.read_text())
+        missing = [user for user in nats_auth.USERS if not stored.get(user)]
+        if missing:
+            # Letters and digits only: nothing to quote or escape in nats.conf or a URL.
+            stored |= {user: secrets.token_hex(24) for user in missing}
+            _write_private(path, json.dumps(stored, indent=2) + "\n")
+        return stored
 
     def start(self) -> LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -77,9 +105,10 @@ class LocalStack:
         self.ports.nats_monitor = free_port(self.preferred.nats_monitor)
         store = self.state_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        # Above the edge's body cap, as in infra/nats/nats.conf (the default is 1 MB).
+        # Above the edge's body cap, as in infra/nats/nats.conf (the default is 1 MB); the users
+        # and their permissions are those of infra/nats/nats.conf, with this folder's passwords.
         conf = self.state_dir / "nats.conf"
-        conf.write_text("max_payload: 8MB\n")
+        _write_private(conf, "max_payload: 8MB\n\n" + nats_auth.render_authorization(self.nats_passwords()))
         proc = ManagedProcess(
             "nats",
             [
@@ -193,11 +222,12 @@ class LocalStack:
         return proc
 
     # -- Redis ------------------------------------------------------------------------------
-    def start_redis(self) -> ManagedProcess:
+    def start_redis(self, port: int = 0) -> ManagedProcess:
+        """`port`: exactly this one (a restart that clients must find again)."""
         binary = find_binary("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: `make setup` installs it")
-        self.ports.redis = free_port(self.preferred.redis)
+        self.ports.redis = port or free_port(self.preferred.redis)
         data = self.state_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         proc = ManagedProcess(
@@ -224,6 +254,17 @@ class LocalStack:
         self.processes.append(proc)
         wait_until(lambda: _redis_ping(self.ports.redis), timeout=30, what="redis", proc=proc)
         return proc
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only from the first byte, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def _http_ok(url: str) -> bool:
