@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class NatsSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMCHAT_NATS_", extra="ignore")
+    # Validation errors never echo their input: it may hold the password.
+    model_config = SettingsConfigDict(env_prefix="LLMCHAT_NATS_", extra="ignore", hide_input_in_errors=True)
 
     url: str = "nats://127.0.0.1:4222"
     # This service's NATS user (each service has its own, with its own subject permissions).
