@@ -36,7 +36,8 @@ def main() -> int:
         stack.start()
         print(
             f"infrastructure up: nats :{stack.ports.nats}, postgres :{stack.ports.postgres}, "
-            f"redis :{stack.ports.redis} (logs in {stack.logs})",
+            f"redis :{stack.ports.redis} (logs in {stack.logs}; NATS users and passwords, admin for "
+            f"tools: {stack.nats_passwords_file})",
             flush=True,
         )
         worker, worker_port = start_worker(stack, model=args.model, wait=False)
