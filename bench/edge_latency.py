@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from llmchat_common.testing.services import create_account
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,10 +82,11 @@ async def one(http: httpx.AsyncClient, model: str, max_tokens: int, prompt: str)
 
 
 async def run_level(
-    url: str, model: str, concurrency: int, requests: int, max_tokens: int
+    url: str, api_key: str, model: str, concurrency: int, requests: int, max_tokens: int
 ) -> dict[str, float]:
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits, headers=headers) as http:
         await one(http, model, 8, "warm up")
         queue = list(range(requests))
         samples: list[Sample] = []
@@ -112,19 +116,31 @@ async def run_level(
     }
 
 
+# The benchmark measures the pipeline, not the limits: its own platform gets roomy ones.
+ROOMY_LIMITS = {
+    f"LLMCHAT_CHAT_LIMITS__USER__USER__{name}": "100000000"
+    for name in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "CONCURRENT")
+} | {
+    f"LLMCHAT_CHAT_LIMITS__API_KEY__USER__{name}": "100000000"
+    for name in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "CONCURRENT")
+}
+
+
 def start_platform() -> tuple[str, object]:
     sys.path.insert(0, str(REPO))
-    from llmchat_common.testing.services import start_edge, start_worker
+    from llmchat_common.testing.services import start_auth, start_edge, start_worker
     from llmchat_common.testing.stack import LocalStack, StackPorts
 
     stack = LocalStack(
         Path(tempfile.mkdtemp(prefix="llmchat-bench-")), preferred=StackPorts(0, 0, 0, 0)
     ).start()
     worker, _ = start_worker(stack, models_dir=REPO / ".state" / "models")
-    edge, port = start_edge(stack)
+    auth = start_auth(stack)
+    edge, port = start_edge(stack, extra_env=ROOMY_LIMITS)
 
     def stop() -> None:
         edge.stop()
+        auth.stop()
         worker.stop()
         stack.stop()
 
@@ -136,6 +152,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--url", help="an already running edge (default: start one)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LLMCHAT_API_KEY"),
+        help="for --url (default: $LLMCHAT_API_KEY); a platform the benchmark starts gets its own",
+    )
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--requests", type=int, default=32)
@@ -146,13 +167,16 @@ def main() -> int:
     if url is None:
         url, stop = start_platform()
     try:
+        api_key = args.api_key or create_account(url).api_key
         print(
             "| concurrency | requests | errors | TTFT p50 ms | TTFT p99 ms | gap p50 ms | gap p99 ms "
             "| e2e p50 ms | output tok/s | tok/s per stream |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for level in args.concurrency:
-            r = asyncio.run(run_level(url, args.model, level, max(args.requests, level), args.max_tokens))
+            r = asyncio.run(
+                run_level(url, api_key, args.model, level, max(args.requests, level), args.max_tokens)
+            )
             print(
                 f"| {r['concurrency']:.0f} | {r['requests']:.0f} | {r['errors']:.0f} "
                 f"| {r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['gap_p50_ms']:.2f} "

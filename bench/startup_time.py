@@ -17,11 +17,15 @@ from pathlib import Path
 
 import httpx
 
+from llmchat_common.testing.services import Account, create_account
+
 REPO = Path(__file__).resolve().parents[1]
+
 PORT = 18099
 
 
-def time_to_first_answer(state: Path) -> float:
+def time_to_first_answer(state: Path, account: list[Account]) -> float:
+    """`account`: made on the first start, reused on the second (its data is kept)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "infra" / "run.py"), "--state-dir", str(state), "--port", str(PORT)],
@@ -34,10 +38,17 @@ def time_to_first_answer(state: Path) -> float:
     try:
         while time.perf_counter() - t0 < 600:
             try:
-                resp = httpx.post(f"http://127.0.0.1:{PORT}/v1/chat/completions", json=body, timeout=600)
+                if not account:
+                    account.append(create_account(f"http://127.0.0.1:{PORT}"))
+                resp = httpx.post(
+                    f"http://127.0.0.1:{PORT}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {account[0].api_key}"},
+                    timeout=600,
+                )
                 if resp.status_code == 200:
                     return time.perf_counter() - t0
-            except httpx.HTTPError:
+            except (httpx.HTTPError, RuntimeError):
                 pass
             time.sleep(0.25)
         raise TimeoutError("no answer within 600 s")
@@ -48,8 +59,10 @@ def time_to_first_answer(state: Path) -> float:
 
 def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="llmchat-startup-"))
-    print(f"first start (new state folder): first answer after {time_to_first_answer(state):.1f} s")
-    print(f"second start (data kept):       first answer after {time_to_first_answer(state):.1f} s")
+    account: list[Account] = []
+    first = time_to_first_answer(state, account)
+    print(f"first start (new state folder): first answer after {first:.1f} s (an account made on the way)")
+    print(f"second start (data kept):       first answer after {time_to_first_answer(state, account):.1f} s")
     return 0
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -16,6 +14,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from llmchat_common import subjects
 from llmchat_common.contracts import parse_event
+from llmchat_common.testing.services import Account as Account
+from llmchat_common.testing.services import create_account
 
 T = TypeVar("T")
 
@@ -89,30 +89,6 @@ async def worker_status(url: str) -> dict[str, object]:
 CANARY_PASSWORD = "canary-Pa55word-7f3e9b2d41"
 
 
-@dataclass(frozen=True)
-class Account:
-    email: str
-    password: str
-    access_token: str
-    refresh_token: str
-    api_key: str
-    user_id: str
-
-
 def register_account(edge_url: str, *, email: str | None = None, password: str = CANARY_PASSWORD) -> Account:
-    """Registers through the edge, logs in and creates an API key (real auth service)."""
-    email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
-    with httpx.Client(base_url=edge_url, timeout=30) as http:
-        resp = http.post("/v1/auth/register", json={"email": email, "password": password})
-        assert resp.status_code == 201, resp.text
-        user_id = resp.json()["id"]
-        tokens = http.post("/v1/auth/login", json={"email": email, "password": password})
-        assert tokens.status_code == 200, tokens.text
-        pair = tokens.json()
-        key = http.post(
-            "/v1/auth/api-keys",
-            json={"name": "tests"},
-            headers={"Authorization": f"Bearer {pair['access_token']}"},
-        )
-        assert key.status_code == 201, key.text
-    return Account(email, password, pair["access_token"], pair["refresh_token"], key.json()["key"], user_id)
+    """A real account through the edge and the auth service, with the canary password."""
+    return create_account(edge_url, email=email, password=password)
