@@ -558,12 +558,7 @@ def test_schema_fuzz(edge_url: str, identities: Identities) -> None:
     assert not unique, f"{len(unique)} distinct failure(s) across {len(run.findings)} case(s):\n\n{report}"
 
 
-# -- failures the fuzzing found, kept as exact reproductions until the edge is fixed ----------
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge bug (found by test_schema_fuzz): POST /v1/chat/completions with stream=true answers "
-    "200 text/event-stream, but the OpenAPI schema documents only application/json for 200",
-)
+# -- failures the fuzzing found (now fixed), kept as exact reproductions ---------------------
 def test_streamed_completion_content_type_is_documented(edge_url: str, auth_headers: dict[str, str]) -> None:
     schema = httpx.get(f"{edge_url}/openapi.json", timeout=10).json()
     documented = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"].get("content", {})
@@ -581,12 +576,6 @@ def test_streamed_completion_content_type_is_documented(edge_url: str, auth_head
     assert received in documented, f"documented for 200: {sorted(documented)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge bug (found by test_schema_fuzz): a lone UTF-16 surrogate escape in a message's content "
-    "(string or text part) or in `stop` passes validation, then the request cannot be serialised for "
-    "NATS (PydanticSerializationError): 503 service_unavailable 'try again' instead of a 400",
-)
 @pytest.mark.parametrize(
     "body",
     [

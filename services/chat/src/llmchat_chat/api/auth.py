@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from llmchat_chat.api.deps import AuthenticatorDep, CallerDep, LimiterDep, SessionDep
+from llmchat_chat.api.schemas import Text
 from llmchat_common.auth_contracts import (
     ApiKeyCreated,
     ApiKeyList,
@@ -32,25 +33,25 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Credentials(BaseModel):
-    email: str = Field(min_length=3, max_length=254)
-    password: str = Field(min_length=1, max_length=1024)
+    email: Text = Field(min_length=3, max_length=254)
+    password: Text = Field(min_length=1, max_length=1024)
 
 
 class RefreshBody(BaseModel):
-    refresh_token: str = Field(min_length=1, max_length=512)
+    refresh_token: Text = Field(min_length=1, max_length=512)
 
 
 class LogoutBody(BaseModel):
-    refresh_token: str | None = Field(default=None, max_length=512)
+    refresh_token: Text | None = Field(default=None, max_length=512)
 
 
 class PasswordBody(BaseModel):
-    current_password: str = Field(min_length=1, max_length=1024)
-    new_password: str = Field(min_length=1, max_length=1024)
+    current_password: Text = Field(min_length=1, max_length=1024)
+    new_password: Text = Field(min_length=1, max_length=1024)
 
 
 class ApiKeyBody(BaseModel):
-    name: str = Field(default="", max_length=100)
+    name: Text = Field(default="", max_length=100)
 
 
 def client_address(request: Request) -> str:

@@ -109,7 +109,16 @@ def reservation(request: ChatRequested, limits: LimitSettings) -> int:
     return prompt + (request.params.max_tokens or limits.default_reserve_tokens)
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    responses={
+        200: {
+            "description": "a `chat.completion` object, or with `stream: true` an SSE stream of "
+            "`chat.completion.chunk` objects ending with `data: [DONE]`",
+            "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     http_request: Request,
