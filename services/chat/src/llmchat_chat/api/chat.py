@@ -115,7 +115,17 @@ def reservation(request: ChatRequested, limits: LimitSettings) -> int:
         200: {
             "description": "a `chat.completion` object, or with `stream: true` an SSE stream of "
             "`chat.completion.chunk` objects ending with `data: [DONE]`",
-            "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "application/json": {},
+                # Describes each event (OpenAPI before 3.2 has no itemSchema): a `data:` line.
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"data": {"type": "string"}},
+                        "required": ["data"],
+                    }
+                },
+            },
         }
     },
 )
