@@ -299,14 +299,6 @@ class Finding:
     response: str
     problems: list[str]
 
-    def known(self) -> str | None:
-        """The strict-xfail test below that already reproduces this failure, if one does (each
-        such test is removed from here once the edge is fixed and it passes)."""
-        titles = {p.splitlines()[0] for p in self.problems}
-        if self.operation == "POST /v1/chat/completions" and titles == {"SSE event violates schema"}:
-            return "test_streamed_completion_events_match_the_documented_schema"
-        return None
-
     def key(self) -> tuple[str, int | None, tuple[str, ...]]:
         # The first line of each problem names it (e.g. "Server error"); details vary per case.
         return self.operation, self.status, tuple(sorted(p.splitlines()[0] for p in self.problems))
@@ -539,26 +531,13 @@ def test_schema_fuzz(edge_url: str, identities: Identities) -> None:
     assert not unauthorised_only, f"only 401s (credentials not applied?): {unauthorised_only}"
 
     unique: dict[tuple[str, int | None, tuple[str, ...]], list[Finding]] = {}
-    known: dict[str, int] = {}
     for finding in run.findings:
-        test = finding.known()
-        if test is None:
-            unique.setdefault(finding.key(), []).append(finding)
-        else:
-            known[test] = known.get(test, 0) + 1
-    for test, count in known.items():
-        print(f"{count} case(s) of a known failure, reproduced by {test}")
+        unique.setdefault(finding.key(), []).append(finding)
     report = "\n\n".join(f"[{len(found)} case(s)] " + found[0].render() for found in unique.values())
     assert not unique, f"{len(unique)} distinct failure(s) across {len(run.findings)} case(s):\n\n{report}"
 
 
 # -- failures the fuzzing found, kept as exact reproductions --------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge bug (found by test_schema_fuzz): the streamed 200 documents `text/event-stream` with "
-    "`schema: {type: string}`; without `itemSchema` that schema describes each event ({data, event, ...}), "
-    "so every event of every stream violates it",
-)
 def test_streamed_completion_events_match_the_documented_schema(
     edge_url: str, auth_headers: dict[str, str]
 ) -> None:
