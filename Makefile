@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps run test lint fmt bench clean
+.PHONY: setup system-deps run auth-cli test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -39,6 +39,14 @@ $(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/infer
 
 run: setup
 	$(PY) infra/run.py
+
+# The auth service's operator commands against the platform `make run` started, e.g.
+#   make auth-cli ARGS="create-admin --email you@example.com"     (also: rotate-keys, list-keys,
+#   remove-key --kid K, migrate)
+STATE_DIR ?= $(or $(LLMCHAT_STATE_DIR),.state)
+auth-cli: setup
+	@test -f $(STATE_DIR)/auth-cli.env || { echo "start the platform first (make run)"; exit 1; }
+	set -a && . $(STATE_DIR)/auth-cli.env && set +a && $(PY) -m llmchat_auth $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -17,6 +17,17 @@ from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_auth, start_edge, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
 
+AUTH_ENV_FILE = "auth-cli.env"
+
+
+def write_auth_env(stack: LocalStack) -> None:
+    """The auth service's environment for its operator commands (`make auth-cli`): this run's
+    ports and the auth NATS user (only its owner may read the file)."""
+    path = stack.state_dir / AUTH_ENV_FILE
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{key}={value}\n" for key, value in stack.env("auth").items()))
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run llmchat locally")
@@ -40,6 +51,7 @@ def main() -> int:
             f"tools: {stack.nats_passwords_file})",
             flush=True,
         )
+        write_auth_env(stack)
         worker, worker_port = start_worker(stack, model=args.model, wait=False)
         services.append(worker)
         services.append(start_auth(stack))
@@ -54,7 +66,7 @@ def main() -> int:
             f"  models:                  http://127.0.0.1:{port}/v1/models\n"
             f"  API docs:                http://127.0.0.1:{port}/docs\n"
             "  accounts: POST /v1/auth/register, then /v1/auth/login; the first admin:\n"
-            "    .venv/bin/python -m llmchat_auth create-admin --email you@example.com\n"
+            '    make auth-cli ARGS="create-admin --email you@example.com"\n'
             "Ctrl-C stops everything; data stays in the state folder.",
             flush=True,
         )
