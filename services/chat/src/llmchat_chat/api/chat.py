@@ -278,7 +278,27 @@ async def stream_chunks(
                 finished = True
                 break
     finally:
-        if not finished and handle.request.disconnect == "cancel":
-            service.in_background(service.cancel(handle.request_id, "client"))
-        service.in_background(handle.close())
-        service.in_background(limiter.release(admission))
+        if finished:
+            service.in_background(handle.close())
+            service.in_background(limiter.release(admission))
+        else:
+            if handle.request.disconnect == "cancel":
+                service.in_background(service.cancel(handle.request_id, "client"))
+            service.in_background(settle_after_client_left(handle, admission, limiter))
+
+
+async def settle_after_client_left(handle: RequestHandle, admission: Admission, limiter: Limiter) -> None:
+    """The client left mid-answer: the worker still ends the request (cancelled, or completed
+    when detached) and says what it used; the budget is charged that, not the reservation. The
+    request's deadline bounds the wait."""
+    try:
+        while True:
+            event = await handle.next_event()
+            if isinstance(event, Completed | Failed | Cancelled):
+                settle(admission, event)
+                break
+    except ApiError:
+        pass  # the deadline passed: the reservation stands
+    finally:
+        await handle.close()
+        await limiter.release(admission)
