@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from typing import Any, TypeVar
 
@@ -88,6 +91,8 @@ class Revocations:
         self._seen: dict[str, dict[str, float]] = {"user": {}, "jti": {}, "key": {}}
         self._applied = 0
         self.jwks_changed = asyncio.Event()
+        # Set once every live revocation is known: the edge serves only after that.
+        self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self, kv: KeyValue) -> None:
@@ -133,6 +138,7 @@ class Revocations:
                 watcher = await kv.watchall()
                 async for entry in watcher:
                     if entry is None:  # end of the initial values
+                        self.loaded.set()
                         continue
                     self.apply(entry.key, entry.operation in ("DEL", "PURGE"))
             except asyncio.CancelledError:
@@ -152,6 +158,7 @@ class TokenVerifier:
         self._revocations = revocations
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
+        self._loaded_at = 0.0
         self._lock = asyncio.Lock()
 
     async def jwks(self) -> Jwks:
@@ -169,11 +176,20 @@ class TokenVerifier:
                     if jwk.get("kid") and jwk.get("alg", ALGORITHM) == ALGORITHM:
                         keys[str(jwk["kid"])] = jwt.PyJWK.from_dict(jwk, algorithm=ALGORITHM)
             self._keys = keys
+            self._loaded_at = time.monotonic()
 
     async def _key(self, kid: str) -> jwt.PyJWK:
-        if self._revocations.jwks_changed.is_set():
-            self._revocations.jwks_changed.clear()
-            await self.refresh(force=True)
+        # A key change, or a view older than jwks_max_age_s (a missed signal), refetches; the
+        # signal is cleared only once a refetch succeeded, so a removed key cannot stay trusted.
+        changed = self._revocations.jwks_changed.is_set()
+        if changed or time.monotonic() - self._loaded_at > self._settings.jwks_max_age_s:
+            try:
+                await self.refresh(force=changed)
+                if changed:
+                    self._revocations.jwks_changed.clear()
+            except ApiError:
+                if changed:
+                    raise  # fail closed: a key may have been removed
         key = self._keys.get(kid)
         if key is None:
             await self.refresh()
@@ -213,6 +229,13 @@ class TokenVerifier:
         role = claims.get("role")
         if role not in ("user", "admin") or not isinstance(claims["sub"], str):
             raise Unauthorized("the token is invalid")
+        lifetime = claims["exp"] - claims["iat"]
+        if (
+            not isinstance(lifetime, int | float)
+            or lifetime > tokens.access_ttl_s + self._settings.token_leeway_s
+        ):
+            # We never issue longer-lived tokens: a leaked key cannot mint lasting ones.
+            raise Unauthorized("the token's lifetime is longer than this deployment issues")
         if self._revocations.is_revoked("jti", claims["jti"]):
             raise Unauthorized("the token was revoked", code="token_revoked")
         return Principal(user_id=claims["sub"], role=role), claims
@@ -235,6 +258,9 @@ class Authenticator:
         self.revocations = revocations
         self._redis = redis
         self._settings = settings
+        secret = settings.cache_secret.get_secret_value() if settings.cache_secret else None
+        # Without a shared secret each edge keeps its own entries (other edges' are misses).
+        self._cache_secret = secret.encode() if secret else secrets.token_bytes(32)
 
     async def authenticate(self, authorization: str | None) -> tuple[Principal, dict[str, Any] | None]:
         """The principal, and the token's claims when it was a JWT (None for an API key)."""
@@ -259,20 +285,36 @@ class Authenticator:
         if self.revocations.is_revoked("key", digest):
             raise Unauthorized("the API key was revoked")
         cache_key = f"apikey:{digest}"
-        try:
-            cached = await self._redis.get(cache_key)
-            if cached:
-                return Principal.model_validate_json(cached)
-        except RedisError:
-            cached = None
+        with contextlib.suppress(RedisError):
+            cached = self._unseal(digest, await self._redis.get(cache_key))
+            if cached is not None:
+                return cached
         principal = await self.client.call("verify_api_key", VerifyApiKeyRequest(key_hash=digest), Principal)
         with contextlib.suppress(RedisError):
             ttl = self._settings.api_key_cache_s
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(cache_key, principal.model_dump_json(), ex=ttl)
+                pipe.set(cache_key, self._seal(digest, principal), ex=ttl)
                 pipe.set(f"apikey-id:{principal.api_key_id}", digest, ex=ttl)
                 await pipe.execute()
         return principal
+
+    def _mac(self, digest: str, body: bytes) -> str:
+        return hmac.new(self._cache_secret, digest.encode() + b"|" + body, hashlib.sha256).hexdigest()
+
+    def _seal(self, digest: str, principal: Principal) -> bytes:
+        """Cache entries carry an HMAC under a secret only edges hold: whoever else can write
+        to Redis cannot forge a principal (say, an admin one) for a key."""
+        body = principal.model_dump_json().encode()
+        return self._mac(digest, body).encode() + b"." + body
+
+    def _unseal(self, digest: str, value: bytes | None) -> Principal | None:
+        if not value:
+            return None
+        mac, _, body = value.partition(b".")
+        if not hmac.compare_digest(mac, self._mac(digest, body).encode()):
+            log.warning("api key cache entry failed its integrity check")
+            return None
+        return Principal.model_validate_json(body)
 
     async def forget_api_key(self, key_id: str) -> None:
         """Drops a revoked key from the shared cache at once (other edges also see the

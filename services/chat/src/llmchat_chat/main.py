@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,9 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         )
         revocations = Revocations()
         revocations.start(await revocations_kv(js))
+        # Serving before the revocations are known would accept logged-out tokens and
+        # disabled users: no start without them.
+        await asyncio.wait_for(revocations.loaded.wait(), timeout=settings.startup_timeout_s)
         client = AuthClient(nc, settings.auth_timeout_s)
         verifier = TokenVerifier(client, settings, revocations)
         app.state.service = service

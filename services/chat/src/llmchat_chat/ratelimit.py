@@ -94,6 +94,8 @@ class Admission:
     # Set from the request's terminal event; None keeps the whole reservation.
     used_tokens: int | None = None
     released: bool = False
+    # Where it was counted: released there, whatever Redis's state is meanwhile.
+    in_redis: bool = True
 
 
 def _keys(scope: Scope, window: int) -> tuple[str, str, str]:
@@ -155,7 +157,7 @@ class _MemoryStore:
         return value if expires > now else 0
 
     def incr(self, key: str, by: int, now: float, ttl: float) -> int:
-        value = self.get(key, now) + by
+        value = max(0, self.get(key, now) + by)  # as in Redis: a correction never goes below 0
         expires = self.counters.get(key, (0, 0.0))[1]
         self.counters[key] = (value, expires if expires > now else now + ttl)
         return value
@@ -209,6 +211,7 @@ class Limiter:
                 result = list(await self._admit(keys=keys, args=args))
             except RedisError as exc:
                 self._redis_failed(exc)
+        in_redis = result is not None
         if result is None:
             result = self._admit_in_memory(scopes, window, request_id, reserve, hold_until, now)
         reset_s = _reset_in(now, window)
@@ -216,7 +219,7 @@ class Limiter:
             which = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
             raise _refusal(scopes[int(result[1]) - 1], which, reset_s, reserve)
         headers = _headers(scopes, [int(v) for v in result[3:]], reserve, reset_s)
-        return Admission(request_id, scopes, window, reserve, headers)
+        return Admission(request_id, scopes, window, reserve, headers, in_redis=in_redis)
 
     def _admit_in_memory(
         self, scopes: list[Scope], window: int, rid: str, reserve: int, hold: float, now: float
@@ -249,12 +252,13 @@ class Limiter:
         used = admission.used_tokens
         delta = 0 if used is None else used - admission.reserved
         keys = [k for scope in admission.scopes for k in _keys(scope, admission.window)[1:]]
-        if self._use_redis():
+        if admission.in_redis:
             try:
                 await self._release(keys=keys, args=[admission.request_id, delta])
-                return
             except RedisError as exc:
+                # The slot frees itself at the request's deadline; the budget keeps the reservation.
                 self._redis_failed(exc)
+            return
         now = time.time()
         for tok_key, conc_key in zip(keys[0::2], keys[1::2], strict=True):
             self._memory.live_slots(conc_key, now).pop(admission.request_id, None)

@@ -87,6 +87,11 @@ class ModelRegistry:
                         found.setdefault(info.model, []).append(info)
         return found
 
+    async def context_of(self, model: str) -> int | None:
+        """The model's context length as its live workers report it (None: no worker yet)."""
+        workers = (await self.live()).get(model, [])
+        return max((w.max_model_len for w in workers), default=None)
+
     async def known(self, model: str) -> bool:
         return model in self._catalog or model in await self.live()
 
@@ -141,6 +146,9 @@ class ChatService:
         self.cancels = cancels
         self.settings = settings
         self._background: set[asyncio.Task[Any]] = set()
+
+    async def context_of(self, model: str) -> int | None:
+        return await self.registry.context_of(model)
 
     def deadline_for(self, timeout_s: float | None, now: float) -> float:
         timeout = self.settings.default_timeout_s if timeout_s is None else timeout_s

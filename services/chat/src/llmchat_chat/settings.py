@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmchat_common.settings import LogSettings, NatsSettings, RedisSettings, TokenSettings
@@ -62,6 +62,7 @@ class ChatSettings(BaseSettings):
     deadline_grace_s: float = 5.0
     registry_cache_s: float = 1.0
     publish_timeout_s: float = 5.0
+    startup_timeout_s: float = 30.0
 
     # Auth: request-reply timeout to the auth service, the API-key cache in Redis, clock skew
     # allowed on token times, and how often an unknown `kid` may trigger a JWKS refetch.
@@ -69,6 +70,11 @@ class ChatSettings(BaseSettings):
     api_key_cache_s: int = Field(default=10, ge=1)
     token_leeway_s: int = Field(default=10, ge=0)
     jwks_refetch_min_s: float = 1.0
+    # The JWKS is refetched at least this often, whatever the key-change signals said.
+    jwks_max_age_s: float = 60.0
+    # Shared by every edge of a deployment: authenticates the API-key cache entries in Redis.
+    # Unset: a random one per process (each edge then caches for itself).
+    cache_secret: SecretStr | None = None
     # Browser origins allowed to call the API (exact matches; `*` is refused).
     cors_origins: list[str] = Field(default_factory=list)
     # Client addresses (proxies) whose X-Forwarded-For is believed; none by default.

@@ -125,8 +125,17 @@ async def me(caller: CallerDep, auth: AuthenticatorDep) -> UserView:
 
 @router.post("/v1/auth/password")
 async def change_password(
-    body: PasswordBody, caller: SessionDep, response: Response, auth: AuthenticatorDep
+    body: PasswordBody, caller: SessionDep, response: Response, auth: AuthenticatorDep, limiter: LimiterDep
 ) -> TokenPair:
+    # Each attempt costs an Argon2 verification, and a stolen token must not buy unlimited
+    # guesses at the current password: throttled like logins.
+    settings = limiter.settings
+    await limiter.throttle(
+        f"password:user:{caller.user_id}",
+        settings.login_per_account,
+        settings.login_window_s,
+        "password changes",
+    )
     response.headers.update(NO_STORE)
     request = ChangePasswordRequest(
         user_id=caller.user_id, current_password=body.current_password, new_password=body.new_password

@@ -44,8 +44,7 @@ async def to_request(body: ChatCompletionRequest, service: ChatService, caller: 
                 param=f"messages.{i}.content",
             )
     max_tokens = body.wanted_max_tokens()
-    workers = (await service.registry.live()).get(body.model, [])
-    context = max((w.max_model_len for w in workers), default=None)
+    context = await service.context_of(body.model)
     if max_tokens is not None and context is not None and max_tokens >= context:
         raise ContextLengthExceeded(
             f"max_tokens ({max_tokens}) must be below this model's context of {context} tokens",
@@ -101,12 +100,16 @@ async def until_disconnected(http_request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
-def reservation(request: ChatRequested, limits: LimitSettings) -> int:
+def reservation(request: ChatRequested, limits: LimitSettings, context: int | None) -> int:
     """Tokens held against the per-minute budget until the real usage is known: the prompt,
-    estimated from its length, plus the most the answer may take."""
+    estimated from its length, plus the most the answer may take (without max_tokens, the rest
+    of the model's context when it is known)."""
     chars = sum(len(m.content) for m in request.messages)
     prompt = math.ceil(chars / limits.chars_per_token) + 4 * len(request.messages)
-    return prompt + (request.params.max_tokens or limits.default_reserve_tokens)
+    answer = request.params.max_tokens
+    if answer is None:
+        answer = max(1, context - prompt) if context else limits.default_reserve_tokens
+    return prompt + answer
 
 
 @router.post(
@@ -141,7 +144,7 @@ async def create_chat_completion(
     admission = await limiter.admit(
         limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
         request.request_id,
-        reservation(request, service.settings.limits),
+        reservation(request, service.settings.limits, await service.context_of(request.model)),
         hold_until=request.deadline + service.settings.deadline_grace_s,
     )
     try:
