@@ -4,6 +4,7 @@ session flow, the JWT attack matrix, key rotation, API keys and admin actions.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import asyncpg
 import httpx
 import jwt
 import pytest
+import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -163,7 +165,6 @@ async def test_jwt_attack_matrix(http: httpx.AsyncClient, edge_url: str, stack: 
     alg_none = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims_for(account.user_id)).encode())}."
     hs_header = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode())
     hs_payload = b64(json.dumps(claims_for(account.user_id, role="admin")).encode())
-    import hashlib
     import hmac
 
     hs_sig = b64(hmac.new(public_pem, f"{hs_header}.{hs_payload}".encode(), hashlib.sha256).digest())
@@ -186,6 +187,7 @@ async def test_jwt_attack_matrix(http: httpx.AsyncClient, edge_url: str, stack: 
             claims_for(account.user_id, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
         ),
         "missing exp": signed(claims_for(account.user_id, exp=None)),
+        "longer-lived than issued": signed(claims_for(account.user_id, exp=int(time.time()) + 30 * 86400)),
         "missing jti": signed(claims_for(account.user_id, jti=None)),
         "unknown kid": signed(
             claims_for(account.user_id), with_kid="no-such-kid", signer=Ed25519PrivateKey.generate()
@@ -331,3 +333,20 @@ async def test_api_keys_prefix_only_revocable_and_never_stored_in_clear(
         account.api_key.removeprefix("sk-llmchat-"),
     ):
         assert secret not in text
+
+
+async def test_forged_api_key_cache_entry_is_ignored(
+    http: httpx.AsyncClient, edge_url: str, stack: LocalStack
+) -> None:
+    """Whoever can write to Redis cannot mint a principal: the cache entries are authenticated."""
+    account = register_account(edge_url)
+    digest = hashlib.sha256(account.api_key.encode()).hexdigest()
+    forged = json.dumps({"user_id": account.user_id, "role": "admin", "api_key_id": "forged"})
+    client = aioredis.from_url(stack.env()["LLMCHAT_REDIS_URL"])
+    try:
+        for value in (forged, "0" * 64 + "." + forged):
+            await client.set(f"apikey:{digest}", value, ex=60)
+            resp = await http.get("/v1/admin/users", headers=bearer(account.api_key))
+            assert resp.status_code == 403, resp.text  # the real principal: a user
+    finally:
+        await client.aclose()
