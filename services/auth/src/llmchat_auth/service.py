@@ -126,6 +126,13 @@ def api_key_view(key: ApiKey) -> ApiKeyView:
     )
 
 
+async def existing_user(repo: AuthRepository, user_id: uuid.UUID) -> User:
+    user = await repo.user_by_id(user_id)
+    if user is None:
+        raise NotFound("no such user")
+    return user
+
+
 def _user_id(raw: str) -> uuid.UUID:
     """A malformed id is simply nobody: the same answer as another user's id."""
     parsed = parse_uuid(raw)
@@ -257,17 +264,13 @@ class AuthService:
     async def me(self, req: UserRef) -> UserView:
         user_id = _user_id(req.user_id)
         async with self.db.transaction() as repo:
-            user = await repo.user_by_id(user_id)
-        if user is None:
-            raise NotFound("no such user")
+            user = await existing_user(repo, user_id)
         return user_view(user)
 
     async def change_password(self, req: ChangePasswordRequest) -> TokenPair:
         user_id = _user_id(req.user_id)
         async with self.db.transaction() as repo:
-            user = await repo.user_by_id(user_id)
-        if user is None:
-            raise NotFound("no such user")
+            user = await existing_user(repo, user_id)
         if not await self.passwords.verify(user.password_hash, req.current_password):
             raise InvalidCredentials("the current password is wrong")
         if user.disabled:
@@ -296,9 +299,7 @@ class AuthService:
         key, prefix = new_api_key()
         now = self.now()
         async with self.db.transaction() as repo:
-            user = await repo.user_by_id(user_id)
-            if user is None:
-                raise NotFound("no such user")
+            user = await existing_user(repo, user_id)
             if user.disabled:
                 raise AccountDisabled()
             row = await repo.add_api_key(

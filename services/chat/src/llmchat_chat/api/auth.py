@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from llmchat_chat.api.deps import AuthenticatorDep, CallerDep, LimiterDep, SessionDep
 from llmchat_chat.api.schemas import Text
+from llmchat_chat.ratelimit import Limiter
 from llmchat_common.auth_contracts import (
     ApiKeyCreated,
     ApiKeyList,
@@ -29,7 +30,6 @@ from llmchat_common.auth_contracts import (
 )
 
 router = APIRouter(tags=["auth"])
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Credentials(BaseModel):
@@ -58,30 +58,28 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def throttle_login(limiter: LimiterDep, request: Request, email: str) -> None:
-    """Per account and per client address, counted before the password is checked, so wrong
-    passwords and unknown emails are throttled alike."""
+async def throttle(limiter: Limiter, key: str, *, per_address: bool, what: str) -> None:
+    """Attempts that cost the auth service an Argon2 run, per account or per client address."""
     settings = limiter.settings
+    limit = settings.login_per_address if per_address else settings.login_per_account
+    await limiter.throttle(key, limit, settings.login_window_s, what)
+
+
+async def throttle_login(limiter: Limiter, request: Request, email: str) -> None:
+    """Counted before the password is checked, so wrong passwords and unknown emails are
+    throttled alike."""
     account = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
-    window = settings.login_window_s
-    await limiter.throttle(f"login:account:{account}", settings.login_per_account, window, "login attempts")
-    await limiter.throttle(
-        f"login:addr:{client_address(request)}", settings.login_per_address, window, "login attempts"
-    )
+    await throttle(limiter, f"login:account:{account}", per_address=False, what="login attempts")
+    await throttle(limiter, f"login:addr:{client_address(request)}", per_address=True, what="login attempts")
 
 
 @router.post("/v1/auth/register", status_code=201)
 async def register(
-    body: Credentials, http_request: Request, response: Response, auth: AuthenticatorDep, limiter: LimiterDep
+    body: Credentials, http_request: Request, auth: AuthenticatorDep, limiter: LimiterDep
 ) -> UserView:
-    settings = limiter.settings
-    await limiter.throttle(
-        f"register:addr:{client_address(http_request)}",
-        settings.login_per_address,
-        settings.login_window_s,
-        "registrations",
+    await throttle(
+        limiter, f"register:addr:{client_address(http_request)}", per_address=True, what="registrations"
     )
-    response.headers.update(NO_STORE)
     return await auth.client.call(
         "register", RegisterRequest(email=body.email, password=body.password), UserView
     )
@@ -89,16 +87,14 @@ async def register(
 
 @router.post("/v1/auth/login")
 async def login(
-    body: Credentials, request: Request, response: Response, auth: AuthenticatorDep, limiter: LimiterDep
+    body: Credentials, request: Request, auth: AuthenticatorDep, limiter: LimiterDep
 ) -> TokenPair:
     await throttle_login(limiter, request, body.email)
-    response.headers.update(NO_STORE)
     return await auth.client.call("login", LoginRequest(email=body.email, password=body.password), TokenPair)
 
 
 @router.post("/v1/auth/refresh")
-async def refresh(body: RefreshBody, response: Response, auth: AuthenticatorDep) -> TokenPair:
-    response.headers.update(NO_STORE)
+async def refresh(body: RefreshBody, auth: AuthenticatorDep) -> TokenPair:
     return await auth.client.call("refresh", RefreshRequest(refresh_token=body.refresh_token), TokenPair)
 
 
@@ -125,18 +121,11 @@ async def me(caller: CallerDep, auth: AuthenticatorDep) -> UserView:
 
 @router.post("/v1/auth/password")
 async def change_password(
-    body: PasswordBody, caller: SessionDep, response: Response, auth: AuthenticatorDep, limiter: LimiterDep
+    body: PasswordBody, caller: SessionDep, auth: AuthenticatorDep, limiter: LimiterDep
 ) -> TokenPair:
     # Each attempt costs an Argon2 verification, and a stolen token must not buy unlimited
     # guesses at the current password: throttled like logins.
-    settings = limiter.settings
-    await limiter.throttle(
-        f"password:user:{caller.user_id}",
-        settings.login_per_account,
-        settings.login_window_s,
-        "password changes",
-    )
-    response.headers.update(NO_STORE)
+    await throttle(limiter, f"password:user:{caller.user_id}", per_address=False, what="password changes")
     request = ChangePasswordRequest(
         user_id=caller.user_id, current_password=body.current_password, new_password=body.new_password
     )
@@ -144,10 +133,7 @@ async def change_password(
 
 
 @router.post("/v1/auth/api-keys", status_code=201)
-async def create_api_key(
-    body: ApiKeyBody, caller: SessionDep, response: Response, auth: AuthenticatorDep
-) -> ApiKeyCreated:
-    response.headers.update(NO_STORE)
+async def create_api_key(body: ApiKeyBody, caller: SessionDep, auth: AuthenticatorDep) -> ApiKeyCreated:
     request = CreateApiKeyRequest(user_id=caller.user_id, name=body.name)
     return await auth.client.call("create_api_key", request, ApiKeyCreated)
 
