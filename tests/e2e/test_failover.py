@@ -169,16 +169,21 @@ async def test_queue_cancel_engine_death_and_sigkill(
     terminals = [e for e in survivor_events if isinstance(e, Completed | Cancelled)]
     assert len(terminals) == 1 and terminals[0].attempt == 2
 
+    # The tiny model writes 1800 tokens in seconds: the pending request starts first, the
+    # stream second, and the worker is killed the moment the stream has shown text, so both
+    # are surely mid-answer.
+    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
+    await watcher.wait_for("worker-b2", 2)  # the survivor, then the pending request
     stream = await completions.create(
         model=FAILOVER_MODEL,
         messages=messages,
         stream=True,
         **LONG,
     )
-    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
     _, stream = await first_content(stream)
-    await watcher.wait_for("worker-b2", 3)  # the survivor, the stream and the pending request
     b2.kill()  # SIGKILL to the worker and its engine processes at once
+    assert not pending.done()
+    assert len(await watcher.wait_for("worker-b2", 3)) == 3  # the stream started there too
 
     streamed = asyncio.create_task(drain(stream))
     b3 = start_b(stack, models_dir, "worker-b3", workers)
