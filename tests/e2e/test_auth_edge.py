@@ -286,7 +286,7 @@ async def test_key_rotation(http: httpx.AsyncClient, edge_url: str, stack: Local
     assert {old_kid, new_kid} <= {k["kid"] for k in jwks["keys"]}
     assert all("d" not in k for k in jwks["keys"])  # public halves only
 
-    auth_cli(stack, "remove-key", "--kid", old_kid)
+    auth_cli(stack, "remove-key", f"--kid={old_kid}")  # a kid may begin with "-"
     deadline = time.monotonic() + 5
     while await chat_status(http, old.access_token) != 401:
         assert time.monotonic() < deadline, "a removed key's token still works"

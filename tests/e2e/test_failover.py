@@ -169,21 +169,20 @@ async def test_queue_cancel_engine_death_and_sigkill(
     terminals = [e for e in survivor_events if isinstance(e, Completed | Cancelled)]
     assert len(terminals) == 1 and terminals[0].attempt == 2
 
-    # The tiny model writes 1800 tokens in seconds: the pending request starts first, the
-    # stream second, and the worker is killed the moment the stream has shown text, so both
-    # are surely mid-answer.
-    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
-    await watcher.wait_for("worker-b2", 2)  # the survivor, then the pending request
+    # The tiny model writes 1800 tokens in seconds, so the kill must not wait on anything slow:
+    # the stream (the longest answer the context allows) starts first and shows text, then the
+    # pending request starts, and the worker is killed the moment that start is seen.
     stream = await completions.create(
         model=FAILOVER_MODEL,
         messages=messages,
         stream=True,
-        **LONG,
+        **{**LONG, "max_tokens": 1990},  # the context is 2048
     )
     _, stream = await first_content(stream)
+    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
+    await watcher.wait_for("worker-b2", 3)  # the survivor, the stream, then the pending request
     b2.kill()  # SIGKILL to the worker and its engine processes at once
     assert not pending.done()
-    assert len(await watcher.wait_for("worker-b2", 3)) == 3  # the stream started there too
 
     streamed = asyncio.create_task(drain(stream))
     b3 = start_b(stack, models_dir, "worker-b3", workers)
