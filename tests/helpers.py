@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -16,6 +20,7 @@ from llmchat_common import subjects
 from llmchat_common.contracts import parse_event
 from llmchat_common.testing.services import Account as Account
 from llmchat_common.testing.services import create_account
+from llmchat_common.testing.stack import LocalStack
 
 T = TypeVar("T")
 
@@ -92,3 +97,30 @@ CANARY_PASSWORD = "canary-Pa55word-7f3e9b2d41"
 def register_account(edge_url: str, *, email: str | None = None, password: str = CANARY_PASSWORD) -> Account:
     """A real account through the edge and the auth service, with the canary password."""
     return create_account(edge_url, email=email, password=password)
+
+
+def service_cli(
+    stack: LocalStack, service: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m llmchat_<service> ARGS` with the service's own environment (NATS user)."""
+    return subprocess.run(
+        [sys.executable, "-m", f"llmchat_{service}", *args],
+        env={**os.environ, **stack.env(service), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def make_admin(stack: LocalStack, edge_url: str) -> Account:
+    """A new administrator (the auth service's create-admin command), logged in."""
+    email = f"admin-{uuid.uuid4().hex[:10]}@example.com"
+    out = service_cli(
+        stack, "auth", "create-admin", "--email", email, env={"LLMCHAT_ADMIN_PASSWORD": CANARY_PASSWORD}
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    with httpx.Client(base_url=edge_url, timeout=30) as client:
+        pair = client.post("/v1/auth/login", json={"email": email, "password": CANARY_PASSWORD}).json()
+        me = client.get("/v1/auth/me", headers={"Authorization": f"Bearer {pair['access_token']}"}).json()
+    assert me["role"] == "admin"
+    return Account(email, CANARY_PASSWORD, pair["access_token"], pair["refresh_token"], "", me["id"])

@@ -6,9 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +20,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llmchat_common.testing.stack import LocalStack
-from tests.helpers import CANARY_PASSWORD, Account, read_request_events, register_account
+from tests.helpers import (
+    CANARY_PASSWORD,
+    Account,
+    make_admin,
+    read_request_events,
+    register_account,
+    service_cli,
+)
 
 CHAT = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ISSUER, AUDIENCE = "llmchat-auth", "llmchat-api"
@@ -51,13 +55,7 @@ def assert_401(resp: httpx.Response) -> None:
 
 
 def auth_cli(stack: LocalStack, *args: str, env: dict[str, str] | None = None) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "llmchat_auth", *args],
-        env={**os.environ, **stack.env("auth"), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = service_cli(stack, "auth", *args, env=env, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -234,16 +232,6 @@ async def test_disabled_user_is_locked_out_at_once(
     assert await chat_status(http, user.api_key) == 200
     login = await http.post("/v1/auth/login", json={"email": user.email, "password": user.password})
     assert login.status_code == 200
-
-
-def make_admin(stack: LocalStack, edge_url: str) -> Account:
-    email = f"admin-{uuid.uuid4().hex[:10]}@example.com"
-    auth_cli(stack, "create-admin", "--email", email, env={"LLMCHAT_ADMIN_PASSWORD": CANARY_PASSWORD})
-    with httpx.Client(base_url=edge_url, timeout=30) as client:
-        pair = client.post("/v1/auth/login", json={"email": email, "password": CANARY_PASSWORD}).json()
-        me = client.get("/v1/auth/me", headers=bearer(pair["access_token"])).json()
-    assert me["role"] == "admin"
-    return Account(email, CANARY_PASSWORD, pair["access_token"], pair["refresh_token"], "", me["id"])
 
 
 async def test_admin_routes_are_for_admins(

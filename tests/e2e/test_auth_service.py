@@ -27,7 +27,6 @@ from llmchat_common.auth_contracts import (
     API_KEY_PREFIX,
     ApiKeyCreated,
     ApiKeyList,
-    AuthReply,
     Jwks,
     Principal,
     TokenPair,
@@ -36,6 +35,7 @@ from llmchat_common.auth_contracts import (
     api_key_hash,
     revocation_key,
 )
+from llmchat_common.rpc import RpcReply
 from llmchat_common.settings import TokenSettings
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_auth
@@ -71,8 +71,8 @@ async def call_raw(nc: Client, op: str, payload: bytes) -> bytes:
     return bytes(msg.data)
 
 
-async def call(nc: Client, op: str, body: dict[str, Any] | None = None) -> AuthReply:
-    return AuthReply.model_validate_json(await call_raw(nc, op, json.dumps(body or {}).encode()))
+async def call(nc: Client, op: str, body: dict[str, Any] | None = None) -> RpcReply:
+    return RpcReply.model_validate_json(await call_raw(nc, op, json.dumps(body or {}).encode()))
 
 
 async def ok(nc: Client, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,7 +82,7 @@ async def ok(nc: Client, op: str, body: dict[str, Any] | None = None) -> dict[st
     return reply.result
 
 
-async def fails(nc: Client, op: str, body: dict[str, Any] | None, code: str) -> AuthReply:
+async def fails(nc: Client, op: str, body: dict[str, Any] | None, code: str) -> RpcReply:
     reply = await call(nc, op, body)
     assert not reply.ok and reply.error is not None, f"{op} should fail with {code}"
     assert reply.error.code == code, f"{op}: {reply.error}"
@@ -202,7 +202,7 @@ async def test_unknown_email_and_wrong_password_answer_identically(nc: Client) -
     )
     malformed = await call_raw(nc, "login", json.dumps({"email": "no-at-sign", "password": "x"}).encode())
     assert wrong == unknown == malformed
-    reply = AuthReply.model_validate_json(wrong)
+    reply = RpcReply.model_validate_json(wrong)
     assert reply.error is not None and reply.error.code == "invalid_credentials"
 
 
@@ -225,7 +225,7 @@ async def test_register_refuses_bad_input_without_echoing_it(nc: Client) -> None
     reply = await fails(nc, "register", {"email": unique_email(), "password": secret}, "invalid_request")
     assert reply.error is not None and "S3cret" not in reply.error.message
     for payload in (b"{not json", b"[]", b'"text"', b"", b'{"email": 5}'):
-        raw = AuthReply.model_validate_json(await call_raw(nc, "register", payload))
+        raw = RpcReply.model_validate_json(await call_raw(nc, "register", payload))
         assert raw.error is not None and raw.error.code == "invalid_request", payload
 
 
@@ -397,11 +397,11 @@ async def test_rotate_and_remove_keys(nc: Client, stack: LocalStack, revocations
     states = {row["kid"]: row["state"] for row in map(json.loads, listed.stdout.splitlines())}
     assert states[new_kid] == "active" and states[old_kid] == "retired"
 
-    refused = cli(stack, "remove-key", "--kid", new_kid)
+    refused = cli(stack, "remove-key", f"--kid={new_kid}")
     assert refused.returncode == 1 and "rotate-keys first" in refused.stderr
     assert cli(stack, "remove-key", "--kid", "no-such-kid").returncode == 1
 
-    removed = cli(stack, "remove-key", "--kid", old_kid)
+    removed = cli(stack, "remove-key", f"--kid={old_kid}")
     assert removed.returncode == 0, removed.stderr
     keys = await jwks(nc)
     assert old_kid not in keys and new_kid in keys

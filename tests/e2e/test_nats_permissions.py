@@ -325,7 +325,13 @@ def test_compose_conf_holds_variables_not_passwords() -> None:
 
 def test_compose_gives_each_service_its_own_user() -> None:
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
-    for name, user in {"chat": "chat", "inference-worker": "worker", "auth": "auth"}.items():
+    for name, user in {
+        "chat": "chat",
+        "inference-worker": "worker",
+        "auth": "auth",
+        "history": "history",
+        "metrics": "metrics",
+    }.items():
         env = services[name]["environment"]
         assert env["LLMCHAT_NATS_USER"] == user
         assert env["LLMCHAT_NATS_PASSWORD"].startswith(f"${{{nats_auth.password_variable(user)}:?")
@@ -383,3 +389,38 @@ async def test_compose_conf_runs_and_enforces(tmp_path: Path) -> None:
             await eventually(delivered, timeout=5, what="the edge's cancel to reach the worker")
     finally:
         server.stop()
+
+
+# -- history and metrics -------------------------------------------------------------------------
+async def test_projections_consume_events_and_only_history_queues_requests(stack: LocalStack) -> None:
+    """Both read the event log through their own consumers and write no event; history queues
+    title requests, on whose stream it may create no consumer; metrics writes no stream."""
+    rid = token()
+    request_subject = subjects.request_subject(rid)
+    async with (
+        connect(stack.env()) as admin,
+        connect(stack.env("history")) as history,
+        connect(stack.env("metrics")) as metrics,
+    ):
+        event_subject = subjects.event_subject(rid, "completed")
+        await admin.nc.jetstream().publish(event_subject, b"an event", timeout=5)
+        for conn in (history, metrics):
+            js = conn.nc.jetstream()
+            sub = await js.pull_subscribe(event_subject, durable=None, stream=subjects.EVENTS_STREAM)
+            assert [m.data for m in await sub.fetch(1, timeout=5)] == [b"an event"]
+            with pytest.raises(NO_ACK):
+                await js.publish(subjects.event_subject(rid, "delta"), b"forged", timeout=1)
+            assert await conn.refused("publish", subjects.event_subject(rid, "delta"))
+            create = f"$JS.API.CONSUMER.CREATE.{subjects.REQUESTS_STREAM}.peek-{rid}"
+            with pytest.raises(NO_ACK):
+                await js.add_consumer(subjects.REQUESTS_STREAM, name=f"peek-{rid}", timeout=1)
+            assert await conn.refused("publish", create)
+
+        ack = await history.nc.jetstream().publish(
+            request_subject, b"a title request", headers={"Nats-Msg-Id": rid}, timeout=5
+        )
+        assert ack.stream == subjects.REQUESTS_STREAM
+        with pytest.raises(NO_ACK):
+            await metrics.nc.jetstream().publish(request_subject, b"forged", timeout=1)
+        assert await metrics.refused("publish", request_subject)
+        assert await stored(admin.nc, subjects.REQUESTS_STREAM, request_subject) == b"a title request"

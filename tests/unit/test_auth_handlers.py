@@ -1,5 +1,5 @@
 """The request-reply envelope, through FastStream's in-memory broker: every request gets an
-`AuthReply`, whatever it holds and whatever goes wrong behind it."""
+`RpcReply`, whatever it holds and whatever goes wrong behind it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from llmchat_auth.main import build_service
 from llmchat_auth.repository import Database
 from llmchat_auth.settings import AuthSettings
 from llmchat_common import subjects
-from llmchat_common.auth_contracts import AuthReply
 from llmchat_common.db import create_engine
+from llmchat_common.rpc import RpcReply
 from llmchat_common.settings import PostgresSettings
 
 
@@ -39,9 +39,9 @@ async def broker() -> AsyncIterator[NatsBroker]:
     await db.dispose()
 
 
-async def request(broker: NatsBroker, op: str, payload: bytes) -> AuthReply:
+async def request(broker: NatsBroker, op: str, payload: bytes) -> RpcReply:
     response = await broker.request(payload, subjects.auth_subject(op), timeout=10)
-    return AuthReply.model_validate_json(response.body)
+    return RpcReply.model_validate_json(response.body)
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b"[]", b'"text"', b'{"email": 5, "password": "p"}'])

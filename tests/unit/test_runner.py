@@ -39,7 +39,7 @@ class ScriptedEngine:
         return [1] * sum(len(m.content.split()) for m in messages)
 
     async def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int
+        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
     ) -> AsyncIterator[TokenChunk]:
         n = min(self.n_tokens, max_tokens)
         for i in range(n):

@@ -2,7 +2,7 @@
 
 Only the edge calls these subjects (NATS permissions enforce it), after it has authenticated the
 caller: operations on "my" account carry the `user_id` the edge verified. Every reply is an
-`AuthReply`: `ok` with a `result`, or an `error` with a stable `code` the edge maps to HTTP.
+`RpcReply` (rpc.py): `ok` with a `result`, or an `error` with a stable `code`.
 Secrets cross the wire only where they must (a password at login/registration, a refresh
 token); API keys never do: the edge sends their SHA-256.
 """
@@ -22,32 +22,6 @@ API_KEY_PREFIX = "sk-llmchat-"
 API_KEY_VISIBLE_CHARS = 8
 # The JWT `typ` header of access tokens (RFC 9068).
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a header value, not a secret
-
-# Error codes of AuthError, and what the edge answers for each.
-ERROR_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "weak_password": 400,
-    "invalid_credentials": 401,
-    "invalid_token": 401,
-    "account_disabled": 403,
-    "registration_closed": 403,
-    "forbidden": 403,
-    "not_found": 404,
-    "email_taken": 409,
-    "unavailable": 503,
-}
-AuthErrorCode = Literal[
-    "invalid_request",
-    "weak_password",
-    "invalid_credentials",
-    "invalid_token",
-    "account_disabled",
-    "registration_closed",
-    "forbidden",
-    "not_found",
-    "email_taken",
-    "unavailable",
-]
 
 
 def api_key_hash(key: str) -> str:
@@ -174,26 +148,6 @@ class Jwks(_Msg):
 
 class Done(_Msg):
     ok: bool = True
-
-
-# -- envelope -------------------------------------------------------------------------------
-class AuthError(_Msg):
-    code: AuthErrorCode
-    message: str
-
-
-class AuthReply(_Msg):
-    ok: bool
-    result: dict[str, Any] | None = None
-    error: AuthError | None = None
-
-    @classmethod
-    def success(cls, result: BaseModel) -> AuthReply:
-        return cls(ok=True, result=result.model_dump(mode="json"))
-
-    @classmethod
-    def failure(cls, code: AuthErrorCode, message: str) -> AuthReply:
-        return cls(ok=False, error=AuthError(code=code, message=message))
 
 
 # -- revocations (KV bucket, written by auth, watched by every edge) -------------------------

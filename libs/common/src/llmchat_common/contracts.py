@@ -15,6 +15,12 @@ SCHEMA_VERSION = 1
 Role = Literal["system", "user", "assistant"]
 DisconnectPolicy = Literal["cancel", "detach"]
 CancelReason = Literal["client", "deadline", "shutdown"]
+# `title`: a conversation title the history service asks the model for (low priority); not a
+# message of the conversation.
+RequestKind = Literal["chat", "title"]
+# vLLM's priority scheduling: lower runs first.
+PRIORITY_DEFAULT = 0
+PRIORITY_BACKGROUND = 10
 
 
 class _Contract(BaseModel):
@@ -48,10 +54,32 @@ class ChatRequested(_Contract):
     user_id: str | None = None
     api_key_id: str | None = None
     conversation_id: str | None = None
+    kind: RequestKind = "chat"
+    priority: int = PRIORITY_DEFAULT
+    # W3C trace id (32 hex digits) of the request: from the caller's `traceparent`, else new.
+    trace_id: str | None = None
     stream: bool = False
     disconnect: DisconnectPolicy = "cancel"
     created_at: float
     deadline: float
+
+    def facts(self) -> dict[str, str | float | None]:
+        """What the `started` and terminal events repeat from the request, so consumers
+        (history, usage) read one stream and need no join: the new turn (the last message when
+        it is the user's), the system prompt, the conversation and the model."""
+        last = self.messages[-1] if self.messages else None
+        first = self.messages[0] if self.messages else None
+        return {
+            "user_id": self.user_id,
+            "api_key_id": self.api_key_id,
+            "model": self.model,
+            "conversation_id": self.conversation_id,
+            "kind": self.kind,
+            "trace_id": self.trace_id,
+            "created_at": self.created_at,
+            "user_message": last.content if last is not None and last.role == "user" else None,
+            "system_prompt": first.content if first is not None and first.role == "system" else None,
+        }
 
 
 class Usage(_Contract):
@@ -84,7 +112,20 @@ class _Event(_Contract):
     api_key_id: str | None = None
 
 
-class Started(_Event):
+class _WithFacts(_Event):
+    """Facts of the request (`ChatRequested.facts`), on `started` and on terminal events (a
+    request cancelled while queued ends without a `started`)."""
+
+    model: str | None = None
+    conversation_id: str | None = None
+    kind: RequestKind = "chat"
+    trace_id: str | None = None
+    created_at: float | None = None
+    user_message: str | None = None
+    system_prompt: str | None = None
+
+
+class Started(_WithFacts):
     type: Literal["started"] = "started"
     queue_ms: float
     prompt_tokens: int
@@ -96,7 +137,7 @@ class Delta(_Event):
     token_ids: list[int]
 
 
-class Completed(_Event):
+class Completed(_WithFacts):
     type: Literal["completed"] = "completed"
     finish_reason: str
     text: str
@@ -104,7 +145,7 @@ class Completed(_Event):
     timings: Timings
 
 
-class Failed(_Event):
+class Failed(_WithFacts):
     type: Literal["failed"] = "failed"
     code: str
     message: str
@@ -114,7 +155,7 @@ class Failed(_Event):
     timings: Timings = Field(default_factory=Timings)
 
 
-class Cancelled(_Event):
+class Cancelled(_WithFacts):
     type: Literal["cancelled"] = "cancelled"
     reason: CancelReason
     text: str = ""

@@ -169,3 +169,9 @@ def _run_migrations(connection: Connection, target_metadata: MetaData, schema: s
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def migration_schema(default: str) -> str:
+    """The schema a migration script creates its objects in: the one `upgrade_schema` was asked
+    for (a replay target, say), else the service's own."""
+    return str(context.config.attributes.get("llmchat_schema", default))

@@ -112,3 +112,33 @@ def auth_subject(op: str) -> str:
 
 def auth_wildcard() -> str:
     return f"{AUTH_RPC_PREFIX}.>"
+
+
+# -- history and usage (request-reply; only the edge may publish here) -------------------------
+HISTORY_RPC_PREFIX = "history.v1.rpc"
+HISTORY_QUEUE = "history"
+HISTORY_OPS = ("ping", "list", "get", "check", "rename", "delete", "export")
+
+USAGE_RPC_PREFIX = "usage.v1.rpc"
+USAGE_QUEUE = "metrics"
+USAGE_OPS = ("ping", "usage", "admin_usage")
+
+
+def history_subject(op: str) -> str:
+    if op not in HISTORY_OPS:
+        raise ValueError(f"unknown history operation {op!r}")
+    return f"{HISTORY_RPC_PREFIX}.{op}"
+
+
+def history_wildcard() -> str:
+    return f"{HISTORY_RPC_PREFIX}.>"
+
+
+def usage_subject(op: str) -> str:
+    if op not in USAGE_OPS:
+        raise ValueError(f"unknown usage operation {op!r}")
+    return f"{USAGE_RPC_PREFIX}.{op}"
+
+
+def usage_wildcard() -> str:
+    return f"{USAGE_RPC_PREFIX}.>"

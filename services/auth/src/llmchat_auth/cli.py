@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from llmchat_auth.errors import CommandRefused
 from llmchat_auth.handlers import KvRevocations
-from llmchat_auth.main import build_service, connect_broker, migrate, open_database, run
+from llmchat_auth.main import build_service, migrate, open_database, run
 from llmchat_auth.service import AuthService, revocation_value
 from llmchat_auth.settings import AuthSettings
 from llmchat_common.auth_contracts import revocation_key
+from llmchat_common.lifecycle import connect_broker
 from llmchat_common.logging import setup_logging
 from llmchat_common.messaging import jetstream, make_broker, revocations_kv
 

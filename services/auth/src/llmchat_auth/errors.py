@@ -1,20 +1,14 @@
-"""Every failure a caller can see, one type each; handlers.py turns them into `AuthReply`
-failures with the contract's stable codes (the edge maps those to HTTP)."""
+"""Every failure a caller can see, one type each; the shared request-reply layer
+(llmchat_common.rpc) turns them into error replies with stable codes (the edge maps those to
+HTTP)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from llmchat_common.auth_contracts import AuthErrorCode
+from llmchat_common.rpc import ServiceFailure
 
 
-class AuthFailure(Exception):
-    code: ClassVar[AuthErrorCode] = "unavailable"
-    default_message: ClassVar[str] = "the authentication service is unavailable"
-
-    def __init__(self, message: str | None = None) -> None:
-        self.message = message or self.default_message
-        super().__init__(self.message)
+class AuthFailure(ServiceFailure):
+    default_message = "the authentication service is unavailable"
 
 
 class InvalidRequest(AuthFailure):

@@ -7,17 +7,11 @@ after a clean stop, 1 when start-up failed (Postgres or NATS unreachable before 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
-import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
-from pathlib import Path
 
 from faststream.nats import NatsBroker
 
@@ -29,12 +23,10 @@ from llmchat_auth.repository import Database
 from llmchat_auth.service import AuthService, Revocations, utcnow
 from llmchat_auth.settings import AuthSettings
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
-from llmchat_common.logging import install_task_dump, setup_logging
+from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import jetstream, make_broker, revocations_kv
 
 log = logging.getLogger(__name__)
-
-HEALTH_INTERVAL_S = 5.0
 
 
 def migrations_location() -> str:
@@ -49,20 +41,6 @@ async def migrate(db: Database, settings: AuthSettings) -> None:
 
 def open_database(settings: AuthSettings) -> Database:
     return Database(create_engine(settings.postgres, pool_size=settings.db_pool_size))
-
-
-async def connect_broker(broker: NatsBroker, timeout_s: float) -> None:
-    """NATS may still be starting: retry the first connection until the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            await broker.connect()
-            return
-        except Exception as exc:  # nats-py raises several kinds
-            if time.monotonic() + 1.0 > deadline:
-                raise
-            log.info("waiting for nats", extra={"error": type(exc).__name__})
-            await asyncio.sleep(1.0)
 
 
 def build_service(settings: AuthSettings, db: Database, revocations: Revocations) -> AuthService:
@@ -111,45 +89,11 @@ async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
             log.info("auth stopped")
 
 
-async def _touch_health(path: Path, service: AuthService) -> None:
-    """Touched while the service can reach its database: a container health probe."""
-    while True:
-        try:
-            await asyncio.wait_for(service.ping(), timeout=HEALTH_INTERVAL_S)
-            await asyncio.to_thread(path.touch)
-        except Exception as exc:  # noqa: BLE001 - the stale file is the report
-            log.warning("health check failed", extra={"error": type(exc).__name__})
-        await asyncio.sleep(HEALTH_INTERVAL_S)
-
-
 async def serve(settings: AuthSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    install_task_dump()
-    app = create_app(settings)
-    async with lifespan(app) as service:
-        health_file = settings.health_file
-        health = asyncio.create_task(_touch_health(health_file, service)) if health_file else None
-        await stop.wait()
-        log.info("stopping")
-        if health is not None and health_file is not None:
-            health.cancel()
-            with contextlib.suppress(OSError):
-                health_file.unlink(missing_ok=True)
+    await serve_until_stopped(
+        lifespan(create_app(settings)), health_file=settings.health_file, probe=AuthService.ping
+    )
 
 
 def run(settings: AuthSettings | None = None) -> int:
-    try:
-        settings = settings or AuthSettings()
-    except ValueError as exc:
-        print(f"refused settings: {exc}", file=sys.stderr)
-        return 1
-    setup_logging("auth", settings.log)
-    try:
-        asyncio.run(serve(settings))
-    except Exception as exc:  # noqa: BLE001 - reported, then a non-zero exit
-        log.critical("auth failed", extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
-        return 1
-    return 0
+    return run_process("auth", lambda: settings or AuthSettings(), serve, lambda s: s.log)

@@ -25,15 +25,13 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from llmchat_chat import errors
-from llmchat_chat.errors import ApiError, ServiceUnavailable, Unauthorized
+from llmchat_chat.backends import ServiceClient
+from llmchat_chat.errors import ApiError, Unauthorized
 from llmchat_chat.settings import ChatSettings
 from llmchat_common import subjects
 from llmchat_common.auth_contracts import (
     ACCESS_TOKEN_TYP,
     API_KEY_PREFIX,
-    ERROR_STATUS,
-    AuthReply,
     Jwks,
     Principal,
     VerifyApiKeyRequest,
@@ -46,39 +44,11 @@ R = TypeVar("R", bound=BaseModel)
 ALGORITHM = "EdDSA"
 
 
-class AuthClient:
+class AuthClient(ServiceClient):
     """Request-reply to the auth service; its error codes become the edge's API errors."""
 
     def __init__(self, nc: Client, timeout_s: float) -> None:
-        self._nc = nc
-        self._timeout_s = timeout_s
-
-    async def call(self, op: str, request: BaseModel | None, result_type: type[R]) -> R:
-        payload = request.model_dump_json().encode() if request is not None else b"{}"
-        try:
-            msg = await self._nc.request(subjects.auth_subject(op), payload, timeout=self._timeout_s)
-            reply = AuthReply.model_validate_json(msg.data)
-        except Exception as exc:
-            log.warning("auth call failed", extra={"op": op, "error": type(exc).__name__})
-            raise ServiceUnavailable("the authentication service is unavailable; try again") from exc
-        if reply.error is not None:
-            raise auth_error(reply.error.code, reply.error.message)
-        return result_type.model_validate(reply.result or {})
-
-
-def auth_error(code: str, message: str) -> ApiError:
-    status = ERROR_STATUS.get(code, 503)
-    if status == 401:
-        return Unauthorized(message, code=code)
-    if status == 403:
-        return errors.Forbidden(message, code=code)
-    if status == 404:
-        return errors.NotFound(message, code=code)
-    if status == 409:
-        return errors.Conflict(message, code=code)
-    if status == 400:
-        return errors.InvalidRequest(message, code=code)
-    return ServiceUnavailable(message, code=code)
+        super().__init__(nc, subjects.auth_subject, timeout_s=timeout_s, service="authentication")
 
 
 class Revocations:

@@ -103,3 +103,16 @@ class RequestCancelled(ApiError):
 
 def error_body(exc: ApiError) -> dict[str, dict[str, str | None]]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def from_service(code: str, message: str, status: int) -> ApiError:
+    """A service's error reply (llmchat_common.rpc codes) as the edge's error."""
+    if status == 401:
+        return Unauthorized(message, code=code)
+    kinds: dict[int, type[ApiError]] = {
+        400: InvalidRequest,
+        403: Forbidden,
+        404: NotFound,
+        409: Conflict,
+    }
+    return kinds.get(status, ServiceUnavailable)(message, code=code)

@@ -17,6 +17,7 @@ from llmchat_chat.api import errors as api_errors
 from llmchat_chat.api.limits import BodySizeLimit
 from llmchat_chat.api.security import SecurityHeaders
 from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerifier
+from llmchat_chat.backends import history_client, usage_client
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
@@ -60,6 +61,8 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.service = service
         app.state.authenticator = Authenticator(client, verifier, revocations, redis, settings)
         app.state.limiter = Limiter(redis, settings.limits)
+        app.state.history = history_client(nc, settings.history_timeout_s)
+        app.state.usage = usage_client(nc, settings.usage_timeout_s)
         try:
             await verifier.refresh(force=True)
         except Exception:  # noqa: BLE001 - auth may start later; the first token refetches
@@ -86,6 +89,8 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
         expose_headers=[
             "X-Request-Id",
+            "X-Conversation-Id",
+            "Content-Disposition",
             "Retry-After",
             "x-ratelimit-remaining-requests",
             "x-ratelimit-remaining-tokens",

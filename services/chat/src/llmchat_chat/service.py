@@ -12,12 +12,14 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
@@ -42,6 +44,12 @@ from llmchat_common.messaging import REGISTRY_TTL_S
 log = logging.getLogger(__name__)
 
 AnyEvent = Started | Delta | Completed | Failed | Cancelled
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    stream_seq: int
+    event: AnyEvent
 
 
 def new_request_id() -> str:
@@ -202,6 +210,31 @@ class ChatService:
             raise DeadlineExceeded(
                 "the request was not started within its deadline (all workers busy)"
             ) from None
+
+    async def stored_events(self, request_id: str, *, limit: int) -> list[StoredEvent]:
+        """The request's events as the log holds them, in order (an ordered consumer from the
+        start of the request's subjects; the log ends where nothing is pending)."""
+        sub = await self.js.subscribe(
+            subjects.request_events_filter(request_id),
+            stream=subjects.EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        events: list[StoredEvent] = []
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and (info.delivered is None or info.delivered.stream_seq == 0):
+                return events
+            while len(events) < limit:
+                msg = await sub.next_msg(timeout=self.settings.publish_timeout_s)
+                with contextlib.suppress(ValueError):
+                    events.append(StoredEvent(msg.metadata.sequence.stream, parse_event(msg.data)))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return events
 
     async def shutdown(self) -> None:
         if self._background:

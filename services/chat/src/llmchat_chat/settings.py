@@ -67,6 +67,9 @@ class ChatSettings(BaseSettings):
     # Auth: request-reply timeout to the auth service, the API-key cache in Redis, clock skew
     # allowed on token times, and how often an unknown `kid` may trigger a JWKS refetch.
     auth_timeout_s: float = 5.0
+    # Request-reply timeouts to the history and metrics services (conversations, usage).
+    history_timeout_s: float = 5.0
+    usage_timeout_s: float = 10.0
     api_key_cache_s: int = Field(default=10, ge=1)
     token_leeway_s: int = Field(default=10, ge=0)
     jwks_refetch_min_s: float = 1.0

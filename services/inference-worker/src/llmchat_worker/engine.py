@@ -61,6 +61,8 @@ class VllmEngine:
             max_num_seqs=self.profile.max_num_seqs,
             enforce_eager=self.profile.enforce_eager,
             seed=self.profile.seed,
+            # Background work (conversation titles) yields to people waiting for an answer.
+            scheduling_policy="priority",
         )
         self._engine = AsyncLLM.from_engine_args(args)
         log.info("engine started", extra={"model": self.profile.alias, "path": self.model_path})
@@ -75,7 +77,7 @@ class VllmEngine:
         return [int(i) for i in ids]
 
     async def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int
+        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
     ) -> AsyncIterator[TokenChunk]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -93,7 +95,7 @@ class VllmEngine:
         )
         try:
             async for output in self._engine.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), sampling, key
+                TokensPrompt(prompt_token_ids=prompt_ids), sampling, key, priority=priority
             ):
                 completion = output.outputs[0]
                 yield TokenChunk(

@@ -329,8 +329,7 @@ async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveri
         seq=0,
         worker_id="jetstream",
         ts=time.time(),
-        user_id=request.user_id,
-        api_key_id=request.api_key_id,
+        **request.facts(),  # type: ignore[arg-type]
         code="max_deliveries",
         message=f"the request failed on all {deliveries} deliveries",
         retriable=False,

@@ -56,7 +56,7 @@ class EngineLike(Protocol):
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]: ...
 
     def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int
+        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
     ) -> AsyncIterator[TokenChunk]: ...
 
     async def abort(self, key: str) -> None: ...
@@ -169,7 +169,7 @@ class RequestRunner:
         self._prompt_tokens = len(prompt_ids)
         await self._emit(
             Started(
-                **self._base(),
+                **(self._base() | self.request.facts()),  # type: ignore[arg-type]
                 queue_ms=max(0.0, (self._started_at - self.request.created_at) * 1000.0),
                 prompt_tokens=len(prompt_ids),
             )
@@ -244,7 +244,10 @@ class RequestRunner:
 
     async def _generate(self, prompt_ids: list[int], max_tokens: int) -> str:
         finish_reason = "stop"
-        async for chunk in self.engine.generate(self.engine_key, prompt_ids, self.request.params, max_tokens):
+        request = self.request
+        async for chunk in self.engine.generate(
+            self.engine_key, prompt_ids, request.params, max_tokens, request.priority
+        ):
             now = self.clock()
             if chunk.token_ids:
                 if self._first_token_at is None:
@@ -295,6 +298,7 @@ class RequestRunner:
         self._seq += 1
 
     async def _terminal(self, event: Terminal) -> Terminal:
+        event = event.model_copy(update=self.request.facts())
         await self.sink.emit_terminal(event)
         self._seq += 1
         return event

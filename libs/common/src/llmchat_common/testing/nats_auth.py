@@ -42,11 +42,6 @@ USERS = (*SERVICES, ADMIN)
 INBOX_PREFIXES = {"chat": "_INBOX_chat"}
 DEFAULT_INBOX = "_INBOX"
 
-# Request-reply subjects of the history and metrics services (their issue adds them to
-# subjects.py; the permissions are ready for them).
-HISTORY_RPC_PREFIX = "history.v1.rpc"
-USAGE_RPC_PREFIX = "usage.v1.rpc"
-
 _API = "$JS.API"
 
 
@@ -135,8 +130,8 @@ ALL_REQUESTS = f"{s.REQUESTS_PREFIX}.>"
 ALL_EVENTS = f"{s.EVENTS_PREFIX}.>"
 ALL_CANCELS = f"{s.CANCEL_PREFIX}.>"
 AUTH_RPC = s.auth_wildcard()
-HISTORY_RPC = f"{HISTORY_RPC_PREFIX}.>"
-USAGE_RPC = f"{USAGE_RPC_PREFIX}.>"
+HISTORY_RPC = s.history_wildcard()
+USAGE_RPC = s.usage_wildcard()
 REGISTRY_KV = kv_subjects(s.REGISTRY_BUCKET)
 CANCELS_KV = kv_subjects(s.CANCELS_BUCKET)
 REVOCATIONS_KV = kv_subjects(s.REVOCATIONS_BUCKET)
@@ -224,30 +219,39 @@ def permissions() -> dict[str, Permissions]:
             subscribe_allow=(f"{AUTH_RPC} {s.AUTH_QUEUE}", *_inbox("auth")),
             allow_responses=True,
         ),
-        # History and metrics (a later issue): project requests and events through JetStream
-        # consumers, answer their own request-reply subjects.
-        "history": _projection("history", HISTORY_RPC),
-        "metrics": _projection("metrics", USAGE_RPC),
+        # History and metrics: project the event log through their durable consumers, replay
+        # it with ephemeral ones, answer their own request-reply subjects. History also asks
+        # the model for conversation titles: it writes the request stream, on which it creates
+        # no consumer (the invariant above).
+        "history": _projection("history", HISTORY_RPC, s.HISTORY_QUEUE, publish=[REQUESTS]),
+        "metrics": _projection("metrics", USAGE_RPC, s.USAGE_QUEUE),
         # Tests and operator tools.
         ADMIN: Permissions(publish_allow=(">",), subscribe_allow=(">",)),
     }
 
 
-def _projection(user: str, rpc: str) -> Permissions:
+def _projection(user: str, rpc: str, queue: str, *, publish: list[str] | None = None) -> Permissions:
+    writes = publish or []
     return Permissions(
         publish_allow=_unique(
             [
+                *writes,
                 *_JS_COMMON,
                 *_CHAT_STREAMS,
-                *_consume(s.REQUESTS_STREAM),
                 *_consume(s.EVENTS_STREAM),
-                *_get(s.REQUESTS_STREAM),
-                *_get(s.EVENTS_STREAM),
             ]
         ),
-        publish_deny=(ALL_REQUESTS, ALL_EVENTS, ALL_CANCELS, AUTH_RPC, "$KV.>"),
-        subscribe_allow=(rpc, *_inbox(user)),
-        subscribe_deny=(AUTH_RPC,),
+        publish_deny=(
+            *(() if REQUESTS in writes else (ALL_REQUESTS,)),
+            ALL_EVENTS,
+            ALL_CANCELS,
+            AUTH_RPC,
+            HISTORY_RPC,
+            USAGE_RPC,
+            "$KV.>",
+        ),
+        subscribe_allow=(f"{rpc} {queue}", *_inbox(user)),
+        subscribe_deny=(AUTH_RPC, ALL_REQUESTS, ALL_EVENTS),
         allow_responses=True,
     )
 

@@ -16,7 +16,7 @@ import httpx
 import nats
 
 from llmchat_common import subjects
-from llmchat_common.auth_contracts import AuthReply
+from llmchat_common.rpc import RpcReply
 from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
 from llmchat_common.testing.stack import LocalStack, _http_ok
 
@@ -100,17 +100,58 @@ def start_auth(
     name: str = "auth",
     timeout: float = 60,
 ) -> ManagedProcess:
-    """The auth service has no port: it is ready once it answers a ping over NATS."""
-    env = _env(stack, "auth", extra_env or {})
+    return start_rpc_service(stack, "auth", extra_env=extra_env, name=name, timeout=timeout)
+
+
+def start_history(
+    stack: LocalStack,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "history",
+    timeout: float = 60,
+) -> ManagedProcess:
+    return start_rpc_service(stack, "history", extra_env=extra_env, name=name, timeout=timeout)
+
+
+def start_metrics(
+    stack: LocalStack,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "metrics",
+    timeout: float = 60,
+) -> ManagedProcess:
+    return start_rpc_service(stack, "metrics", extra_env=extra_env, name=name, timeout=timeout)
+
+
+# The services without a port: their package and the subject of their ping.
+_RPC_SERVICES = {
+    "auth": ("llmchat_auth", subjects.auth_subject("ping")),
+    "history": ("llmchat_history", subjects.history_subject("ping")),
+    "metrics": ("llmchat_metrics", subjects.usage_subject("ping")),
+}
+
+
+def start_rpc_service(
+    stack: LocalStack,
+    service: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    name: str | None = None,
+    timeout: float = 60,
+) -> ManagedProcess:
+    """A service without a port is ready once it answers a ping over NATS."""
+    module, ping_subject = _RPC_SERVICES[service]
+    name = name or service
+    env = _env(stack, service, extra_env or {})
     proc = ManagedProcess(
-        name, [sys.executable, "-m", "llmchat_auth"], env=env, log_path=stack.logs / f"{name}.log"
+        name, [sys.executable, "-m", module], env=env, log_path=stack.logs / f"{name}.log"
     ).start()
-    wait_until(lambda: auth_ping(stack), timeout=timeout, what=name, proc=proc)
+    wait_until(lambda: rpc_ping(stack, ping_subject), timeout=timeout, what=name, proc=proc)
     return proc
 
 
-def auth_ping(stack: LocalStack) -> bool:
-    """One request-reply round trip to the auth service, with the edge's credentials."""
+def rpc_ping(stack: LocalStack, subject: str) -> bool:
+    """One request-reply round trip, with the edge's credentials (the only caller)."""
 
     async def ping() -> bool:
         env = stack.env("chat")
@@ -122,8 +163,8 @@ def auth_ping(stack: LocalStack) -> bool:
             max_reconnect_attempts=0,
         )
         try:
-            reply = await nc.request(subjects.auth_subject("ping"), b"{}", timeout=1)
-            return bool(AuthReply.model_validate_json(reply.data).ok)
+            reply = await nc.request(subject, b"{}", timeout=1)
+            return bool(RpcReply.model_validate_json(reply.data).ok)
         except Exception:  # noqa: BLE001 - not ready yet
             return False
         finally:

@@ -135,9 +135,10 @@ class LocalStack:
         return proc
 
     # -- PostgreSQL -------------------------------------------------------------------------
-    def start_postgres(self) -> ManagedProcess:
+    def start_postgres(self, port: int = 0) -> ManagedProcess:
+        """`port`: exactly this one (a restart that clients must find again)."""
         bindir = _postgres_bindir()
-        self.ports.postgres = free_port(self.preferred.postgres)
+        self.ports.postgres = port or free_port(self.preferred.postgres)
         base = self.state_dir / "postgres"
         data = base / "data"
         sock = base / "run"
@@ -220,6 +221,13 @@ class LocalStack:
                 [*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"], check=True, capture_output=True
             )
         return proc
+
+    def stop_process(self, name: str) -> None:
+        """Stops one piece of the stack (an outage in a test); `start_<name>(port=...)` brings
+        it back on the same port."""
+        proc = next(p for p in self.processes if p.name == name)
+        proc.stop()
+        self.processes.remove(proc)
 
     # -- Redis ------------------------------------------------------------------------------
     def start_redis(self, port: int = 0) -> ManagedProcess:

@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from llmchat_chat.api import admin, auth, chat, health, models
+from llmchat_chat.api import admin, auth, chat, conversations, health, models, requests, usage
 
 
 def build_router() -> APIRouter:
@@ -10,4 +10,7 @@ def build_router() -> APIRouter:
     router.include_router(chat.router)
     router.include_router(auth.router)
     router.include_router(admin.router)
+    router.include_router(conversations.router)
+    router.include_router(usage.router)
+    router.include_router(requests.router)
     return router

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -10,10 +13,19 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from llmchat_chat.api.deps import Caller, CallerDep, LimiterDep, ServiceDep
+from llmchat_chat.api.conversations import conversation_id
+from llmchat_chat.api.deps import Caller, CallerDep, HistoryDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import ChunkWriter, completion_body
 from llmchat_chat.api.schemas import ChatCompletionRequest
-from llmchat_chat.errors import ApiError, ContextLengthExceeded, ModelNotFound, error_body
+from llmchat_chat.backends import ServiceClient
+from llmchat_chat.errors import (
+    ApiError,
+    ContextLengthExceeded,
+    ModelNotFound,
+    NotFound,
+    ServiceUnavailable,
+    error_body,
+)
 from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import AnyEvent, ChatService, RequestHandle, new_request_id, terminal_error
 from llmchat_chat.settings import LimitSettings
@@ -26,12 +38,50 @@ from llmchat_common.contracts import (
     Failed,
     GenerationParams,
 )
+from llmchat_common.history_contracts import ConversationRef, Owned
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
 
 
-async def to_request(body: ChatCompletionRequest, service: ChatService, caller: Caller) -> ChatRequested:
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def trace_id_of(traceparent: str | None) -> str:
+    """The caller's W3C trace id when it sent a valid `traceparent`, else a new one."""
+    match = TRACEPARENT.match(traceparent or "")
+    if match is not None and match.group(1) != "0" * 32:
+        return match.group(1)
+    return uuid.uuid4().hex
+
+
+async def resolve_conversation(wanted: str | None, caller: Caller, history: ServiceClient) -> str:
+    """A new conversation, or the caller's own (404 for anyone else's, like a missing one).
+    With history unavailable the turn is accepted: the projection itself drops turns on
+    another user's or a deleted conversation."""
+    if wanted is None:
+        return str(uuid.uuid4())
+    cid = conversation_id(wanted)
+    try:
+        await history.call("check", ConversationRef(user_id=caller.user_id, conversation_id=cid), Owned)
+    except ServiceUnavailable:
+        log.warning("history unavailable; conversation not checked", extra={"conversation_id": cid})
+    except NotFound:
+        raise NotFound(
+            "conversation not found", param="conversation_id", code="conversation_not_found"
+        ) from None
+    return cid
+
+
+async def to_request(
+    body: ChatCompletionRequest,
+    service: ChatService,
+    caller: Caller,
+    *,
+    conversation: str,
+    trace_id: str,
+) -> ChatRequested:
     settings = service.settings
     if not await service.registry.known(body.model):
         raise ModelNotFound(f"the model {body.model!r} does not exist", param="model")
@@ -68,6 +118,8 @@ async def to_request(body: ChatCompletionRequest, service: ChatService, caller: 
         ),
         user_id=caller.user_id,
         api_key_id=caller.principal.api_key_id,
+        conversation_id=conversation,
+        trace_id=trace_id,
         stream=body.stream,
         disconnect=body.disconnect or "cancel",
         created_at=now,
@@ -138,8 +190,11 @@ async def create_chat_completion(
     service: ServiceDep,
     caller: CallerDep,
     limiter: LimiterDep,
+    history: HistoryDep,
 ) -> Response:
-    request = await to_request(body, service, caller)
+    conversation = await resolve_conversation(body.conversation_id, caller, history)
+    trace_id = trace_id_of(http_request.headers.get("traceparent"))
+    request = await to_request(body, service, caller, conversation=conversation, trace_id=trace_id)
     principal = caller.principal
     admission = await limiter.admit(
         limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
@@ -194,11 +249,12 @@ async def respond(
     except BaseException:
         await handle.close()
         raise
-    headers = {"X-Request-Id": request.request_id, **admission.headers}
+    conversation = request.conversation_id or ""
+    headers = {"X-Request-Id": request.request_id, "X-Conversation-Id": conversation, **admission.headers}
     created = int(request.created_at)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        writer = ChunkWriter(request.request_id, body.model, created, include_usage)
+        writer = ChunkWriter(request.request_id, body.model, created, include_usage, conversation)
         return StreamingResponse(
             sse_frames(stream_chunks(service, handle, writer, first.attempt, admission, limiter)),
             media_type="text/event-stream",
@@ -206,7 +262,7 @@ async def respond(
         )
     completed = await until_disconnected(http_request, collect(handle, first.attempt, admission))
     return Response(
-        orjson.dumps(completion_body(request.request_id, body.model, created, completed)),
+        orjson.dumps(completion_body(request.request_id, body.model, created, completed, conversation)),
         media_type="application/json",
         headers=headers,
     )

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llmchat_chat.auth import Authenticator
+from llmchat_chat.backends import ServiceClient
 from llmchat_chat.errors import Forbidden, Unauthorized
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService
@@ -34,6 +35,16 @@ def get_limiter(request: Request) -> Limiter:
     return limiter
 
 
+def get_history(request: Request) -> ServiceClient:
+    client: ServiceClient = request.app.state.history
+    return client
+
+
+def get_usage(request: Request) -> ServiceClient:
+    client: ServiceClient = request.app.state.usage
+    return client
+
+
 @dataclass(frozen=True)
 class Caller:
     principal: Principal
@@ -43,6 +54,10 @@ class Caller:
     @property
     def user_id(self) -> str:
         return self.principal.user_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.principal.role == "admin"
 
 
 async def get_caller(
@@ -62,7 +77,7 @@ async def get_session(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
 
 
 async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
-    if caller.principal.role != "admin":
+    if not caller.is_admin:
         raise Forbidden("this route is for administrators")
     return caller
 
@@ -70,6 +85,8 @@ async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
 ServiceDep = Annotated[ChatService, Depends(get_service)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 LimiterDep = Annotated[Limiter, Depends(get_limiter)]
+HistoryDep = Annotated[ServiceClient, Depends(get_history)]
+UsageDep = Annotated[ServiceClient, Depends(get_usage)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[Caller, Depends(get_session)]
 AdminDep = Annotated[Caller, Depends(get_admin)]

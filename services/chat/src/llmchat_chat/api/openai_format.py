@@ -20,17 +20,21 @@ def usage_body(usage: Usage) -> dict[str, int]:
 class ChunkWriter:
     """Serialises `chat.completion.chunk`s for one stream; the constant parts are built once."""
 
-    def __init__(self, request_id: str, model: str, created: int, include_usage: bool) -> None:
+    def __init__(
+        self, request_id: str, model: str, created: int, include_usage: bool, conversation_id: str
+    ) -> None:
         self._head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
         self._include_usage = include_usage
+        self._conversation_id = conversation_id
 
     @property
     def include_usage(self) -> bool:
         return self._include_usage
 
-    def _chunk(self, delta: dict[str, str], finish_reason: str | None) -> str:
+    def _chunk(self, delta: dict[str, str], finish_reason: str | None, **extra: str) -> str:
         body: dict[str, Any] = {
             **self._head,
+            **extra,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
         if self._include_usage:
@@ -38,7 +42,22 @@ class ChunkWriter:
         return orjson.dumps(body).decode()
 
     def role(self) -> str:
-        return self._chunk({"role": "assistant", "content": ""}, None)
+        """The first chunk; it alone carries the conversation id (an extension field)."""
+        body: dict[str, Any] = {
+            **self._head,
+            "conversation_id": self._conversation_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
+        if self._include_usage:
+            body["usage"] = None
+        return orjson.dumps(body).decode()
 
     def content(self, text: str) -> str:
         return self._chunk({"content": text}, None)
@@ -50,12 +69,15 @@ class ChunkWriter:
         return orjson.dumps({**self._head, "choices": [], "usage": usage_body(usage)}).decode()
 
 
-def completion_body(request_id: str, model: str, created: int, event: Completed) -> dict[str, Any]:
+def completion_body(
+    request_id: str, model: str, created: int, event: Completed, conversation_id: str
+) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
+        "conversation_id": conversation_id,
         "choices": [
             {
                 "index": 0,

@@ -68,6 +68,9 @@ class ChatCompletionRequest(BaseModel):
     timeout: float | None = Field(default=None, gt=0, description="deadline in seconds")
     ignore_eos: bool = False
     disconnect: Literal["cancel", "detach"] | None = None
+    # The conversation this turn belongs to (history); without one a new conversation starts
+    # and its id comes back (body field and `X-Conversation-Id` header).
+    conversation_id: str | None = Field(default=None, max_length=64)
 
     @field_validator("n")
     @classmethod

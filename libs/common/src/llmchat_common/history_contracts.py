@@ -1,0 +1,114 @@
+"""Request-reply bodies between the edge and the history service (`history.v1.rpc.<op>`).
+
+Every request names the caller (`user_id`, from the edge's authentication, never from the
+client): the service answers only about that user's conversations, and a missing id and
+another user's id give the same `not_found`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MessageRole = Literal["user", "assistant"]
+# An assistant answer keeps how its request ended; a user message is always `completed`.
+MessageStatus = Literal["completed", "failed", "cancelled"]
+# Precedence of a title: a user's rename beats the model's title, which beats the first words.
+TitleSource = Literal["fallback", "model", "user"]
+ExportFormat = Literal["json", "markdown"]
+
+MAX_PAGE = 100
+MAX_TITLE_CHARS = 200
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ListConversations(_Body):
+    user_id: str
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+    # Opaque, from the previous page's `next_cursor`.
+    cursor: str | None = Field(default=None, max_length=200)
+    # Full-text search over titles and messages (websearch syntax: words, "phrases", -not).
+    q: str | None = Field(default=None, max_length=500)
+
+
+class ConversationRef(_Body):
+    user_id: str
+    conversation_id: str
+
+
+class RenameConversation(_Body):
+    user_id: str
+    conversation_id: str
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+
+
+class ExportConversation(_Body):
+    user_id: str
+    conversation_id: str
+    format: ExportFormat = "json"
+
+
+class MessageUsage(_Out):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Message(_Out):
+    request_id: str
+    role: MessageRole
+    content: str
+    status: MessageStatus = "completed"
+    model: str | None = None
+    finish_reason: str | None = None
+    # Failed/cancelled answers: why (error code or cancel reason).
+    error: str | None = None
+    usage: MessageUsage | None = None
+    trace_id: str | None = None
+    created_at: datetime
+
+
+class ConversationSummary(_Out):
+    id: str
+    title: str
+    title_source: TitleSource
+    model: str | None = None
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationPage(_Out):
+    data: list[ConversationSummary]
+    next_cursor: str | None = None
+
+
+class Conversation(ConversationSummary):
+    system_prompt: str | None = None
+    messages: list[Message]
+
+
+class Deleted(_Out):
+    id: str
+    deleted: bool = True
+
+
+class Exported(_Out):
+    filename: str
+    media_type: str
+    content: str
+
+
+class Owned(_Out):
+    """`check` op: the conversation exists and is the caller's (else `not_found`)."""
+
+    id: str

@@ -1,0 +1,95 @@
+"""The process shape of the services without an HTTP port (auth, history, metrics): connect
+with retries while the infrastructure starts, run until SIGTERM/SIGINT, keep a health file
+fresh for container probes, and exit 0 after a clean stop or 1 when start-up failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import TypeVar
+
+from faststream.nats import NatsBroker
+
+from llmchat_common.logging import install_task_dump, setup_logging
+from llmchat_common.settings import LogSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 5.0
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+async def connect_broker(broker: NatsBroker, timeout_s: float) -> None:
+    """NATS may still be starting: retry the first connection until the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await broker.connect()
+            return
+        except Exception as exc:  # nats-py raises several kinds
+            if time.monotonic() + 1.0 > deadline:
+                raise
+            log.info("waiting for nats", extra={"error": type(exc).__name__})
+            await asyncio.sleep(1.0)
+
+
+async def touch_health(path: Path, probe: Callable[[], Awaitable[object]]) -> None:
+    """Touched while `probe` succeeds (e.g. the database answers): a container health probe."""
+    while True:
+        try:
+            await asyncio.wait_for(probe(), timeout=HEALTH_INTERVAL_S)
+            await asyncio.to_thread(path.touch)
+        except Exception as exc:  # noqa: BLE001 - the stale file is the report
+            log.warning("health check failed", extra={"error": type(exc).__name__})
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+async def serve_until_stopped(
+    lifespan: AbstractAsyncContextManager[T],
+    *,
+    health_file: Path | None,
+    probe: Callable[[T], Awaitable[object]],
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    install_task_dump()
+    async with lifespan as running:
+        health = None
+        if health_file is not None:
+            health = asyncio.create_task(touch_health(health_file, lambda: probe(running)))
+        await stop.wait()
+        log.info("stopping")
+        if health is not None and health_file is not None:
+            health.cancel()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(health_file.unlink, missing_ok=True)
+
+
+def run_process(
+    name: str,
+    load_settings: Callable[[], S],
+    serve: Callable[[S], Awaitable[None]],
+    log_settings: Callable[[S], LogSettings],
+) -> int:
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"refused settings: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(name, log_settings(settings))
+    try:
+        asyncio.run(serve(settings))  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - reported, then a non-zero exit
+        log.critical(f"{name} failed", extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
+        return 1
+    return 0

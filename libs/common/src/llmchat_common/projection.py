@@ -1,0 +1,308 @@
+"""Projections of the event log into Postgres: the consume loop history and metrics share.
+
+Exactly once comes from Postgres, not from JetStream (DESIGN.md §3): a batch of events is
+applied in one transaction whose inserts are keyed (`request_id`, `(request_id, role)`) with
+`ON CONFLICT DO NOTHING`; the transaction commits, and only then are the messages acked. A crash
+between commit and ack redelivers events whose rows exist, and they change nothing; so do
+re-published copies and whole replays.
+
+While Postgres is away the batch in hand is retried with backoff and its messages are kept from
+redelivery with in-progress acks; nothing is acked that is not committed.
+
+Replay reads the same events from the log with an ephemeral consumer starting at a time and
+applies them with the same code into another schema (`schema_translate_map`), so a replayed
+projection can be compared with the live one row for row.
+
+The loop is plain nats-py, like the worker's: the batch is fetched, applied and acked by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from llmchat_common import subjects
+from llmchat_common.contracts import Cancelled, Completed, Failed, Started, parse_event
+
+log = logging.getLogger(__name__)
+
+ProjectedEvent = Started | Completed | Failed | Cancelled
+_FETCH_TIMEOUTS = (asyncio.TimeoutError, NatsTimeoutError, FetchTimeoutError)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as the log holds it: its stream sequence and the time JetStream stored it."""
+
+    event: ProjectedEvent
+    stream_seq: int
+    stored_at: float
+
+
+class Projection(Protocol):
+    """What a service projects. `apply` runs inside the batch's transaction and must be
+    idempotent: keyed inserts with ON CONFLICT DO NOTHING, updates that commute."""
+
+    name: str
+    event_types: tuple[str, ...]
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[StoredEvent]) -> None: ...
+
+
+class ProjectionSettings(BaseModel):
+    """Composed into a service's settings (`LLMCHAT_HISTORY_PROJECTION__BATCH_SIZE=...`)."""
+
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    # How long an idle fetch waits for the first event, and how long a batch lingers for more
+    # once one has arrived (bounds the lag a quiet log adds).
+    idle_wait_s: float = Field(default=5.0, gt=0)
+    linger_s: float = Field(default=0.02, ge=0)
+    ack_wait_s: float = Field(default=30.0, gt=1)
+    max_ack_pending: int = Field(default=5000, ge=1)
+    retry_max_s: float = Field(default=5.0, gt=0)
+
+
+def filter_subjects(event_types: Sequence[str]) -> list[str]:
+    return [f"{subjects.EVENTS_PREFIX}.*.{t}" for t in event_types]
+
+
+def _decode(msg_data: bytes, seq: int, stored_at: float, wanted: tuple[str, ...]) -> StoredEvent | None:
+    try:
+        event = parse_event(msg_data)
+    except (ValidationError, ValueError) as exc:
+        log.error("unreadable event skipped", extra={"stream_seq": seq, "error": type(exc).__name__})
+        return None
+    if event.type not in wanted or not isinstance(event, Started | Completed | Failed | Cancelled):
+        return None
+    return StoredEvent(event, seq, stored_at)
+
+
+def _stored_at(metadata: Msg.Metadata) -> float:
+    """When JetStream stored the message (the metadata's timestamp)."""
+    return metadata.timestamp.timestamp()
+
+
+@dataclass
+class ConsumerStats:
+    """Progress a service exposes (metrics, benchmarks, tests)."""
+
+    batches: int = 0
+    events: int = 0
+    errors: int = 0
+    last_lag_s: float = 0.0
+    pending: int = 0
+    lags_s: list[float] = field(default_factory=list)
+
+    def record(self, events: Sequence[StoredEvent], committed_at: float) -> None:
+        self.batches += 1
+        self.events += len(events)
+        lags = [committed_at - e.event.ts for e in events]
+        if lags:
+            self.last_lag_s = max(lags)
+            self.lags_s.extend(lags)
+            del self.lags_s[:-10_000]  # a bounded window for percentiles
+
+
+async def apply_batch(
+    engine: AsyncEngine,
+    projection: Projection,
+    events: Sequence[StoredEvent],
+    *,
+    schema_map: dict[str | None, str | None] | None = None,
+) -> None:
+    async with engine.begin() as conn:
+        if schema_map:
+            conn = await conn.execution_options(schema_translate_map=schema_map)
+        await projection.apply(conn, events)
+
+
+class ProjectionConsumer:
+    """The live projection: a durable pull consumer on CHAT_EVENTS, filtered to the types the
+    projection reads, shared by the service's replicas."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        engine: AsyncEngine,
+        projection: Projection,
+        settings: ProjectionSettings,
+    ) -> None:
+        self._js = js
+        self._engine = engine
+        self._projection = projection
+        self._settings = settings
+        self.stats = ConsumerStats()
+
+    @property
+    def durable(self) -> str:
+        return f"projection-{self._projection.name}"
+
+    async def ensure_consumer(self) -> None:
+        s = self._settings
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            filter_subjects=filter_subjects(self._projection.event_types),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=s.ack_wait_s,
+            max_ack_pending=s.max_ack_pending,
+            max_deliver=-1,  # an event is never given up: a poisonous one is skipped when read
+        )
+        await self._js.add_consumer(subjects.EVENTS_STREAM, config)
+
+    async def run(self) -> None:
+        """Until cancelled. A cancelled batch is not acked: it is redelivered to whoever runs next."""
+        await self.ensure_consumer()
+        psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=subjects.EVENTS_STREAM)
+        wanted = tuple(self._projection.event_types)
+        while True:
+            msgs = await _fetch(psub, self._settings)
+            if not msgs:
+                continue
+            events = [
+                e
+                for m in msgs
+                if (e := _decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
+                is not None
+            ]
+            if events:
+                await self._apply_until_committed(events, msgs)
+            # Acks only after the commit; a SIGKILL here redelivers rows that already exist.
+            await asyncio.gather(*(m.ack() for m in msgs))
+            self.stats.pending = msgs[-1].metadata.num_pending
+            self.stats.record(events, time.time())
+
+    async def _apply_until_committed(self, events: list[StoredEvent], msgs: Sequence[Msg]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await apply_batch(self._engine, self._projection, events)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database is away: retry, never ack
+                self.stats.errors += 1
+                log.warning(
+                    "projection batch failed; retrying",
+                    extra={
+                        "projection": self._projection.name,
+                        "error": type(exc).__name__,
+                        "events": len(events),
+                    },
+                )
+                await _keep_in_progress(msgs)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.retry_max_s)
+
+
+async def _keep_in_progress(msgs: Sequence[Msg]) -> None:
+    """Resets each message's ack timer, so a long outage does not redeliver the batch in hand
+    to another replica while this one still holds it."""
+    for m in msgs:
+        try:
+            await m.in_progress()
+        except Exception:  # noqa: BLE001 - NATS away too: redelivery is the fallback
+            return
+
+
+async def _fetch(psub: JetStreamContext.PullSubscription, s: ProjectionSettings) -> list[Msg]:
+    """Waits for the first event, then takes what else is there within `linger_s`: a busy log
+    gives full batches, a quiet one adds at most `linger_s` of lag."""
+    try:
+        first = await psub.fetch(1, timeout=s.idle_wait_s)
+    except _FETCH_TIMEOUTS:
+        return []
+    if s.batch_size == 1:
+        return list(first)
+    try:
+        more = await psub.fetch(s.batch_size - len(first), timeout=max(s.linger_s, 0.005))
+    except _FETCH_TIMEOUTS:
+        more = []
+    return [*first, *more]
+
+
+# -- replay -------------------------------------------------------------------------------------
+@dataclass
+class ReplayResult:
+    events: int = 0
+    batches: int = 0
+    last_seq: int = 0
+
+
+async def replay(
+    js: JetStreamContext,
+    engine: AsyncEngine,
+    projection: Projection,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    schema_map: dict[str | None, str | None] | None = None,
+    batch_size: int = 1000,
+    progress: Callable[[int, int], Awaitable[None] | None] | None = None,
+) -> ReplayResult:
+    """Applies the projection's events stored from `since` (to `until`, else to what the log
+    held when the replay began) with the projection's own code, into `schema_map`'s schemas."""
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    end_seq = info.state.last_seq
+    name = f"replay-{projection.name}-{uuid.uuid4().hex[:12]}"
+    config = ConsumerConfig(
+        name=name,
+        filter_subjects=filter_subjects(projection.event_types),
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since.astimezone(UTC),
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+    )
+    await js.add_consumer(subjects.EVENTS_STREAM, config)
+    psub = await js.pull_subscribe_bind(durable=name, stream=subjects.EVENTS_STREAM)
+    until_ts = until.timestamp() if until is not None else None
+    wanted = tuple(projection.event_types)
+    result = ReplayResult()
+    try:
+        done = end_seq == 0
+        while not done:
+            try:
+                msgs = await psub.fetch(batch_size, timeout=2.0)
+            except _FETCH_TIMEOUTS:
+                break  # nothing after `since`, or the log ended
+            events: list[StoredEvent] = []
+            for m in msgs:
+                seq = m.metadata.sequence.stream
+                stored_at = _stored_at(m.metadata)
+                if seq > end_seq or (until_ts is not None and stored_at > until_ts):
+                    done = True
+                    break
+                decoded = _decode(m.data, seq, stored_at, wanted)
+                if decoded is not None:
+                    events.append(decoded)
+                result.last_seq = seq
+                if m.metadata.num_pending == 0:
+                    done = True
+            if events:
+                await apply_batch(engine, projection, events, schema_map=schema_map)
+                result.events += len(events)
+                result.batches += 1
+            if progress is not None:
+                maybe = progress(result.last_seq, end_seq)
+                if maybe is not None:
+                    await maybe
+    finally:
+        # The consumer expires by itself (inactive_threshold): projections may not delete.
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+    return result
