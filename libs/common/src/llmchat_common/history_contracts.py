@@ -8,9 +8,9 @@ another user's id give the same `not_found`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MessageRole = Literal["user", "assistant"]
 # An assistant answer keeps how its request ended; a user message is always `completed`.
@@ -21,6 +21,17 @@ ExportFormat = Literal["json", "markdown"]
 
 MAX_PAGE = 100
 MAX_TITLE_CHARS = 200
+
+
+def _no_nul(value: str) -> str:
+    # Postgres text cannot hold NUL: refused here, as the caller's mistake, not a 5xx later.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# A caller's text that reaches the database.
+DbText = Annotated[str, AfterValidator(_no_nul)]
 
 
 class _Body(BaseModel):
@@ -35,9 +46,9 @@ class ListConversations(_Body):
     user_id: str
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
     # Opaque, from the previous page's `next_cursor`.
-    cursor: str | None = Field(default=None, max_length=200)
+    cursor: DbText | None = Field(default=None, max_length=200)
     # Full-text search over titles and messages (websearch syntax: words, "phrases", -not).
-    q: str | None = Field(default=None, max_length=500)
+    q: DbText | None = Field(default=None, max_length=500)
 
 
 class ConversationRef(_Body):
@@ -48,7 +59,7 @@ class ConversationRef(_Body):
 class RenameConversation(_Body):
     user_id: str
     conversation_id: str
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    title: DbText = Field(min_length=1, max_length=MAX_TITLE_CHARS)
 
 
 class ExportConversation(_Body):

@@ -75,16 +75,51 @@ async def serve_until_stopped(
                 await asyncio.to_thread(health_file.unlink, missing_ok=True)
 
 
+class CommandRefused(Exception):
+    """An operator command that must not proceed; the message says why (exit 1)."""
+
+
+def run_command(
+    name: str,
+    load_settings: Callable[[], S],
+    log_settings: Callable[[S], LogSettings],
+    command: Callable[[S], Awaitable[int]],
+) -> int:
+    """An operator command (`python -m llmchat_<service> <command>`): the service's settings and
+    logging, one event loop; a refusal or a failure is one line on stderr and exit 1, never a
+    traceback."""
+    settings = _load(load_settings)
+    if settings is None:
+        return 1
+    setup_logging(name, log_settings(settings))
+    try:
+        return asyncio.run(command(settings))  # type: ignore[arg-type]
+    except CommandRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - an operator gets a line, not a traceback
+        print(f"failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+        return 1
+
+
+def _load(load_settings: Callable[[], S]) -> S | None:
+    try:
+        return load_settings()
+    except ValueError as exc:
+        print(f"refused settings: {exc}", file=sys.stderr)
+        return None
+
+
 def run_process(
     name: str,
     load_settings: Callable[[], S],
     serve: Callable[[S], Awaitable[None]],
     log_settings: Callable[[S], LogSettings],
 ) -> int:
-    try:
-        settings = load_settings()
-    except ValueError as exc:
-        print(f"refused settings: {exc}", file=sys.stderr)
+    settings = _load(load_settings)
+    if settings is None:
         return 1
     setup_logging(name, log_settings(settings))
     try:

@@ -7,7 +7,9 @@ between commit and ack redelivers events whose rows exist, and they change nothi
 re-published copies and whole replays.
 
 While Postgres is away the batch in hand is retried with backoff and its messages are kept from
-redelivery with in-progress acks; nothing is acked that is not committed.
+redelivery with in-progress acks; nothing is acked that is not committed. An event Postgres
+refuses for its content (a data or integrity error) is found by applying the batch event by
+event, logged and skipped, so one bad event cannot stop a projection.
 
 Replay reads the same events from the log with an ephemeral consumer starting at a time and
 applies them with the same code into another schema (`schema_translate_map`), so a replayed
@@ -104,6 +106,8 @@ class ConsumerStats:
     batches: int = 0
     events: int = 0
     errors: int = 0
+    # Events the database refused (poison): logged and skipped.
+    skipped: int = 0
     last_lag_s: float = 0.0
     pending: int = 0
     lags_s: list[float] = field(default_factory=list)
@@ -131,6 +135,56 @@ async def apply_batch(
         await projection.apply(conn, events)
 
 
+# SQLSTATE classes of errors that the same events would raise again however often they are
+# retried: data exceptions (a NUL byte in text, a number out of range) and integrity violations.
+_POISON_STATES = ("22", "23")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether Postgres refused the events themselves, as opposed to being unreachable."""
+    for candidate in (getattr(exc, "orig", None), exc.__cause__, getattr(exc.__cause__, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str) and state[:2] in _POISON_STATES:
+            return True
+    return False
+
+
+async def apply_skipping_poison(
+    engine: AsyncEngine,
+    projection: Projection,
+    events: Sequence[StoredEvent],
+    *,
+    schema_map: dict[str | None, str | None] | None = None,
+) -> list[StoredEvent]:
+    """Applies the batch; when Postgres refuses its data, applies the events one by one (each
+    in its own transaction, in log order) and skips, with an error in the log, those it refuses:
+    one poisonous event must not stop the projection forever. Returns the skipped events; any
+    other error (the database away) is raised for the caller to retry."""
+    try:
+        await apply_batch(engine, projection, events, schema_map=schema_map)
+        return []
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        if len(events) == 1:
+            event = events[0].event
+            log.error(
+                "event refused by the database; skipped",
+                extra={
+                    "projection": projection.name,
+                    "request_id": event.request_id,
+                    "type": event.type,
+                    "stream_seq": events[0].stream_seq,
+                    "error": type(exc).__name__,
+                },
+            )
+            return list(events)
+    skipped: list[StoredEvent] = []
+    for one in events:
+        skipped += await apply_skipping_poison(engine, projection, [one], schema_map=schema_map)
+    return skipped
+
+
 class ProjectionConsumer:
     """The live projection: a durable pull consumer on CHAT_EVENTS, filtered to the types the
     projection reads, shared by the service's replicas."""
@@ -141,11 +195,16 @@ class ProjectionConsumer:
         engine: AsyncEngine,
         projection: Projection,
         settings: ProjectionSettings,
+        *,
+        after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._js = js
         self._engine = engine
         self._projection = projection
         self._settings = settings
+        # Runs after each committed batch, before its acks (history publishes the title
+        # requests the batch marked); a crash in between loses only what it would have sent.
+        self._after_commit = after_commit
         self.stats = ConsumerStats()
 
     @property
@@ -170,28 +229,36 @@ class ProjectionConsumer:
         await self.ensure_consumer()
         psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=subjects.EVENTS_STREAM)
         wanted = tuple(self._projection.event_types)
-        while True:
-            msgs = await _fetch(psub, self._settings)
-            if not msgs:
-                continue
-            events = [
-                e
-                for m in msgs
-                if (e := _decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
-                is not None
-            ]
-            if events:
-                await self._apply_until_committed(events, msgs)
-            # Acks only after the commit; a SIGKILL here redelivers rows that already exist.
-            await asyncio.gather(*(m.ack() for m in msgs))
-            self.stats.pending = msgs[-1].metadata.num_pending
-            self.stats.record(events, time.time())
+        try:
+            while True:
+                msgs = await _fetch(psub, self._settings)
+                if not msgs:
+                    continue
+                events = [
+                    e
+                    for m in msgs
+                    if (e := _decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
+                    is not None
+                ]
+                if events:
+                    await self._apply_until_committed(events, msgs)
+                    if self._after_commit is not None:
+                        await self._after_commit()
+                # Acks only after the commit; a SIGKILL here redelivers rows that already exist.
+                await asyncio.gather(*(m.ack() for m in msgs))
+                self.stats.pending = msgs[-1].metadata.num_pending
+                self.stats.record(events, time.time())
+        finally:
+            # nats-py 2.16: draining the connection at shutdown waits on a pull subscription's
+            # queue until the drain timeout unless it is unsubscribed first.
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
 
     async def _apply_until_committed(self, events: list[StoredEvent], msgs: Sequence[Msg]) -> None:
         delay = 0.2
         while True:
             try:
-                await apply_batch(self._engine, self._projection, events)
+                self.stats.skipped += len(await apply_skipping_poison(self._engine, self._projection, events))
                 return
             except asyncio.CancelledError:
                 raise
@@ -294,7 +361,7 @@ async def replay(
                 if m.metadata.num_pending == 0:
                     done = True
             if events:
-                await apply_batch(engine, projection, events, schema_map=schema_map)
+                await apply_skipping_poison(engine, projection, events, schema_map=schema_map)
                 result.events += len(events)
                 result.batches += 1
             if progress is not None:

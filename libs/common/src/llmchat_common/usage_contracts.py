@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmchat_common.history_contracts import DbText
+
 GroupBy = Literal["day", "model"]
 AdminGroupBy = Literal["day", "model", "user"]
 MAX_RANGE_DAYS = 366
@@ -28,7 +30,7 @@ class _Range(_Body):
     # Inclusive, UTC days.
     since: date
     until: date
-    model: str | None = Field(default=None, max_length=200)
+    model: DbText | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _ordered(self) -> _Range:
@@ -46,7 +48,7 @@ class UsageQuery(_Range):
 
 class AdminUsageQuery(_Range):
     group_by: AdminGroupBy = "day"
-    user_id: str | None = None
+    user_id: DbText | None = Field(default=None, max_length=100)
 
 
 class UsageBucket(_Out):

@@ -9,7 +9,6 @@ JWKS refetch).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import logging
@@ -23,8 +22,7 @@ from llmchat_auth.main import build_service, migrate, open_database, run
 from llmchat_auth.service import AuthService, revocation_value
 from llmchat_auth.settings import AuthSettings
 from llmchat_common.auth_contracts import revocation_key
-from llmchat_common.lifecycle import connect_broker
-from llmchat_common.logging import setup_logging
+from llmchat_common.lifecycle import connect_broker, run_command
 from llmchat_common.messaging import jetstream, make_broker, revocations_kv
 
 log = logging.getLogger(__name__)
@@ -70,12 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "serve":
         return run()
-    try:
-        settings = AuthSettings()
-    except ValueError as exc:
-        print(f"refused settings: {exc}", file=sys.stderr)
-        return 1
-    setup_logging("auth", settings.log)
     commands: dict[str, Callable[[AuthService, AuthSettings, argparse.Namespace], Awaitable[int]]] = {
         "migrate": _migrate,
         "create-admin": _create_admin,
@@ -83,16 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "remove-key": _remove_key,
         "list-keys": _list_keys,
     }
-    try:
-        return asyncio.run(_with_service(settings, args, commands[command]))
-    except CommandRefused as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 1
-    except Exception as exc:  # noqa: BLE001 - an operator gets a line, not a traceback
-        print(f"failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
-        return 1
+    return run_command(
+        "auth", AuthSettings, lambda s: s.log, lambda s: _with_service(s, args, commands[command])
+    )
 
 
 async def _with_service(

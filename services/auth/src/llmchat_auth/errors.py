@@ -4,6 +4,7 @@ HTTP)."""
 
 from __future__ import annotations
 
+from llmchat_common import lifecycle
 from llmchat_common.rpc import ServiceFailure
 
 
@@ -57,5 +58,5 @@ class Unavailable(AuthFailure):
     code = "unavailable"
 
 
-class CommandRefused(Exception):
+class CommandRefused(lifecycle.CommandRefused):
     """An operator command (CLI) that must not proceed; the message says why."""

@@ -18,6 +18,7 @@ from llmchat_chat.api.limits import BodySizeLimit
 from llmchat_chat.api.security import SecurityHeaders
 from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerifier
 from llmchat_chat.backends import history_client, usage_client
+from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
@@ -62,6 +63,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.authenticator = Authenticator(client, verifier, revocations, redis, settings)
         app.state.limiter = Limiter(redis, settings.limits)
         app.state.history = history_client(nc, settings.history_timeout_s)
+        app.state.conversations = ConversationGuard(app.state.history, redis)
         app.state.usage = usage_client(nc, settings.usage_timeout_s)
         try:
             await verifier.refresh(force=True)

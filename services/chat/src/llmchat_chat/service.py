@@ -223,10 +223,13 @@ class ChatService:
         events: list[StoredEvent] = []
         try:
             info = await sub.consumer_info()
-            if info.num_pending == 0 and (info.delivered is None or info.delivered.stream_seq == 0):
+            if info.num_pending == 0 and (info.delivered is None or info.delivered.consumer_seq == 0):
                 return events
             while len(events) < limit:
-                msg = await sub.next_msg(timeout=self.settings.publish_timeout_s)
+                try:
+                    msg = await sub.next_msg(timeout=self.settings.publish_timeout_s)
+                except NatsTimeoutError:
+                    raise ServiceUnavailable("the event log did not answer; try again") from None
                 with contextlib.suppress(ValueError):
                     events.append(StoredEvent(msg.metadata.sequence.stream, parse_event(msg.data)))
                 if msg.metadata.num_pending == 0:

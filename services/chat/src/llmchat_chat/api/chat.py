@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import re
 import time
@@ -13,17 +12,13 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from llmchat_chat.api.conversations import conversation_id
-from llmchat_chat.api.deps import Caller, CallerDep, HistoryDep, LimiterDep, ServiceDep
+from llmchat_chat.api.deps import Caller, CallerDep, ConversationsDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import ChunkWriter, completion_body
 from llmchat_chat.api.schemas import ChatCompletionRequest
-from llmchat_chat.backends import ServiceClient
 from llmchat_chat.errors import (
     ApiError,
     ContextLengthExceeded,
     ModelNotFound,
-    NotFound,
-    ServiceUnavailable,
     error_body,
 )
 from llmchat_chat.ratelimit import Admission, Limiter
@@ -38,9 +33,7 @@ from llmchat_common.contracts import (
     Failed,
     GenerationParams,
 )
-from llmchat_common.history_contracts import ConversationRef, Owned
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
 
@@ -54,24 +47,6 @@ def trace_id_of(traceparent: str | None) -> str:
     if match is not None and match.group(1) != "0" * 32:
         return match.group(1)
     return uuid.uuid4().hex
-
-
-async def resolve_conversation(wanted: str | None, caller: Caller, history: ServiceClient) -> str:
-    """A new conversation, or the caller's own (404 for anyone else's, like a missing one).
-    With history unavailable the turn is accepted: the projection itself drops turns on
-    another user's or a deleted conversation."""
-    if wanted is None:
-        return str(uuid.uuid4())
-    cid = conversation_id(wanted)
-    try:
-        await history.call("check", ConversationRef(user_id=caller.user_id, conversation_id=cid), Owned)
-    except ServiceUnavailable:
-        log.warning("history unavailable; conversation not checked", extra={"conversation_id": cid})
-    except NotFound:
-        raise NotFound(
-            "conversation not found", param="conversation_id", code="conversation_not_found"
-        ) from None
-    return cid
 
 
 async def to_request(
@@ -190,9 +165,9 @@ async def create_chat_completion(
     service: ServiceDep,
     caller: CallerDep,
     limiter: LimiterDep,
-    history: HistoryDep,
+    conversations: ConversationsDep,
 ) -> Response:
-    conversation = await resolve_conversation(body.conversation_id, caller, history)
+    conversation = await conversations.resolve(body.conversation_id, caller.user_id)
     trace_id = trace_id_of(http_request.headers.get("traceparent"))
     request = await to_request(body, service, caller, conversation=conversation, trace_id=trace_id)
     principal = caller.principal

@@ -3,7 +3,6 @@ user's conversation and a missing one are the same 404."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -11,7 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from llmchat_chat.api.deps import CallerDep, HistoryDep
-from llmchat_chat.errors import NotFound
+from llmchat_chat.conversations import conversation_id
 from llmchat_common.history_contracts import (
     MAX_PAGE,
     MAX_TITLE_CHARS,
@@ -19,6 +18,7 @@ from llmchat_common.history_contracts import (
     ConversationPage,
     ConversationRef,
     ConversationSummary,
+    DbText,
     Deleted,
     ExportConversation,
     Exported,
@@ -29,16 +29,8 @@ from llmchat_common.history_contracts import (
 router = APIRouter(tags=["conversations"])
 
 
-def conversation_id(value: str) -> str:
-    """Conversation ids are UUIDs (the edge makes them); anything else cannot exist."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise NotFound("conversation not found", code="conversation_not_found") from None
-
-
 class ConversationPatch(BaseModel):
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    title: DbText = Field(min_length=1, max_length=MAX_TITLE_CHARS)
 
 
 @router.get("/v1/conversations")
@@ -77,7 +69,19 @@ async def delete_conversation(cid: str, caller: CallerDep, history: HistoryDep) 
     return await history.call("delete", ref, Deleted)
 
 
-@router.get("/v1/conversations/{cid}/export")
+@router.get(
+    "/v1/conversations/{cid}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "a download: the conversation as JSON (what GET returns) or Markdown",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/markdown": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 async def export_conversation(
     cid: str,
     caller: CallerDep,

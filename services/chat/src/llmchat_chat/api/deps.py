@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llmchat_chat.auth import Authenticator
 from llmchat_chat.backends import ServiceClient
+from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.errors import Forbidden, Unauthorized
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService
@@ -43,6 +44,11 @@ def get_history(request: Request) -> ServiceClient:
 def get_usage(request: Request) -> ServiceClient:
     client: ServiceClient = request.app.state.usage
     return client
+
+
+def get_conversations(request: Request) -> ConversationGuard:
+    guard: ConversationGuard = request.app.state.conversations
+    return guard
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 HistoryDep = Annotated[ServiceClient, Depends(get_history)]
 UsageDep = Annotated[ServiceClient, Depends(get_usage)]
+ConversationsDep = Annotated[ConversationGuard, Depends(get_conversations)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[Caller, Depends(get_session)]
 AdminDep = Annotated[Caller, Depends(get_admin)]

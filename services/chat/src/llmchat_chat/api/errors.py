@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from llmchat_chat.errors import ApiError, InvalidRequest, error_body
@@ -24,8 +25,15 @@ async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
+    """FastAPI's own validation of the request, and the contracts the edge builds from it for
+    the services (e.g. a NUL character the database could not take): the caller's mistake."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    errors = (
+        exc.errors(include_url=False, include_input=False)
+        if isinstance(exc, ValidationError)
+        else exc.errors()
+    )
+    first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
         return _json(InvalidRequest("the request body is not valid JSON"))
@@ -56,5 +64,6 @@ async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

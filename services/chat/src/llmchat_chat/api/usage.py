@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -63,7 +63,13 @@ def invalid(exc: ValidationError) -> InvalidRequest:
     )
 
 
-@router.get("/v1/usage", response_model=UsageReport)
+# Both forms in the API description: the report as JSON, or the same table as a CSV download.
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "the usage report"}
+}
+
+
+@router.get("/v1/usage", response_model=UsageReport, responses=REPORT_RESPONSES)
 async def own_usage(
     caller: CallerDep,
     usage: UsageDep,
@@ -75,14 +81,11 @@ async def own_usage(
 ) -> UsageReport | Response:
     """Tokens and requests per UTC day (of the request's end) or per model; inclusive range."""
     start, end = date_range(since, until)
-    try:
-        query = UsageQuery(user_id=caller.user_id, since=start, until=end, group_by=group_by, model=model)
-    except ValidationError as exc:
-        raise invalid(exc) from None
+    query = UsageQuery(user_id=caller.user_id, since=start, until=end, group_by=group_by, model=model)
     return render(await usage.call("usage", query, UsageReport), format, "usage")
 
 
-@router.get("/v1/admin/usage", response_model=UsageReport)
+@router.get("/v1/admin/usage", response_model=UsageReport, responses=REPORT_RESPONSES)
 async def platform_usage(
     _: AdminDep,
     usage: UsageDep,
@@ -94,8 +97,5 @@ async def platform_usage(
     format: Format = "json",
 ) -> UsageReport | Response:
     start, end = date_range(since, until)
-    try:
-        query = AdminUsageQuery(since=start, until=end, group_by=group_by, user_id=user_id, model=model)
-    except ValidationError as exc:
-        raise invalid(exc) from None
+    query = AdminUsageQuery(since=start, until=end, group_by=group_by, user_id=user_id, model=model)
     return render(await usage.call("admin_usage", query, UsageReport), format, "platform-usage")

@@ -1,0 +1,123 @@
+"""The history process: migrations, the projection consumer, then the NATS subscribers until
+SIGTERM/SIGINT.
+
+No HTTP port: readiness is answering `history.v1.rpc.ping`; containers can watch
+LLMCHAT_HISTORY_HEALTH_FILE, touched while serving with the database reachable. Exit codes: 0
+after a clean stop, 1 when start-up failed (Postgres or NATS unreachable before the deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+
+from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
+from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
+from llmchat_common.messaging import ensure_streams, jetstream, make_broker
+from llmchat_common.projection import ProjectionConsumer
+from llmchat_history.handlers import register_handlers
+from llmchat_history.models import SCHEMA
+from llmchat_history.projection import HistoryProjection, TitlePublisher
+from llmchat_history.service import HistoryService
+from llmchat_history.settings import HistorySettings
+
+log = logging.getLogger(__name__)
+
+RESTART_MAX_S = 10.0
+
+
+def migrations_location() -> str:
+    """The Alembic scripts, shipped inside the package."""
+    return str(files("llmchat_history") / "migrations")
+
+
+async def migrate(engine: AsyncEngine, settings: HistorySettings, *, schema: str = SCHEMA) -> None:
+    await wait_for_database(engine, timeout_s=settings.startup_timeout_s)
+    await upgrade_schema(engine, migrations_location(), schema=schema)
+
+
+def open_engine(settings: HistorySettings) -> AsyncEngine:
+    return create_engine(settings.postgres, pool_size=settings.db_pool_size)
+
+
+@dataclass
+class HistoryApp:
+    settings: HistorySettings
+    engine: AsyncEngine
+    broker: NatsBroker
+    consumer: ProjectionConsumer | None = None
+
+
+def create_app(settings: HistorySettings | None = None) -> HistoryApp:
+    """Objects only; connections are made in `lifespan`."""
+    settings = settings or HistorySettings()
+    return HistoryApp(settings, open_engine(settings), make_broker(settings.nats, name="history"))
+
+
+async def keep_consuming(consumer: ProjectionConsumer) -> None:
+    """The consumer retries the database by itself; a broken NATS connection ends its loop,
+    which restarts here (unacked events are redelivered: nothing is lost)."""
+    delay = 0.5
+    while True:
+        try:
+            await consumer.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged and restarted
+            log.warning("projection consumer stopped; restarting", extra={"error": type(exc).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+
+
+@asynccontextmanager
+async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
+    settings = app.settings
+    task: asyncio.Task[None] | None = None
+    started = False
+    try:
+        await migrate(app.engine, settings)
+        await connect_broker(app.broker, settings.startup_timeout_s)
+        js = jetstream(app.broker)
+        await ensure_streams(js, settings.nats)
+        projection = HistoryProjection(titles=settings.titles, collect=True, title_model=settings.title_model)
+        titles = TitlePublisher(js, app.engine, projection, title_timeout_s=settings.title_timeout_s)
+        app.consumer = ProjectionConsumer(
+            js, app.engine, projection, settings.projection, after_commit=titles.publish_pending
+        )
+        await app.consumer.ensure_consumer()
+        task = asyncio.create_task(keep_consuming(app.consumer), name="history-projection")
+        service = HistoryService(app.engine)
+        register_handlers(app.broker, service, max_workers=settings.max_concurrency)
+        # Subscribing is the last step: a ping answered means everything above is in place.
+        await app.broker.start()
+        started = True
+        log.info("history ready", extra={"titles": settings.titles})
+        yield service
+    finally:
+        if task is not None:
+            # A batch cut short is not acked: it is redelivered to whoever runs next.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await app.broker.stop()
+        await app.engine.dispose()
+        if started:
+            log.info("history stopped")
+
+
+async def serve(settings: HistorySettings) -> None:
+    await serve_until_stopped(
+        lifespan(create_app(settings)), health_file=settings.health_file, probe=HistoryService.ping
+    )
+
+
+def run(settings: HistorySettings | None = None) -> int:
+    return run_process("history", lambda: settings or HistorySettings(), serve, lambda s: s.log)

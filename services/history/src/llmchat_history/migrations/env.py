@@ -1,0 +1,7 @@
+"""Alembic environment of schema `history` (see llmchat_common.db.run_alembic_env)."""
+
+from llmchat_history.models import SCHEMA, Base
+
+from llmchat_common.db import run_alembic_env
+
+run_alembic_env(Base.metadata, schema=SCHEMA)

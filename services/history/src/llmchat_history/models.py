@@ -1,0 +1,121 @@
+"""Tables of schema `history` (owned by this service; nobody else reads them).
+
+Every row is derived from the event log (CHAT_EVENTS) except what users do to their
+conversations (renames, deletes), which lives only here: `replay` copies that state into its
+target before it replays the log. A deleted conversation stays as a tombstone (its id, owner and
+`deleted_at`, title blanked, no messages) so that events still in flight for it are dropped
+instead of bringing it back.
+
+Ids are strings as the edge generates them (uuid4 text for conversations; request ids); user
+ids are auth's uuids as text, so no row depends on another service's schema.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Computed,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA = "history"
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# The 'simple' configuration: no stemming or stop words, so any language's words are found as
+# typed (a chat platform cannot know its users' language).
+TITLE_TSV = "to_tsvector('simple'::regconfig, title)"
+CONTENT_TSV = "to_tsvector('simple'::regconfig, content)"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
+
+
+def _ts(*, nullable: bool = False) -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=nullable)
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        CheckConstraint("title_source IN ('fallback', 'model', 'user')", name="title_source"),
+        # Listing: a user's conversations newest first, keyset-paginated on (updated_at, id).
+        Index(None, "user_id", "updated_at", "id"),
+        Index("ix_conversations_title_tsv", "title_tsv", postgresql_using="gin"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    # Precedence user > model > fallback; within a source the later `title_at` wins.
+    title_source: Mapped[str] = mapped_column(String(16))
+    title_at: Mapped[datetime] = _ts()
+    system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The model of the latest request (by event time).
+    model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The first request's created_at; the latest event's time.
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+    deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+    # Set in the transaction that saw the first completed answer: one title request per
+    # conversation, ever.
+    title_requested: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    title_tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(TITLE_TSV, persisted=True))
+
+
+class Message(Base):
+    """One per (request, role): the user's turn and the assistant's answer of each request."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint("role IN ('user', 'assistant')", name="role"),
+        CheckConstraint("status IN ('completed', 'failed', 'cancelled')", name="status"),
+        Index(None, "conversation_id", "created_at"),
+        Index("ix_messages_content_tsv", "content_tsv", postgresql_using="gin"),
+    )
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(Text)
+    content: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Failed: the error code; cancelled: the reason.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trace_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The request's created_at, for both roles: a conversation reads in request order.
+    created_at: Mapped[datetime] = _ts()
+    # The log position of the earliest event that carried this message.
+    stream_seq: Mapped[int] = mapped_column(BigInteger)
+    content_tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(CONTENT_TSV, persisted=True))
+
+
+# Core views of the tables (the projection and replay write with Core statements).
+conversations: Table = Conversation.__table__  # type: ignore[assignment]
+messages: Table = Message.__table__  # type: ignore[assignment]

@@ -1,0 +1,268 @@
+"""SQL of schema `history`, as Core statements on the model tables (so `schema_translate_map`
+sends the same statements to a replay target). Functions take the caller's connection: the
+projection's batch transaction, or one transaction per RPC operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    MetaData,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from llmchat_history.mapping import ConversationUpsert, TitleAnswer
+from llmchat_history.models import conversations as C
+from llmchat_history.models import messages as M
+
+# Columns written by statements (the tsvector columns are generated).
+CONVERSATION_COLUMNS = [c for c in C.columns if c.computed is None]
+MESSAGE_COLUMNS = [c for c in M.columns if c.computed is None]
+
+
+# -- projection -----------------------------------------------------------------------------------
+async def upsert_conversations(
+    conn: AsyncConnection, convs: Sequence[ConversationUpsert]
+) -> set[tuple[str, str]]:
+    """Creates the conversations or merges this batch's shares into them, in one statement.
+    Returns the (id, owner) pairs that took; the others belong to another user or were
+    deleted, and the caller drops their events. At most one share per id may be in `convs`
+    (a statement may not touch a row twice)."""
+    if not convs:
+        return set()
+    base = pg_insert(C).values([c.values() for c in convs])
+    ex = base.excluded
+    earlier = ex.created_at < C.c.created_at
+    later = ex.updated_at >= C.c.updated_at
+    renamed_fallback = and_(C.c.title_source == "fallback", earlier)
+    stmt = base.on_conflict_do_update(
+        index_elements=[C.c.id],
+        set_={
+            "created_at": func.least(C.c.created_at, ex.created_at),
+            "updated_at": func.greatest(C.c.updated_at, ex.updated_at),
+            "model": case((later, func.coalesce(ex.model, C.c.model)), else_=C.c.model),
+            "system_prompt": case((earlier, ex.system_prompt), else_=C.c.system_prompt),
+            "title": case((renamed_fallback, ex.title), else_=C.c.title),
+            "title_at": case((renamed_fallback, ex.title_at), else_=C.c.title_at),
+        },
+        where=and_(C.c.user_id == ex.user_id, C.c.deleted_at.is_(None)),
+    ).returning(C.c.id, C.c.user_id)
+    return {(r.id, r.user_id) for r in await conn.execute(stmt)}
+
+
+async def insert_user_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    stmt = pg_insert(M)
+    # The same user turn comes with `started` and with the terminal event: the earliest log
+    # position is kept whichever arrives first.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[M.c.request_id, M.c.role],
+        set_={"stream_seq": stmt.excluded.stream_seq},
+        where=stmt.excluded.stream_seq < M.c.stream_seq,
+    )
+    await conn.execute(stmt, list(rows))
+
+
+async def insert_answers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Inserts answers not yet there; the conversation ids of the completed ones inserted now."""
+    if not rows:
+        return []
+    stmt = (
+        pg_insert(M)
+        .on_conflict_do_nothing(index_elements=[M.c.request_id, M.c.role])
+        .returning(M.c.conversation_id, M.c.status)
+    )
+    result = await conn.execute(stmt, list(rows))
+    return [r.conversation_id for r in result if r.status == "completed"]
+
+
+async def set_model_title(conn: AsyncConnection, answer: TitleAnswer) -> None:
+    """A user's title is never replaced; a model's title replaces the fallback or an older one."""
+    await conn.execute(
+        update(C)
+        .where(
+            C.c.id == answer.conversation_id,
+            C.c.user_id == answer.user_id,
+            C.c.deleted_at.is_(None),
+            or_(
+                C.c.title_source == "fallback",
+                and_(C.c.title_source == "model", C.c.title_at <= answer.at),
+            ),
+        )
+        .values(title=answer.title, title_source="model", title_at=answer.at)
+    )
+
+
+async def claim_title_requests(conn: AsyncConnection, conversation_ids: Sequence[str]) -> list[Row[Any]]:
+    """Marks conversations that get their one title request; those not yet marked come back.
+    A user who already named the conversation needs none."""
+    if not conversation_ids:
+        return []
+    result = await conn.execute(
+        update(C)
+        .where(
+            C.c.id.in_(sorted(set(conversation_ids))),
+            C.c.title_requested.is_(False),
+            C.c.deleted_at.is_(None),
+            C.c.title_source != "user",
+        )
+        .values(title_requested=True)
+        .returning(C.c.id, C.c.user_id, C.c.model)
+    )
+    return list(result)
+
+
+async def release_title_request(conn: AsyncConnection, conversation_id: str) -> None:
+    """The request could not be published: the next completed answer tries again."""
+    await conn.execute(update(C).where(C.c.id == conversation_id).values(title_requested=False))
+
+
+async def opening_exchanges(
+    conn: AsyncConnection, conversation_ids: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """The first user message and the first completed answer of each conversation."""
+    if not conversation_ids:
+        return {}
+    first = (
+        select(M.c.conversation_id, M.c.role, M.c.content)
+        .ext(distinct_on(M.c.conversation_id, M.c.role))
+        .where(
+            M.c.conversation_id.in_(sorted(set(conversation_ids))),
+            or_(M.c.role == "user", M.c.status == "completed"),
+        )
+        .order_by(M.c.conversation_id, M.c.role, M.c.created_at, M.c.request_id)
+    )
+    found: dict[str, dict[str, str]] = {}
+    for row in await conn.execute(first):
+        found.setdefault(row.conversation_id, {})[row.role] = row.content
+    return {cid: (m["user"], m["assistant"]) for cid, m in found.items() if "user" in m and "assistant" in m}
+
+
+# -- reads ----------------------------------------------------------------------------------------
+def _message_count() -> Any:
+    return (select(func.count()).select_from(M).where(M.c.conversation_id == C.c.id).scalar_subquery()).label(
+        "message_count"
+    )
+
+
+_SUMMARY = [
+    C.c.id,
+    C.c.title,
+    C.c.title_source,
+    C.c.model,
+    C.c.created_at,
+    C.c.updated_at,
+    C.c.system_prompt,
+]
+
+
+async def list_conversations(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+    q: str | None,
+) -> list[Row[Any]]:
+    stmt = select(*_SUMMARY, _message_count()).where(C.c.user_id == user_id, C.c.deleted_at.is_(None))
+    if after is not None:
+        stmt = stmt.where(tuple_(C.c.updated_at, C.c.id) < tuple_(*after))
+    if q:
+        query = func.websearch_to_tsquery(literal_column("'simple'::regconfig"), q)
+        in_messages = exists(select(1).where(M.c.conversation_id == C.c.id, M.c.content_tsv.op("@@")(query)))
+        stmt = stmt.where(or_(C.c.title_tsv.op("@@")(query), in_messages))
+    stmt = stmt.order_by(C.c.updated_at.desc(), C.c.id.desc()).limit(limit)
+    return list(await conn.execute(stmt))
+
+
+async def conversation(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
+    """The caller's live conversation (another user's or a deleted one reads as missing)."""
+    result = await conn.execute(
+        select(*_SUMMARY, _message_count()).where(
+            C.c.id == conversation_id, C.c.user_id == user_id, C.c.deleted_at.is_(None)
+        )
+    )
+    return result.first()
+
+
+async def conversation_messages(conn: AsyncConnection, conversation_id: str) -> list[Row[Any]]:
+    # Request order; within a request the user's turn before the answer.
+    user_first = case((M.c.role == "user", 0), else_=1)
+    result = await conn.execute(
+        select(*MESSAGE_COLUMNS)
+        .where(M.c.conversation_id == conversation_id)
+        .order_by(M.c.created_at, M.c.request_id, user_first)
+    )
+    return list(result)
+
+
+# -- user actions ---------------------------------------------------------------------------------
+async def rename(
+    conn: AsyncConnection, user_id: str, conversation_id: str, title: str, now: datetime
+) -> bool:
+    result = await conn.execute(
+        update(C)
+        .where(C.c.id == conversation_id, C.c.user_id == user_id, C.c.deleted_at.is_(None))
+        .values(title=title, title_source="user", title_at=now)
+        .returning(C.c.id)
+    )
+    return result.first() is not None
+
+
+async def delete_conversation(
+    conn: AsyncConnection, user_id: str, conversation_id: str, now: datetime
+) -> bool:
+    """Tombstone and messages gone, in the caller's transaction."""
+    result = await conn.execute(
+        update(C)
+        .where(C.c.id == conversation_id, C.c.user_id == user_id, C.c.deleted_at.is_(None))
+        .values(deleted_at=now, title="", system_prompt=None)
+        .returning(C.c.id)
+    )
+    if result.first() is None:
+        return False
+    await conn.execute(delete(M).where(M.c.conversation_id == conversation_id))
+    return True
+
+
+async def ping(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT 1"))
+
+
+# -- replay ---------------------------------------------------------------------------------------
+async def copy_user_state(conn: AsyncConnection, source: str, target: str) -> int:
+    """Copies the conversations users renamed or deleted (state the log does not hold) from
+    schema `source` into `target`. Whole rows: every later merge of the replayed events into
+    them is idempotent, so they end as they are live."""
+    src = C.to_metadata(MetaData(), schema=source)
+    dst = C.to_metadata(MetaData(), schema=target)
+    cols = [c.name for c in CONVERSATION_COLUMNS]
+    picked = select(*(src.c[n] for n in cols)).where(
+        or_(src.c.title_source == "user", src.c.deleted_at.is_not(None))
+    )
+    result = await conn.execute(insert(dst).from_select(cols, picked))
+    return int(result.rowcount or 0)
+
+
+async def row_count(conn: AsyncConnection, schema: str) -> int:
+    table = C.to_metadata(MetaData(), schema=schema)
+    return int(await conn.scalar(select(func.count()).select_from(table)) or 0)

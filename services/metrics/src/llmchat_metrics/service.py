@@ -1,0 +1,38 @@
+"""The usage operations, without messaging: queries in, reports out."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llmchat_common.usage_contracts import AdminUsageQuery, UsageQuery, UsageReport
+from llmchat_metrics.reports import build_report, report_query, status_sums
+
+
+class Pong(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool = True
+
+
+class UsageService:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def ping(self) -> Pong:
+        """Answers only while the database does: a ping is the service's readiness."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return Pong()
+
+    async def usage(self, query: UsageQuery) -> UsageReport:
+        return await self._report(query)
+
+    async def admin_usage(self, query: AdminUsageQuery) -> UsageReport:
+        return await self._report(query)
+
+    async def _report(self, query: UsageQuery | AdminUsageQuery) -> UsageReport:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(report_query(query))).all()
+        return build_report(query.since, query.until, query.group_by, status_sums(rows))
