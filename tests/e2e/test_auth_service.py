@@ -475,32 +475,10 @@ async def test_database_holds_no_plaintext_secrets(nc: Client, stack: LocalStack
 
 
 async def test_migrations_match_the_models(stack: LocalStack) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlalchemy.engine import Connection
-
     from llmchat_auth.models import SCHEMA, Base
-    from llmchat_common.db import create_engine
-    from llmchat_common.settings import PostgresSettings
+    from llmchat_common.testing.migrations import migration_diff
 
-    def diff(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(
-            connection,
-            opts={
-                "include_schemas": True,
-                "include_name": lambda name, type_, _: type_ != "schema" or name == SCHEMA,
-                "compare_type": True,
-                "version_table_schema": SCHEMA,
-            },
-        )
-        return list(compare_metadata(context, Base.metadata))
-
-    engine = create_engine(PostgresSettings(dsn=stack.env()["LLMCHAT_POSTGRES_DSN"]))
-    try:
-        async with engine.connect() as conn:
-            assert await conn.run_sync(diff) == []
-    finally:
-        await engine.dispose()
+    assert await migration_diff(stack.env()["LLMCHAT_POSTGRES_DSN"], Base.metadata, SCHEMA) == []
 
 
 # -- the process ------------------------------------------------------------------------------
