@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -311,6 +311,62 @@ class ReplayResult:
     last_seq: int = 0
 
 
+async def read_log(
+    js: JetStreamContext,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    filters: list[str],
+    batch_size: int = 1000,
+    purpose: str = "read",
+    end_seq: int | None = None,
+) -> AsyncIterator[list[Msg]]:
+    """The events stored on `filters` in [since, until) (without `until`: up to what the log
+    held when the read began, `end_seq`), in log order, in batches. An ephemeral consumer
+    without acks, which expires by itself (projections may not delete consumers)."""
+    if end_seq is None:
+        end_seq = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    if end_seq == 0:
+        return
+    name = f"{purpose}-{uuid.uuid4().hex[:12]}"
+    config = ConsumerConfig(
+        name=name,
+        filter_subjects=filters,
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since.astimezone(UTC),
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+    )
+    await js.add_consumer(subjects.EVENTS_STREAM, config)
+    psub = await js.pull_subscribe_bind(durable=name, stream=subjects.EVENTS_STREAM)
+    until_ts = until.timestamp() if until is not None else None
+    try:
+        while True:
+            try:
+                msgs = await psub.fetch(batch_size, timeout=2.0)
+            except _FETCH_TIMEOUTS:
+                return  # nothing after `since`, or the log ended
+            within: list[Msg] = []
+            done = False
+            for m in msgs:
+                if m.metadata.sequence.stream > end_seq or (
+                    until_ts is not None and _stored_at(m.metadata) >= until_ts
+                ):
+                    done = True
+                    break
+                within.append(m)
+                if m.metadata.num_pending == 0:
+                    done = True
+                    break
+            if within:
+                yield within
+            if done:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+
 async def replay(
     js: JetStreamContext,
     engine: AsyncEngine,
@@ -322,54 +378,32 @@ async def replay(
     batch_size: int = 1000,
     progress: Callable[[int, int], Awaitable[None] | None] | None = None,
 ) -> ReplayResult:
-    """Applies the projection's events stored from `since` (to `until`, else to what the log
-    held when the replay began) with the projection's own code, into `schema_map`'s schemas."""
-    info = await js.stream_info(subjects.EVENTS_STREAM)
-    end_seq = info.state.last_seq
-    name = f"replay-{projection.name}-{uuid.uuid4().hex[:12]}"
-    config = ConsumerConfig(
-        name=name,
-        filter_subjects=filter_subjects(projection.event_types),
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        opt_start_time=since.astimezone(UTC),
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-    )
-    await js.add_consumer(subjects.EVENTS_STREAM, config)
-    psub = await js.pull_subscribe_bind(durable=name, stream=subjects.EVENTS_STREAM)
-    until_ts = until.timestamp() if until is not None else None
+    """Applies the projection's events stored in [since, until) (else to what the log held
+    when the replay began) with the projection's own code, into `schema_map`'s schemas."""
+    end_seq = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
     wanted = tuple(projection.event_types)
     result = ReplayResult()
-    try:
-        done = end_seq == 0
-        while not done:
-            try:
-                msgs = await psub.fetch(batch_size, timeout=2.0)
-            except _FETCH_TIMEOUTS:
-                break  # nothing after `since`, or the log ended
-            events: list[StoredEvent] = []
-            for m in msgs:
-                seq = m.metadata.sequence.stream
-                stored_at = _stored_at(m.metadata)
-                if seq > end_seq or (until_ts is not None and stored_at > until_ts):
-                    done = True
-                    break
-                decoded = _decode(m.data, seq, stored_at, wanted)
-                if decoded is not None:
-                    events.append(decoded)
-                result.last_seq = seq
-                if m.metadata.num_pending == 0:
-                    done = True
-            if events:
-                await apply_skipping_poison(engine, projection, events, schema_map=schema_map)
-                result.events += len(events)
-                result.batches += 1
-            if progress is not None:
-                maybe = progress(result.last_seq, end_seq)
-                if maybe is not None:
-                    await maybe
-    finally:
-        # The consumer expires by itself (inactive_threshold): projections may not delete.
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+    async for msgs in read_log(
+        js,
+        since=since,
+        until=until,
+        filters=filter_subjects(projection.event_types),
+        batch_size=batch_size,
+        purpose=f"replay-{projection.name}",
+        end_seq=end_seq,
+    ):
+        events = [
+            e
+            for m in msgs
+            if (e := _decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted)) is not None
+        ]
+        result.last_seq = msgs[-1].metadata.sequence.stream
+        if events:
+            await apply_skipping_poison(engine, projection, events, schema_map=schema_map)
+            result.events += len(events)
+            result.batches += 1
+        if progress is not None:
+            maybe = progress(result.last_seq, end_seq)
+            if maybe is not None:
+                await maybe
     return result

@@ -4,28 +4,23 @@ consumer) and their JSON-lines / CSV writers. Nothing is held in memory beyond o
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Any
 
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmchat_common import subjects
+from llmchat_common.projection import read_log
 from llmchat_metrics.models import REQUESTS
 
 USAGE_COLUMNS = [c.name for c in REQUESTS.columns]
 EVENT_COLUMNS = ["stream_seq", "stored_at", "subject", "type", "request_id", "attempt", "seq", "ts", "event"]
-_FETCH_TIMEOUTS = (TimeoutError, NatsTimeoutError, FetchTimeoutError)
 
 
 def parse_time(value: str, *, end_of_day: bool = False) -> datetime:
@@ -88,40 +83,18 @@ async def read_events(
     filter_subject: str | None = None,
     batch: int = 500,
 ) -> AsyncIterator[RawEvent]:
-    """Events stored in [since, until), in log order, up to what the log held at the start
-    (an ephemeral consumer without acks; it expires by itself)."""
-    _, end_seq = await log_span(js)
-    if end_seq == 0:
-        return
-    name = f"export-{uuid.uuid4().hex[:12]}"
-    config = ConsumerConfig(
-        name=name,
-        filter_subject=filter_subject or subjects.events_wildcard(),
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        opt_start_time=since.astimezone(UTC),
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-    )
-    await js.add_consumer(subjects.EVENTS_STREAM, config)
-    psub = await js.pull_subscribe_bind(durable=name, stream=subjects.EVENTS_STREAM)
-    try:
-        while True:
-            try:
-                msgs = await psub.fetch(batch, timeout=2.0)
-            except _FETCH_TIMEOUTS:
-                return
-            for m in msgs:
-                meta = m.metadata
-                stored_at = meta.timestamp
-                if meta.sequence.stream > end_seq or stored_at >= until:
-                    return
-                yield RawEvent(meta.sequence.stream, stored_at, m.subject, bytes(m.data))
-                if meta.num_pending == 0:
-                    return
-    finally:
-        # The consumer expires by itself (inactive_threshold): the service may not delete.
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+    """Events stored in [since, until), in log order, up to what the log held at the start."""
+    async for msgs in read_log(
+        js,
+        since=since,
+        until=until,
+        filters=[filter_subject or subjects.events_wildcard()],
+        batch_size=batch,
+        purpose="export",
+    ):
+        for m in msgs:
+            meta = m.metadata
+            yield RawEvent(meta.sequence.stream, meta.timestamp, m.subject, bytes(m.data))
 
 
 def event_record(raw: RawEvent) -> dict[str, Any]:
