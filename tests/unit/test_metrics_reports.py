@@ -7,11 +7,12 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
-from llmchat_metrics.export import Writer, parse_time
+from llmchat_metrics.export import Writer
 from llmchat_metrics.reports import StatusSum, build_report, report_query
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql.base import PGDialect
 
+from llmchat_common.lifecycle import parse_time
 from llmchat_common.usage_contracts import AdminUsageQuery, UsageQuery
 
 D1, D2 = date(2026, 12, 1), date(2026, 12, 2)

@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,6 +79,23 @@ async def serve_until_stopped(
 
 class CommandRefused(Exception):
     """An operator command that must not proceed; the message says why (exit 1)."""
+
+
+def parse_time(value: str, *, end_of_day: bool = False) -> datetime:
+    """A command's time argument: Unix seconds, an ISO time (UTC unless it says otherwise) or an
+    ISO date, which means its midnight UTC, or with `end_of_day` the next midnight (so
+    `--until 2026-12-01` includes that day). ValueError when it is none of these."""
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        moment = datetime.fromisoformat(value)
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    midnight = datetime.combine(day, time_of_day(), tzinfo=UTC)
+    return midnight + timedelta(days=1) if end_of_day else midnight
 
 
 def run_command(

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 
 from llmchat_common.db import check_schema_name
-from llmchat_common.lifecycle import CommandRefused, connect_broker, run_command
+from llmchat_common.lifecycle import CommandRefused, connect_broker, parse_time, run_command
 from llmchat_common.messaging import jetstream, make_broker
 from llmchat_common.projection import ReplayResult, replay
 from llmchat_history import repository as repo
@@ -33,17 +33,12 @@ from llmchat_history.settings import HistorySettings
 DEFAULT_TARGET = "history_replay"
 
 
-def parse_time(value: str) -> datetime:
+def time_argument(value: str) -> datetime:
     """ISO 8601 (a date, or a date and time; without a zone it is UTC) or Unix seconds."""
     try:
-        return datetime.fromtimestamp(float(value), UTC)
-    except ValueError:
-        pass
-    try:
-        at = datetime.fromisoformat(value)
+        return parse_time(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a time: {value!r} (ISO 8601 or Unix seconds)") from exc
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def target_schema(value: str) -> str:
@@ -68,8 +63,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the service (the default)")
     sub.add_parser("migrate", help="create or upgrade schema history, then exit")
     r = sub.add_parser("replay", help="rebuild the projection from the event log into another schema")
-    r.add_argument("--since", required=True, type=parse_time, help="first event time (ISO 8601 or Unix s)")
-    r.add_argument("--until", type=parse_time, help="last event time (default: the log's end at start)")
+    r.add_argument("--since", required=True, type=time_argument, help="first event time (ISO 8601 or Unix s)")
+    r.add_argument("--until", type=time_argument, help="last event time (default: the log's end at start)")
     r.add_argument(
         "--target", default=DEFAULT_TARGET, type=target_schema, help=f"schema (default {DEFAULT_TARGET})"
     )

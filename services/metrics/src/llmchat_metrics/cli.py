@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tqdm import tqdm
 
 from llmchat_common.db import check_schema_name, upgrade_schema
-from llmchat_common.lifecycle import CommandRefused, connect_broker, run_command
+from llmchat_common.lifecycle import CommandRefused, connect_broker, parse_time, run_command
 from llmchat_common.messaging import jetstream, make_broker
 from llmchat_common.projection import replay
 from llmchat_metrics.export import (
@@ -30,7 +30,6 @@ from llmchat_metrics.export import (
     count_usage_rows,
     event_record,
     log_span,
-    parse_time,
     read_events,
     usage_rows,
 )

@@ -8,7 +8,7 @@ import csv
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import IO, Any
 
 from nats.js import JetStreamContext
@@ -21,18 +21,6 @@ from llmchat_metrics.models import REQUESTS
 
 USAGE_COLUMNS = [c.name for c in REQUESTS.columns]
 EVENT_COLUMNS = ["stream_seq", "stored_at", "subject", "type", "request_id", "attempt", "seq", "ts", "event"]
-
-
-def parse_time(value: str, *, end_of_day: bool = False) -> datetime:
-    """An ISO time (UTC unless it says otherwise) or a date: a date means its midnight UTC, or
-    with `end_of_day` the next midnight (so `--until 2026-12-01` includes that day)."""
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        moment = datetime.fromisoformat(value)
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    midnight = datetime.combine(day, time(), tzinfo=UTC)
-    return midnight + timedelta(days=1) if end_of_day else midnight
 
 
 # -- usage rows ---------------------------------------------------------------------------------

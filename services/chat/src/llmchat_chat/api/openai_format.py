@@ -31,10 +31,9 @@ class ChunkWriter:
     def include_usage(self) -> bool:
         return self._include_usage
 
-    def _chunk(self, delta: dict[str, str], finish_reason: str | None, **extra: str) -> str:
+    def _chunk(self, delta: dict[str, str], finish_reason: str | None, head: dict[str, Any]) -> str:
         body: dict[str, Any] = {
-            **self._head,
-            **extra,
+            **head,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
         if self._include_usage:
@@ -43,27 +42,14 @@ class ChunkWriter:
 
     def role(self) -> str:
         """The first chunk; it alone carries the conversation id (an extension field)."""
-        body: dict[str, Any] = {
-            **self._head,
-            "conversation_id": self._conversation_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        }
-        if self._include_usage:
-            body["usage"] = None
-        return orjson.dumps(body).decode()
+        head = {**self._head, "conversation_id": self._conversation_id}
+        return self._chunk({"role": "assistant", "content": ""}, None, head)
 
     def content(self, text: str) -> str:
-        return self._chunk({"content": text}, None)
+        return self._chunk({"content": text}, None, self._head)
 
     def finish(self, finish_reason: str) -> str:
-        return self._chunk({}, finish_reason)
+        return self._chunk({}, finish_reason, self._head)
 
     def usage(self, usage: Usage) -> str:
         return orjson.dumps({**self._head, "choices": [], "usage": usage_body(usage)}).decode()
