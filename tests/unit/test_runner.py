@@ -25,6 +25,7 @@ from llmchat_worker.service import CoalesceConfig, DeltaCoalescer, RequestRunner
 
 class ScriptedEngine:
     max_model_len = 64
+    model_path = "scripted"
 
     def __init__(
         self, n_tokens: int = 10, delay: float = 0.0, fail_at: int | None = None, dead_at: int | None = None

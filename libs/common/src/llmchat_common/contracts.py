@@ -18,6 +18,9 @@ CancelReason = Literal["client", "deadline", "shutdown"]
 # `title`: a conversation title the history service asks the model for (low priority); not a
 # message of the conversation.
 RequestKind = Literal["chat", "title"]
+# How the request came in: a chat completion (someone usually watches it live) or a job
+# (`POST /v1/jobs`, fetched later; may carry a completion webhook).
+RequestSource = Literal["chat", "job"]
 # vLLM's priority scheduling: lower runs first.
 PRIORITY_DEFAULT = 0
 PRIORITY_BACKGROUND = 10
@@ -60,6 +63,9 @@ class ChatRequested(_Contract):
     trace_id: str | None = None
     stream: bool = False
     disconnect: DisconnectPolicy = "cancel"
+    source: RequestSource = "chat"
+    # Jobs only: where the completion webhook goes (checked by the edge when submitted).
+    webhook_url: str | None = None
     created_at: float
     deadline: float
 
@@ -77,6 +83,8 @@ class ChatRequested(_Contract):
             "kind": self.kind,
             "trace_id": self.trace_id,
             "created_at": self.created_at,
+            "source": self.source,
+            "webhook_url": self.webhook_url,
             "user_message": last.content if last is not None and last.role == "user" else None,
             "system_prompt": first.content if first is not None and first.role == "system" else None,
         }
@@ -121,6 +129,8 @@ class _WithFacts(_Event):
     kind: RequestKind = "chat"
     trace_id: str | None = None
     created_at: float | None = None
+    source: RequestSource = "chat"
+    webhook_url: str | None = None
     user_message: str | None = None
     system_prompt: str | None = None
 
@@ -129,6 +139,22 @@ class Started(_WithFacts):
     type: Literal["started"] = "started"
     queue_ms: float
     prompt_tokens: int
+    # The engine's model (path or id): token ids only carry over to a worker of the same one.
+    engine_model: str | None = None
+    # Failover with continuation: this attempt goes on after the first `resumed_tokens`
+    # generated tokens (whose text is the first `resumed_chars` characters of the answer) that
+    # earlier attempts stored. 0 for a first attempt and after a `reset`.
+    resumed_tokens: int = 0
+    resumed_chars: int = 0
+
+
+class Reset(_Event):
+    """An attempt that cannot continue where a dead one stopped starts the answer over: readers
+    drop the text they hold for the request (the edge's OpenAI stream skips what it already
+    sent instead). Published before that attempt's `started`."""
+
+    type: Literal["reset"] = "reset"
+    reason: str
 
 
 class Delta(_Event):
@@ -163,18 +189,19 @@ class Cancelled(_WithFacts):
     timings: Timings = Field(default_factory=Timings)
 
 
-ChatEvent = Annotated[Started | Delta | Completed | Failed | Cancelled, Field(discriminator="type")]
+ChatEvent = Annotated[Started | Delta | Reset | Completed | Failed | Cancelled, Field(discriminator="type")]
 TerminalEvent = Completed | Failed | Cancelled
 TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
 
-_event_adapter: TypeAdapter[Started | Delta | Completed | Failed | Cancelled] = TypeAdapter(ChatEvent)
+AnyEvent = Started | Delta | Reset | Completed | Failed | Cancelled
+_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(ChatEvent)
 
 
 class UnsupportedSchemaVersion(ValueError):
     pass
 
 
-def parse_event(data: bytes | str) -> Started | Delta | Completed | Failed | Cancelled:
+def parse_event(data: bytes | str) -> AnyEvent:
     event = _event_adapter.validate_json(data)
     if event.schema_version > SCHEMA_VERSION:
         raise UnsupportedSchemaVersion(f"event schema {event.schema_version} is newer than ours")

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -31,10 +31,11 @@ from llmchat_common.contracts import (
     WorkerInfo,
     parse_request,
 )
-from llmchat_common.messaging import cancels_kv, jetstream, registry_kv
+from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registry_kv
+from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
-from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Terminal
+from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Resume, Terminal
 from llmchat_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -209,10 +210,22 @@ class RequestConsumer:
             log.error("malformed request dropped", extra={"subject": msg.subject})
             await msg.term()
             return
-        if attempt > 1 and await self._already_finished(request.request_id):
-            # A previous attempt stored its terminal event but its ack was lost: done.
-            await msg.ack()
-            return
+        resume: Resume | None = None
+        reset_reason: str | None = None
+        if attempt > 1:
+            try:
+                progress = progress_of(await read_request_log(nats_client(self.broker), request.request_id))
+            except LogUnavailable:
+                progress = None
+            if progress is not None and progress.finished:
+                # A previous attempt stored its terminal event but its ack was lost: done.
+                await msg.ack()
+                return
+            if progress is not None and progress.crashed_attempts >= self.settings.poison_after_crashes:
+                await self._fail_poison(request, attempt, progress.crashed_attempts)
+                await msg.ack()
+                return
+            resume, reset_reason = self._continuation(progress)
         runner = RequestRunner(
             request,
             attempt=attempt,
@@ -220,6 +233,8 @@ class RequestConsumer:
             engine=self.engine,
             sink=self._sink,
             coalesce=CoalesceConfig(self.settings.delta_max_tokens, self.settings.delta_max_ms),
+            resume=resume,
+            reset_reason=reset_reason,
         )
         if await self._cancelled_while_queued(request):
             runner.cancel("client")
@@ -256,18 +271,39 @@ class RequestConsumer:
         with contextlib.suppress(Exception):
             await msg.nak(delay=1.0)
 
-    async def _already_finished(self, request_id: str) -> bool:
-        js = jetstream(self.broker)
-        for kind in ("completed", "failed", "cancelled"):
-            try:
-                await js.get_last_msg(subjects.EVENTS_STREAM, subjects.event_subject(request_id, kind))
-            except NotFoundError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - if unsure, generate again (the edge keeps the latest attempt)
-                log.warning("terminal lookup failed", extra={"request_id": request_id, "error": repr(exc)})
-                return False
-            return True
-        return False
+    def _continuation(self, progress: Progress | None) -> tuple[Resume | None, str | None]:
+        """Go on from the tokens earlier attempts stored, or say why the answer starts over
+        (the reset tells readers to drop what they hold)."""
+        if progress is None:
+            return None, "the stored answer could not be read"
+        if not progress.tokens and not progress.text:
+            return None, None  # nothing was generated yet: a plain new attempt
+        if not self.settings.continuation:
+            return None, "continuation is turned off on this worker"
+        if progress.broken is not None:
+            return None, progress.broken
+        if progress.engine_model is not None and progress.engine_model != self.engine.model_path:
+            return None, "the earlier attempt ran another engine model"
+        return Resume(progress.tokens, progress.text), None
+
+    async def _fail_poison(self, request: ChatRequested, attempt: int, crashed: int) -> None:
+        """A request whose attempts keep dying with their workers is not run again: it might
+        be what kills them. Its client gets a clear error instead of a loop."""
+        assert self._sink is not None
+        log.error("poison request failed", extra={"request_id": request.request_id, "crashed": crashed})
+        event = Failed(
+            request_id=request.request_id,
+            attempt=attempt,
+            seq=0,
+            worker_id=self.settings.worker_id,
+            ts=time.time(),
+            **request.facts(),  # type: ignore[arg-type]
+            code="worker_crashed",
+            message=f"the request was stopped after {crashed} attempts whose workers died while "
+            "running it; it is not retried",
+            retriable=False,
+        )
+        await self._sink.emit_terminal(event)
 
     async def _cancelled_while_queued(self, request: ChatRequested) -> bool:
         assert self._cancels is not None

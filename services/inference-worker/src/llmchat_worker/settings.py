@@ -35,6 +35,12 @@ class WorkerSettings(BaseSettings):
     in_progress_interval_s: float = 10.0
     # Worker deaths use up deliveries too; after the last one the request ends `failed`.
     max_deliver: int = 5
+    # A request whose attempts died with their workers this many times ends `failed` on its
+    # next delivery instead of running again (it may be what kills them). Below max_deliver.
+    poison_after_crashes: int = Field(default=3, ge=1)
+    # Failover: a redelivered request goes on from the tokens its dead attempt stored. Off:
+    # it starts over after a `reset` event (for tests of that path, and as an escape hatch).
+    continuation: bool = True
     max_ack_pending: int = 1024
     fetch_timeout_s: float = 1.0
     heartbeat_interval_s: float = 3.0
