@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -35,6 +36,17 @@ def write_cli_env(stack: LocalStack, service: str) -> None:
     path.touch(mode=0o600)
     path.chmod(0o600)
     path.write_text("".join(f"{key}={value}\n" for key, value in stack.env(service).items()))
+
+
+def webhook_secret(stack: LocalStack) -> str:
+    """The master secret job webhooks are signed under (per-user keys derive from it), made
+    once per state folder so the keys users saved keep verifying after a restart."""
+    path = stack.state_dir / "webhook-secret"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def main() -> int:
@@ -67,7 +79,8 @@ def main() -> int:
         services.append(start_history(stack))
         services.append(start_metrics(stack))
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model
-        edge, port = start_edge(stack, port=args.port, models=[alias])
+        webhooks = {"LLMCHAT_CHAT_WEBHOOKS__SECRET": webhook_secret(stack)}
+        edge, port = start_edge(stack, port=args.port, models=[alias], extra_env=webhooks)
         services.append(edge)
         print(f"edge up: http://127.0.0.1:{port}  (waiting for the {args.model} worker...)", flush=True)
         wait_for_worker(worker, worker_port, timeout=900)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import asyncpg
 import httpx
 import openai
 import psutil
@@ -27,9 +28,9 @@ from llmchat_common.contracts import (
 )
 from llmchat_common.messaging import cancels_kv
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_worker
+from llmchat_common.testing.services import start_edge, start_worker
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import FAILOVER_MODEL
+from tests.conftest import FAILOVER_MODEL, MAIN_MODEL, ROOMY_LIMITS
 from tests.helpers import connect_nats, eventually, read_request_events
 
 # Short ack_wait so redelivery after a SIGKILL happens within the test's patience.
@@ -51,6 +52,34 @@ def start_b(stack: LocalStack, models_dir: Any, name: str, started: list[Managed
     )
     started.append(proc)
     return proc
+
+
+USAGE_ROWS = "SELECT count(*) FROM usage.requests WHERE request_id = $1"
+HISTORY_ANSWERS = "SELECT count(*) FROM history.messages WHERE request_id = $1 AND role = 'assistant'"
+
+
+def stream_id(stream: Any) -> str:
+    return str(stream.response.headers["X-Request-Id"])
+
+
+async def stored_rows(stack: LocalStack, request_id: str) -> tuple[int, int]:
+    """(usage rows, assistant answers in history) of one request, once both projections have it."""
+
+    async def counted() -> tuple[int, int] | None:
+        conn = await asyncpg.connect(stack.env()["LLMCHAT_POSTGRES_DSN"])
+        try:
+            usage = await conn.fetchval(
+                "SELECT count(*) FROM usage.requests WHERE request_id = $1", request_id
+            )
+            answers = await conn.fetchval(
+                "SELECT count(*) FROM history.messages WHERE request_id = $1 AND role = 'assistant'",
+                request_id,
+            )
+        finally:
+            await conn.close()
+        return (usage, answers) if usage and answers else None
+
+    return await eventually(counted, timeout=30, what=f"the projections of {request_id}")
 
 
 async def first_content(stream: Any) -> tuple[str, Any]:
@@ -90,6 +119,12 @@ class StartedWatcher:
             return found if len(found) >= count else None
 
         return await eventually(enough, timeout=120, what=f"{count} request(s) started on {worker_id}")
+
+    async def attempt(self, request_id: str, attempt: int) -> Started:
+        async def seen() -> Started | None:
+            return next((e for e in self.seen if e.request_id == request_id and e.attempt == attempt), None)
+
+        return await eventually(seen, timeout=120, what=f"attempt {attempt} of {request_id} to start")
 
     async def close(self) -> None:
         await self._nc.close()
@@ -169,16 +204,16 @@ async def test_queue_cancel_engine_death_and_sigkill(
     terminals = [e for e in survivor_events if isinstance(e, Completed | Cancelled)]
     assert len(terminals) == 1 and terminals[0].attempt == 2
 
+    # An uninterrupted run of the same request, on the main pool (same model, same engine).
+    reference = await completions.create(model=MAIN_MODEL, messages=messages, **LONG)
+    expected = reference.choices[0].message.content
+    assert expected and answer.choices[0].message.content == expected
+
     # The tiny model writes 1800 tokens in seconds, so the kill must not wait on anything slow:
-    # the stream (the longest answer the context allows) starts first and shows text, then the
-    # pending request starts, and the worker is killed the moment that start is seen.
-    stream = await completions.create(
-        model=FAILOVER_MODEL,
-        messages=messages,
-        stream=True,
-        **{**LONG, "max_tokens": 1990},  # the context is 2048
-    )
-    _, stream = await first_content(stream)
+    # the stream starts first and shows text, then the pending request starts, and the worker
+    # is killed the moment that start is seen.
+    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **LONG)
+    shown, stream = await first_content(stream)
     pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
     await watcher.wait_for("worker-b2", 3)  # the survivor, the stream, then the pending request
     b2.kill()  # SIGKILL to the worker and its engine processes at once
@@ -186,15 +221,21 @@ async def test_queue_cancel_engine_death_and_sigkill(
 
     streamed = asyncio.create_task(drain(stream))
     b3 = start_b(stack, models_dir, "worker-b3", workers)
-    # The streaming client already had text from the dead attempt: it gets a clean error,
-    # never a hang and never repeated text.
-    with pytest.raises(openai.APIError, match="worker"):
-        await asyncio.wait_for(streamed, timeout=300)
+    # Failover with continuation: the new attempt goes on from the stored tokens; the client's
+    # stream has no gap and no repeat, and the answer is the uninterrupted one.
+    rest = await asyncio.wait_for(streamed, timeout=300)
+    assert shown + rest == expected
     finished = await asyncio.wait_for(pending, timeout=300)
     assert finished.usage is not None and finished.usage.completion_tokens == 1800
-    assert finished.choices[0].message.content == answer.choices[0].message.content  # greedy, same prompt
-    pending_events = await read_request_events(nats_env, finished.id)
-    assert any(isinstance(e, Started) and e.attempt == 2 for e in pending_events)
+    assert finished.choices[0].message.content == expected
+    for request_id in (finished.id, stream_id(stream)):
+        events = await read_request_events(nats_env, request_id)
+        resumed = [e for e in events if isinstance(e, Started) and e.attempt == 2]
+        assert len(resumed) == 1
+        terminal = events[-1]
+        assert isinstance(terminal, Completed) and terminal.text == expected
+        assert terminal.usage.completion_tokens == 1800  # the whole answer, counted once
+        assert await stored_rows(stack, request_id) == (1, 1)  # one usage row, one history answer
 
     # -- SIGTERM drains: the running answer completes, then the worker leaves the registry. --
     draining = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
@@ -211,3 +252,133 @@ async def test_queue_cancel_engine_death_and_sigkill(
 
     await eventually(model_b_has_no_worker, timeout=10, what="the drained worker to leave the registry")
     await watcher.close()
+
+
+# Short redelivery; a request whose attempts died twice with their workers is not run again; the
+# worker that takes a dead attempt over starts it again (no continuation) after a reset.
+POISON_POOL = {
+    **FAST_REDELIVERY,
+    "LLMCHAT_WORKER_ACK_WAIT_S": "4",
+    "LLMCHAT_WORKER_IN_PROGRESS_INTERVAL_S": "1",
+    "LLMCHAT_WORKER_POISON_AFTER_CRASHES": "2",
+}
+# Admission control on this test's own edge: two waiting requests are the interactive bound,
+# five the jobs' one (read from JetStream on every request).
+OVERLOAD = {
+    "LLMCHAT_CHAT_QUEUE__INTERACTIVE": "2",
+    "LLMCHAT_CHAT_QUEUE__JOBS": "5",
+    "LLMCHAT_CHAT_QUEUE__REFRESH_S": "0",
+    "LLMCHAT_CHAT_QUEUE__RETRY_AFTER_S": "3",
+}
+
+
+@pytest.fixture
+def overload_edge(stack: LocalStack, edge_url: str) -> Iterator[str]:
+    proc, port = start_edge(
+        stack,
+        models=[FAILOVER_MODEL, MAIN_MODEL],
+        extra_env={**ROOMY_LIMITS, **OVERLOAD},
+        name="chat-overload",
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+async def test_overload_poison_and_reset(
+    overload_edge: str,
+    api_key: str,
+    stack: LocalStack,
+    models_dir: Any,
+    workers: list[ManagedProcess],
+) -> None:
+    nats_env = stack.env()
+    watcher = StartedWatcher()
+    await watcher.open(nats_env)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    http = httpx.AsyncClient(base_url=overload_edge, headers=headers, timeout=60)
+    client = AsyncOpenAI(base_url=f"{overload_edge}/v1", api_key=api_key, max_retries=0, timeout=600)
+    completions: Any = client.chat.completions
+    messages = [{"role": "user", "content": "What did the ferryman say?"}]
+    short = {"model": FAILOVER_MODEL, "messages": messages, "max_tokens": 16, "temperature": 0}
+
+    # -- Overload: no worker yet, so jobs wait; past the bound interactive requests are refused
+    # at once, jobs may queue deeper, and a cancelled queued job never runs. ------------------
+    admitted = [(await http.post("/v1/jobs", json=short)).json()["id"] for _ in range(2)]
+    never = (await http.post("/v1/jobs", json=short)).json()["id"]
+    assert (await http.delete(f"/v1/jobs/{never}")).status_code == 202
+    began = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as refused:
+        await completions.create(**short)
+    assert time.monotonic() - began < 1.0
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["retry-after"] == "3"
+    assert refused.value.body["code"] == "model_overloaded"  # type: ignore[index]
+    admitted += [(await http.post("/v1/jobs", json=short)).json()["id"] for _ in range(2)]
+    too_many = await http.post("/v1/jobs", json=short)
+    assert too_many.status_code == 503 and too_many.headers["retry-after"] == "3"
+
+    # Two workers at once; every admitted request completes.
+    for name in ("worker-p1", "worker-p2"):
+        proc, _ = start_worker(
+            stack, alias=FAILOVER_MODEL, models_dir=models_dir, name=name, extra_env=POISON_POOL, wait=False
+        )
+        workers.append(proc)
+    for job_id in admitted:
+        await _job_status(http, job_id, "completed", timeout=300)
+    assert (await http.get(f"/v1/jobs/{never}")).json()["status"] == "cancelled"
+    never_events = await read_request_events(nats_env, never)
+    assert [e.type for e in never_events] == ["cancelled"]  # type: ignore[attr-defined]
+
+    # -- Poison: a request whose workers keep dying. The first one dies under it ... ---------
+    reference = await completions.create(model=MAIN_MODEL, messages=messages, **LONG)
+    expected = reference.choices[0].message.content
+    poison = (await http.post("/v1/jobs", json={**short, **LONG_BODY})).json()["id"]
+    first = await watcher.attempt(poison, 1)
+    victims = {p.name: p for p in workers}
+    victims.pop(first.worker_id).kill()
+    # ... the second takes it over, with an ordinary stream beside it: both die with it.
+    second = await watcher.attempt(poison, 2)
+    assert second.worker_id != first.worker_id
+    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **LONG)
+    shown, stream = await first_content(stream)
+    assert (await watcher.attempt(stream_id(stream), 1)).worker_id == second.worker_id
+    victims.pop(second.worker_id).kill()
+    streamed = asyncio.create_task(drain(stream))
+
+    # A third worker, which starts answers over instead of continuing them.
+    proc, _ = start_worker(
+        stack,
+        alias=FAILOVER_MODEL,
+        models_dir=models_dir,
+        name="worker-p3",
+        extra_env={**POISON_POOL, "LLMCHAT_WORKER_CONTINUATION": "false"},
+        wait=False,
+    )
+    workers.append(proc)
+    failed = await _job_status(http, poison, "failed", timeout=300)
+    assert failed["error"]["code"] == "worker_crashed"
+    # The stream was reset and run again: its client sees no repeated text, and the answer.
+    rest = await asyncio.wait_for(streamed, timeout=300)
+    assert shown + rest == expected
+    events = await read_request_events(nats_env, stream_id(stream))
+    assert [e.type for e in events if e.attempt == 2][:2] == ["reset", "started"]  # type: ignore[attr-defined]
+    assert isinstance(events[-1], Completed) and events[-1].text == expected
+    assert await stored_rows(stack, stream_id(stream)) == (1, 1)
+    # Others are unaffected.
+    after = await completions.create(**short)
+    assert after.usage is not None and after.usage.completion_tokens == 16
+    await http.aclose()
+    await watcher.close()
+
+
+LONG_BODY = {"max_tokens": 1800, "temperature": 0, "ignore_eos": True, "timeout": 600}
+
+
+async def _job_status(http: httpx.AsyncClient, job_id: str, wanted: str, *, timeout: float) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
+        return job if job["status"] == wanted else None
+
+    return await eventually(reached, timeout=timeout, what=f"job {job_id} to be {wanted}")

@@ -283,7 +283,7 @@ async def test_migrations_match_the_models_and_migrate_twice_is_a_no_op(
     for _ in range(2):
         result = cli(stack, "migrate")
         assert result.returncode == 0, result.stderr
-    assert await db.fetchval("SELECT version_num FROM usage.alembic_version") == before == "0001"
+    assert await db.fetchval("SELECT version_num FROM usage.alembic_version") == before == "0002"
 
 
 @pytest.mark.parametrize(

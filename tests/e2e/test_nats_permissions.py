@@ -394,7 +394,8 @@ async def test_compose_conf_runs_and_enforces(tmp_path: Path) -> None:
 # -- history and metrics -------------------------------------------------------------------------
 async def test_projections_consume_events_and_only_history_queues_requests(stack: LocalStack) -> None:
     """Both read the event log through their own consumers and write no event; history queues
-    title requests, on whose stream it may create no consumer; metrics writes no stream."""
+    title requests, on whose stream it may create no consumer; metrics writes no stream but
+    reads both (its jobs projection)."""
     rid = token()
     request_subject = subjects.request_subject(rid)
     async with (
@@ -411,10 +412,15 @@ async def test_projections_consume_events_and_only_history_queues_requests(stack
             with pytest.raises(NO_ACK):
                 await js.publish(subjects.event_subject(rid, "delta"), b"forged", timeout=1)
             assert await conn.refused("publish", subjects.event_subject(rid, "delta"))
-            create = f"$JS.API.CONSUMER.CREATE.{subjects.REQUESTS_STREAM}.peek-{rid}"
-            with pytest.raises(NO_ACK):
-                await js.add_consumer(subjects.REQUESTS_STREAM, name=f"peek-{rid}", timeout=1)
-            assert await conn.refused("publish", create)
+        # History writes the request stream, so no consumer there (the invariant); metrics
+        # reads it for the jobs projection and writes it not.
+        create = f"$JS.API.CONSUMER.CREATE.{subjects.REQUESTS_STREAM}.peek-{rid}"
+        with pytest.raises(NO_ACK):
+            await history.nc.jetstream().add_consumer(subjects.REQUESTS_STREAM, name=f"peek-{rid}", timeout=1)
+        assert await history.refused("publish", create)
+        await metrics.nc.jetstream().add_consumer(
+            subjects.REQUESTS_STREAM, name=f"peek-m-{rid}", inactive_threshold=5.0, timeout=5
+        )
 
         ack = await history.nc.jetstream().publish(
             request_subject, b"a title request", headers={"Nats-Msg-Id": rid}, timeout=5

@@ -15,6 +15,12 @@ Replay reads the same events from the log with an ephemeral consumer starting at
 applies them with the same code into another schema (`schema_translate_map`), so a replayed
 projection can be compared with the live one row for row.
 
+Most projections read CHAT_EVENTS (`StoredEvent`); one that needs the requests themselves (the
+jobs table: a request is a job before any worker says anything) reads CHAT_REQUESTS
+(`StoredRequest`). Which stream, which filter subjects and how a message is decoded is a
+`LogSource`; `ProjectionConsumer` and `replay` are the CHAT_EVENTS forms, `LogConsumer` and
+`replay_source` the general ones.
+
 The loop is plain nats-py, like the worker's: the batch is fetched, applied and acked by hand.
 """
 
@@ -28,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -39,7 +45,15 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
-from llmchat_common.contracts import Cancelled, Completed, Failed, Started, parse_event
+from llmchat_common.contracts import (
+    Cancelled,
+    ChatRequested,
+    Completed,
+    Failed,
+    Started,
+    parse_event,
+    parse_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +69,65 @@ class StoredEvent:
     stream_seq: int
     stored_at: float
 
+    @property
+    def request_id(self) -> str:
+        return self.event.request_id
 
-class Projection(Protocol):
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    @property
+    def ts(self) -> float:
+        return self.event.ts
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """A request as CHAT_REQUESTS holds it."""
+
+    request: ChatRequested
+    stream_seq: int
+    stored_at: float
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def type(self) -> str:
+        return self.request.type
+
+    @property
+    def ts(self) -> float:
+        return self.request.created_at
+
+
+class LogItem(Protocol):
+    """What the consume loop needs of a decoded message (logging, lag)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def ts(self) -> float: ...
+    @property
+    def stream_seq(self) -> int: ...
+
+
+Item = TypeVar("Item", bound=LogItem)
+Item_contra = TypeVar("Item_contra", bound=LogItem, contravariant=True)
+
+
+class Projection(Protocol[Item_contra]):
     """What a service projects. `apply` runs inside the batch's transaction and must be
     idempotent: keyed inserts with ON CONFLICT DO NOTHING, updates that commute."""
 
     name: str
     event_types: tuple[str, ...]
 
-    async def apply(self, conn: AsyncConnection, events: Sequence[StoredEvent]) -> None: ...
+    async def apply(self, conn: AsyncConnection, events: Sequence[Item_contra]) -> None: ...
 
 
 class ProjectionSettings(BaseModel):
@@ -94,6 +158,34 @@ def _decode(msg_data: bytes, seq: int, stored_at: float, wanted: tuple[str, ...]
     return StoredEvent(event, seq, stored_at)
 
 
+def _decode_request(
+    msg_data: bytes, seq: int, stored_at: float, wanted: tuple[str, ...]
+) -> StoredRequest | None:
+    try:
+        request = parse_request(msg_data)
+    except (ValidationError, ValueError) as exc:
+        log.error("unreadable request skipped", extra={"stream_seq": seq, "error": type(exc).__name__})
+        return None
+    return StoredRequest(request, seq, stored_at) if request.type in wanted else None
+
+
+@dataclass(frozen=True)
+class LogSource(Generic[Item]):
+    """A stream of the log, the filter subjects of a projection's types on it, and the decoder
+    of its messages (None: unreadable or not wanted; acked and skipped)."""
+
+    stream: str
+    filters: Callable[[Sequence[str]], list[str]]
+    decode: Callable[[bytes, int, float, tuple[str, ...]], Item | None]
+
+
+EVENTS_SOURCE: LogSource[StoredEvent] = LogSource(subjects.EVENTS_STREAM, filter_subjects, _decode)
+# Every request, whatever its model; `requested` is the only type on that stream.
+REQUESTS_SOURCE: LogSource[StoredRequest] = LogSource(
+    subjects.REQUESTS_STREAM, lambda _types: [subjects.requests_wildcard()], _decode_request
+)
+
+
 def _stored_at(metadata: Msg.Metadata) -> float:
     """When JetStream stored the message (the metadata's timestamp)."""
     return metadata.timestamp.timestamp()
@@ -112,10 +204,10 @@ class ConsumerStats:
     pending: int = 0
     lags_s: list[float] = field(default_factory=list)
 
-    def record(self, events: Sequence[StoredEvent], committed_at: float) -> None:
+    def record(self, events: Sequence[LogItem], committed_at: float) -> None:
         self.batches += 1
         self.events += len(events)
-        lags = [committed_at - e.event.ts for e in events]
+        lags = [committed_at - e.ts for e in events]
         if lags:
             self.last_lag_s = max(lags)
             self.lags_s.extend(lags)
@@ -124,8 +216,8 @@ class ConsumerStats:
 
 async def apply_batch(
     engine: AsyncEngine,
-    projection: Projection,
-    events: Sequence[StoredEvent],
+    projection: Projection[Item],
+    events: Sequence[Item],
     *,
     schema_map: dict[str | None, str | None] | None = None,
 ) -> None:
@@ -151,11 +243,11 @@ def is_data_error(exc: BaseException) -> bool:
 
 async def apply_skipping_poison(
     engine: AsyncEngine,
-    projection: Projection,
-    events: Sequence[StoredEvent],
+    projection: Projection[Item],
+    events: Sequence[Item],
     *,
     schema_map: dict[str | None, str | None] | None = None,
-) -> list[StoredEvent]:
+) -> list[Item]:
     """Applies the batch; when Postgres refuses its data, applies the events one by one (each
     in its own transaction, in log order) and skips, with an error in the log, those it refuses:
     one poisonous event must not stop the projection forever. Returns the skipped events; any
@@ -167,7 +259,7 @@ async def apply_skipping_poison(
         if not is_data_error(exc):
             raise
         if len(events) == 1:
-            event = events[0].event
+            event = events[0]
             log.error(
                 "event refused by the database; skipped",
                 extra={
@@ -179,29 +271,31 @@ async def apply_skipping_poison(
                 },
             )
             return list(events)
-    skipped: list[StoredEvent] = []
+    skipped: list[Item] = []
     for one in events:
         skipped += await apply_skipping_poison(engine, projection, [one], schema_map=schema_map)
     return skipped
 
 
-class ProjectionConsumer:
-    """The live projection: a durable pull consumer on CHAT_EVENTS, filtered to the types the
-    projection reads, shared by the service's replicas."""
+class LogConsumer(Generic[Item]):
+    """The live projection: a durable pull consumer on the source's stream, filtered to the
+    types the projection reads, shared by the service's replicas."""
 
     def __init__(
         self,
         js: JetStreamContext,
         engine: AsyncEngine,
-        projection: Projection,
+        projection: Projection[Item],
         settings: ProjectionSettings,
         *,
+        source: LogSource[Item],
         after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._js = js
         self._engine = engine
         self._projection = projection
         self._settings = settings
+        self._source = source
         # Runs after each committed batch, before its acks (history publishes the title
         # requests the batch marked); a crash in between loses only what it would have sent.
         self._after_commit = after_commit
@@ -215,20 +309,21 @@ class ProjectionConsumer:
         s = self._settings
         config = ConsumerConfig(
             durable_name=self.durable,
-            filter_subjects=filter_subjects(self._projection.event_types),
+            filter_subjects=self._source.filters(self._projection.event_types),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait_s,
             max_ack_pending=s.max_ack_pending,
             max_deliver=-1,  # an event is never given up: a poisonous one is skipped when read
         )
-        await self._js.add_consumer(subjects.EVENTS_STREAM, config)
+        await self._js.add_consumer(self._source.stream, config)
 
     async def run(self) -> None:
         """Until cancelled. A cancelled batch is not acked: it is redelivered to whoever runs next."""
         await self.ensure_consumer()
-        psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=subjects.EVENTS_STREAM)
+        psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self._source.stream)
         wanted = tuple(self._projection.event_types)
+        decode = self._source.decode
         try:
             while True:
                 msgs = await _fetch(psub, self._settings)
@@ -237,7 +332,7 @@ class ProjectionConsumer:
                 events = [
                     e
                     for m in msgs
-                    if (e := _decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
+                    if (e := decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
                     is not None
                 ]
                 if events:
@@ -254,7 +349,7 @@ class ProjectionConsumer:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
-    async def _apply_until_committed(self, events: list[StoredEvent], msgs: Sequence[Msg]) -> None:
+    async def _apply_until_committed(self, events: list[Item], msgs: Sequence[Msg]) -> None:
         delay = 0.2
         while True:
             try:
@@ -275,6 +370,21 @@ class ProjectionConsumer:
                 await _keep_in_progress(msgs)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_s)
+
+
+class ProjectionConsumer(LogConsumer[StoredEvent]):
+    """A projection of CHAT_EVENTS."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        engine: AsyncEngine,
+        projection: Projection[StoredEvent],
+        settings: ProjectionSettings,
+        *,
+        after_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(js, engine, projection, settings, source=EVENTS_SOURCE, after_commit=after_commit)
 
 
 async def _keep_in_progress(msgs: Sequence[Msg]) -> None:
@@ -320,12 +430,13 @@ async def read_log(
     batch_size: int = 1000,
     purpose: str = "read",
     end_seq: int | None = None,
+    stream: str = subjects.EVENTS_STREAM,
 ) -> AsyncIterator[list[Msg]]:
-    """The events stored on `filters` in [since, until) (without `until`: up to what the log
-    held when the read began, `end_seq`), in log order, in batches. An ephemeral consumer
-    without acks, which expires by itself (projections may not delete consumers)."""
+    """The messages of `stream` stored on `filters` in [since, until) (without `until`: up to
+    what the log held when the read began, `end_seq`), in log order, in batches. An ephemeral
+    consumer without acks, which expires by itself (projections may not delete consumers)."""
     if end_seq is None:
-        end_seq = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+        end_seq = (await js.stream_info(stream)).state.last_seq
     if end_seq == 0:
         return
     name = f"{purpose}-{uuid.uuid4().hex[:12]}"
@@ -337,8 +448,8 @@ async def read_log(
         ack_policy=AckPolicy.NONE,
         inactive_threshold=60.0,
     )
-    await js.add_consumer(subjects.EVENTS_STREAM, config)
-    psub = await js.pull_subscribe_bind(durable=name, stream=subjects.EVENTS_STREAM)
+    await js.add_consumer(stream, config)
+    psub = await js.pull_subscribe_bind(durable=name, stream=stream)
     until_ts = until.timestamp() if until is not None else None
     try:
         while True:
@@ -370,7 +481,7 @@ async def read_log(
 async def replay(
     js: JetStreamContext,
     engine: AsyncEngine,
-    projection: Projection,
+    projection: Projection[StoredEvent],
     *,
     since: datetime,
     until: datetime | None = None,
@@ -378,24 +489,53 @@ async def replay(
     batch_size: int = 1000,
     progress: Callable[[int, int], Awaitable[None] | None] | None = None,
 ) -> ReplayResult:
-    """Applies the projection's events stored in [since, until) (else to what the log held
-    when the replay began) with the projection's own code, into `schema_map`'s schemas."""
-    end_seq = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    """`replay_source` of CHAT_EVENTS."""
+    return await replay_source(
+        js,
+        engine,
+        projection,
+        EVENTS_SOURCE,
+        since=since,
+        until=until,
+        schema_map=schema_map,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+async def replay_source(
+    js: JetStreamContext,
+    engine: AsyncEngine,
+    projection: Projection[Item],
+    source: LogSource[Item],
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    schema_map: dict[str | None, str | None] | None = None,
+    batch_size: int = 1000,
+    progress: Callable[[int, int], Awaitable[None] | None] | None = None,
+) -> ReplayResult:
+    """Applies the projection's messages of `source` stored in [since, until) (else to what the
+    stream held when the replay began) with the projection's own code, into `schema_map`'s
+    schemas."""
+    end_seq = (await js.stream_info(source.stream)).state.last_seq
     wanted = tuple(projection.event_types)
     result = ReplayResult()
     async for msgs in read_log(
         js,
         since=since,
         until=until,
-        filters=filter_subjects(projection.event_types),
+        filters=source.filters(projection.event_types),
         batch_size=batch_size,
         purpose=f"replay-{projection.name}",
         end_seq=end_seq,
+        stream=source.stream,
     ):
         events = [
             e
             for m in msgs
-            if (e := _decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted)) is not None
+            if (e := source.decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
+            is not None
         ]
         result.last_seq = msgs[-1].metadata.sequence.stream
         if events:

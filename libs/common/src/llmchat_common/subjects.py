@@ -65,6 +65,10 @@ def worker_consumer(model: str) -> str:
     return f"worker-{model_token(model)}"
 
 
+# The edges' shared durable consumer of terminal events that delivers job webhooks.
+WEBHOOKS_CONSUMER = "webhooks"
+
+
 def max_deliveries_advisory(model: str) -> str:
     """JetStream's advisory when a worker consumer gives up on a request."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{REQUESTS_STREAM}.{worker_consumer(model)}"
@@ -121,7 +125,7 @@ HISTORY_OPS = ("ping", "list", "get", "check", "rename", "delete", "export")
 
 USAGE_RPC_PREFIX = "usage.v1.rpc"
 USAGE_QUEUE = "metrics"
-USAGE_OPS = ("ping", "usage", "admin_usage")
+USAGE_OPS = ("ping", "usage", "admin_usage", "job_get", "job_list")
 
 
 def history_subject(op: str) -> str:

@@ -71,3 +71,59 @@ class UsageReport(_Out):
     group_by: str
     data: list[UsageBucket]
     total: UsageBucket
+
+
+# -- jobs (`job_get`, `job_list`): every chat request of a user, from the log --------------------
+# `status_of` in services/chat/.../job_format.py is the same mapping: no event yet → queued,
+# `started` → running, then the terminal event (a deadline cancel is a failed job).
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "completed", "failed", "cancelled")
+MAX_JOB_PAGE = 100
+
+
+class JobQuery(_Body):
+    user_id: str = Field(min_length=1)
+    request_id: str = Field(min_length=1, max_length=128)
+
+
+class JobListQuery(_Body):
+    """Newest first. `cursor` is the `next_cursor` of the previous page, opaque to callers;
+    `status` keeps only jobs in those statuses (None: all)."""
+
+    user_id: str = Field(min_length=1)
+    status: list[JobStatus] | None = Field(default=None, min_length=1, max_length=len(JOB_STATUSES))
+    limit: int = Field(default=20, ge=1, le=MAX_JOB_PAGE)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class JobRecord(_Out):
+    """One job as the metrics service projects it. Times are Unix epoch seconds. Terminal
+    fields (finish, tokens, error) are set once the terminal event is in: `finish_reason` is
+    the model's for a completed job and the cancel reason (`client`, `deadline`, `shutdown`)
+    for a cancelled one, or one failed at its deadline; `error_code`/`error_message` are those
+    of `job_format.error_of` (`deadline_exceeded`, `cancelled`, or the failure's own)."""
+
+    request_id: str
+    user_id: str
+    api_key_id: str | None = None
+    model: str
+    conversation_id: str | None = None
+    source: str = "chat"
+    status: JobStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    # The highest attempt seen (0 while queued; >1 after a redelivery).
+    attempts: int = 0
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    trace_id: str | None = None
+
+
+class JobPage(_Out):
+    data: list[JobRecord]
+    # None on the last page.
+    next_cursor: str | None = None

@@ -19,9 +19,11 @@ from llmchat_chat.api.security import SecurityHeaders
 from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerifier
 from llmchat_chat.backends import history_client, usage_client
 from llmchat_chat.conversations import ConversationGuard
+from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
+from llmchat_chat.webhooks import WebhookDispatcher
 from llmchat_common.logging import setup_logging
 from llmchat_common.messaging import (
     cancels_kv,
@@ -65,6 +67,9 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.history = history_client(nc, settings.history_timeout_s)
         app.state.conversations = ConversationGuard(app.state.history, redis)
         app.state.usage = usage_client(nc, settings.usage_timeout_s)
+        app.state.jobs = JobDirectory(service, app.state.usage, redis, settings.jobs.idempotency_ttl_s)
+        webhooks = WebhookDispatcher(js, settings.webhooks)
+        await webhooks.start()
         try:
             await verifier.refresh(force=True)
         except Exception:  # noqa: BLE001 - auth may start later; the first token refetches
@@ -73,6 +78,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await webhooks.stop()
             await service.shutdown()
             await revocations.stop()
             await redis.aclose()
@@ -92,6 +98,8 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         expose_headers=[
             "X-Request-Id",
             "X-Conversation-Id",
+            "Location",
+            "Idempotent-Replayed",
             "Content-Disposition",
             "Retry-After",
             "x-ratelimit-remaining-requests",

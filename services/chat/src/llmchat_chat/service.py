@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from llmchat_chat import errors
@@ -28,28 +27,39 @@ from llmchat_chat.errors import ApiError, DeadlineExceeded, ServiceUnavailable
 from llmchat_chat.settings import ChatSettings
 from llmchat_common import subjects
 from llmchat_common.contracts import (
+    AnyEvent,
     Cancelled,
     CancelReason,
     CancelRequest,
     ChatRequested,
     Completed,
-    Delta,
     Failed,
     Started,
     WorkerInfo,
     parse_event,
 )
 from llmchat_common.messaging import REGISTRY_TTL_S
+from llmchat_common.request_log import LoggedEvent, LogUnavailable, read_request_log
 
 log = logging.getLogger(__name__)
 
-AnyEvent = Started | Delta | Completed | Failed | Cancelled
+Terminal = Completed | Failed | Cancelled
+TERMINALS = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
-class StoredEvent:
-    stream_seq: int
-    event: AnyEvent
+class JobState:
+    """A request's lifecycle as the log has it (the latest attempt's start and terminal)."""
+
+    started: Started | None
+    terminal: Terminal | None
+    # The terminal event's stream sequence: a stream resumed after it has nothing more.
+    terminal_seq: int = 0
+
+    @property
+    def owner(self) -> str | None:
+        event = self.terminal or self.started
+        return None if event is None else event.user_id
 
 
 def new_request_id() -> str:
@@ -109,34 +119,91 @@ class ModelRegistry:
 
 
 class RequestHandle:
-    """One submitted request's event subscription, bounded by its deadline (+ grace)."""
+    """One request's events from the log, in stream order, through an ordered consumer: events
+    already stored first, then live ones; a lost connection or consumer resumes where it was,
+    so nothing is missed. Bounded by a time to give up."""
 
-    def __init__(self, request: ChatRequested, sub: Subscription, grace_s: float) -> None:
-        self.request = request
+    def __init__(self, request_id: str, sub: JetStreamContext.PushSubscription, give_up_at: float) -> None:
+        self.request_id = request_id
         self._sub = sub
-        self._give_up_at = request.deadline + grace_s
+        self._give_up_at = give_up_at
 
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    async def next_event(self) -> AnyEvent:
+    async def next(self, *, idle_s: float | None = None) -> LoggedEvent | None:
+        """The next event; None when `idle_s` passed without one (a keep-alive is due)."""
         while True:
             remaining = self._give_up_at - time.time()
             if remaining <= 0:
                 raise DeadlineExceeded("the request did not finish within its deadline")
+            wait = remaining if idle_s is None else min(idle_s, remaining)
             try:
-                msg = await self._sub.next_msg(timeout=remaining)
+                msg = await self._sub.next_msg(timeout=wait)
             except NatsTimeoutError:
+                if idle_s is not None and wait < remaining:
+                    return None
                 continue
             try:
-                return parse_event(msg.data)
+                return LoggedEvent(msg.metadata.sequence.stream, parse_event(msg.data))
             except ValueError:
                 log.error("undecodable event dropped", extra={"request_id": self.request_id})
+
+    async def next_event(self) -> AnyEvent:
+        logged = await self.next()
+        assert logged is not None
+        return logged.event
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
+
+
+class Submitted(RequestHandle):
+    def __init__(
+        self, request: ChatRequested, sub: JetStreamContext.PushSubscription, grace_s: float
+    ) -> None:
+        super().__init__(request.request_id, sub, request.deadline + grace_s)
+        self.request = request
+
+
+class QueueGauge:
+    """How many requests wait for a worker of a model: the worker consumer's undelivered
+    messages (workers fetch only what they have slots for), read at most every `refresh_s`,
+    plus what this edge queued since. Before any worker made the consumer, the subject's
+    messages in the stream are all waiting."""
+
+    def __init__(self, js: JetStreamContext, refresh_s: float) -> None:
+        self._js = js
+        self._refresh_s = refresh_s
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._lock = asyncio.Lock()
+
+    async def depth(self, model: str) -> int:
+        cached = self._seen.get(model)
+        if cached is not None and time.monotonic() - cached[1] < self._refresh_s:
+            return cached[0]
+        async with self._lock:
+            cached = self._seen.get(model)
+            if cached is None or time.monotonic() - cached[1] >= self._refresh_s:
+                try:
+                    depth = await self._read(model)
+                except Exception as exc:  # noqa: BLE001 - unknown depth admits (the deadline still bounds)
+                    log.warning("queue depth unknown", extra={"model": model, "error": repr(exc)})
+                    depth = 0 if cached is None else cached[0]
+                cached = (depth, time.monotonic())
+                self._seen[model] = cached
+        return cached[0]
+
+    def queued(self, model: str) -> None:
+        depth, at = self._seen.get(model, (0, time.monotonic()))
+        self._seen[model] = (depth + 1, at)
+
+    async def _read(self, model: str) -> int:
+        try:
+            info = await self._js.consumer_info(subjects.REQUESTS_STREAM, subjects.worker_consumer(model))
+        except NotFoundError:
+            subject = subjects.request_subject(model)
+            stream = await self._js.stream_info(subjects.REQUESTS_STREAM, subjects_filter=subject)
+            return int((stream.state.subjects or {}).get(subject, 0))
+        return int(info.num_pending or 0)
 
 
 class ChatService:
@@ -153,6 +220,7 @@ class ChatService:
         self.registry = registry
         self.cancels = cancels
         self.settings = settings
+        self.queue = QueueGauge(js, settings.queue.refresh_s)
         self._background: set[asyncio.Task[Any]] = set()
 
     async def context_of(self, model: str) -> int | None:
@@ -162,8 +230,20 @@ class ChatService:
         timeout = self.settings.default_timeout_s if timeout_s is None else timeout_s
         return now + min(timeout, self.settings.max_timeout_s)
 
-    async def submit(self, request: ChatRequested) -> RequestHandle:
-        sub = await self.nc.subscribe(subjects.request_events_filter(request.request_id))
+    async def admit(self, model: str, *, job: bool) -> None:
+        """Admission control: past the model's queue bound an interactive request is refused at
+        once (503 + Retry-After) instead of waiting; jobs may queue deeper."""
+        limit = self.settings.queue.jobs if job else self.settings.queue.interactive
+        depth = await self.queue.depth(model)
+        if depth >= limit:
+            raise ServiceUnavailable(
+                f"the model {model!r} is overloaded ({depth} requests waiting); retry later",
+                code="model_overloaded",
+                headers={"Retry-After": str(self.settings.queue.retry_after_s)},
+            )
+
+    async def submit(self, request: ChatRequested, *, follow: bool = True) -> Submitted | None:
+        """Queues the request (idempotent by request id) and, with `follow`, follows its events."""
         try:
             await self.js.publish(
                 subjects.request_subject(request.model),
@@ -172,10 +252,60 @@ class ChatService:
                 timeout=self.settings.publish_timeout_s,
             )
         except Exception as exc:
-            await sub.unsubscribe()
             log.error("request publish failed", extra={"request_id": request.request_id, "error": repr(exc)})
             raise ServiceUnavailable("the request could not be queued; try again") from exc
-        return RequestHandle(request, sub, self.settings.deadline_grace_s)
+        self.queue.queued(request.model)
+        if not follow:
+            return None
+        sub = await self._subscribe(request.request_id, 0)
+        return Submitted(request, sub, self.settings.deadline_grace_s)
+
+    async def follow(self, request_id: str, *, after_seq: int, give_up_at: float) -> RequestHandle:
+        """The request's events after stream sequence `after_seq` (0: all), then live."""
+        return RequestHandle(request_id, await self._subscribe(request_id, after_seq), give_up_at)
+
+    async def _subscribe(self, request_id: str, after_seq: int) -> JetStreamContext.PushSubscription:
+        config: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
+        if after_seq > 0:
+            config = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after_seq + 1}
+        try:
+            return await self.js.subscribe(
+                subjects.request_events_filter(request_id),
+                stream=subjects.EVENTS_STREAM,
+                ordered_consumer=True,
+                **config,
+            )
+        except Exception as exc:
+            raise ServiceUnavailable("the event log did not answer; try again") from exc
+
+    async def job_state(self, request_id: str) -> JobState:
+        """The latest `started` and terminal events, by direct gets of the last message on
+        each of the request's subjects (no consumer, no reading of the deltas)."""
+
+        async def last(kind: str) -> LoggedEvent | None:
+            try:
+                raw = await self.js.get_msg(
+                    subjects.EVENTS_STREAM, subject=subjects.event_subject(request_id, kind), direct=True
+                )
+            except NotFoundError:
+                return None
+            except Exception as exc:
+                raise ServiceUnavailable("the event log did not answer; try again") from exc
+            try:
+                return LoggedEvent(int(raw.seq or 0), parse_event(raw.data or b""))
+            except ValueError:
+                return None
+
+        found = await asyncio.gather(*(last(kind) for kind in ("started", *TERMINALS)))
+        started = found[0].event if found[0] is not None and isinstance(found[0].event, Started) else None
+        terminals = [
+            e for e in found[1:] if e is not None and isinstance(e.event, Completed | Failed | Cancelled)
+        ]
+        if not terminals:
+            return JobState(started, None)
+        last_terminal = max(terminals, key=lambda e: e.event.attempt)
+        assert isinstance(last_terminal.event, Completed | Failed | Cancelled)
+        return JobState(started, last_terminal.event, last_terminal.stream_seq)
 
     async def cancel(self, request_id: str, reason: CancelReason = "client") -> None:
         """KV entry first (a worker that pulls the request later skips it), then the live signal."""
@@ -186,19 +316,28 @@ class ChatService:
         except Exception as exc:  # noqa: BLE001 - the deadline still bounds the request
             log.warning("cancel publish failed", extra={"request_id": request_id, "error": repr(exc)})
 
+    async def cancel_requested(self, request_id: str) -> bool:
+        try:
+            await self.cancels.get(request_id)
+        except KeyNotFoundError:
+            return False
+        except Exception as exc:
+            raise ServiceUnavailable("the cancel store did not answer; try again") from exc
+        return True
+
     def in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """For work that must outlive a cancelled handler (e.g. cancel on client disconnect)."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def wait_started(self, handle: RequestHandle) -> AnyEvent:
+    async def wait_started(self, handle: Submitted) -> LoggedEvent:
         """The first event that decides the response's status: `started` or a terminal."""
         try:
             while True:
-                event = await handle.next_event()
-                if not isinstance(event, Delta):
-                    return event
+                logged = await handle.next()
+                if logged is not None and isinstance(logged.event, Started | Completed | Failed | Cancelled):
+                    return logged
         except DeadlineExceeded:
             self.in_background(self.cancel(handle.request_id, "deadline"))
             live = await self.registry.live()
@@ -211,33 +350,13 @@ class ChatService:
                 "the request was not started within its deadline (all workers busy)"
             ) from None
 
-    async def stored_events(self, request_id: str, *, limit: int) -> list[StoredEvent]:
-        """The request's events as the log holds them, in order (an ordered consumer from the
-        start of the request's subjects; the log ends where nothing is pending)."""
-        sub = await self.js.subscribe(
-            subjects.request_events_filter(request_id),
-            stream=subjects.EVENTS_STREAM,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        events: list[StoredEvent] = []
+    async def stored_events(self, request_id: str, *, limit: int) -> list[LoggedEvent]:
+        """The request's events as the log holds them, in order."""
         try:
-            info = await sub.consumer_info()
-            if info.num_pending == 0 and (info.delivered is None or info.delivered.consumer_seq == 0):
-                return events
-            while len(events) < limit:
-                try:
-                    msg = await sub.next_msg(timeout=self.settings.publish_timeout_s)
-                except NatsTimeoutError:
-                    raise ServiceUnavailable("the event log did not answer; try again") from None
-                with contextlib.suppress(ValueError):
-                    events.append(StoredEvent(msg.metadata.sequence.stream, parse_event(msg.data)))
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return events
+            events = await read_request_log(self.nc, request_id, wait_s=self.settings.publish_timeout_s)
+        except LogUnavailable as exc:
+            raise ServiceUnavailable("the event log did not answer; try again") from exc
+        return events[:limit]
 
     async def shutdown(self) -> None:
         if self._background:

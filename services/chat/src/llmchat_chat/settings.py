@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmchat_chat.webhooks import WebhookSettings
 from llmchat_common.settings import LogSettings, NatsSettings, RedisSettings, TokenSettings
 
 
@@ -41,6 +42,25 @@ class LimitSettings(BaseModel):
     # After a Redis error, limits are kept in this process's memory for this long before Redis
     # is tried again (see the README: the deliberate fail-soft choice).
     redis_retry_s: float = Field(default=2.0, ge=0)
+
+
+class QueueSettings(BaseModel):
+    """Admission control per model (requests waiting for a worker)."""
+
+    # Past this many waiting requests an interactive request gets 503 + Retry-After at once.
+    interactive: int = Field(default=64, ge=0)
+    # Jobs (`POST /v1/jobs`) may queue deeper.
+    jobs: int = Field(default=10_000, ge=0)
+    # How often the depth is read from JetStream (in between, this edge counts its own).
+    refresh_s: float = Field(default=0.5, ge=0)
+    retry_after_s: int = Field(default=5, ge=1)
+
+
+class JobSettings(BaseModel):
+    # An Idempotency-Key is remembered this long (per user).
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # A comment line on an idle event stream, so proxies and clients see it alive.
+    keepalive_s: float = Field(default=15.0, gt=0)
 
 
 class ChatSettings(BaseSettings):
@@ -84,6 +104,9 @@ class ChatSettings(BaseSettings):
     forwarded_allow_ips: str | None = None
 
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from llmchat_common.db import check_schema_name, upgrade_schema
 from llmchat_common.lifecycle import CommandRefused, connect_broker, parse_time, run_command
 from llmchat_common.messaging import jetstream, make_broker
-from llmchat_common.projection import replay
+from llmchat_common.projection import REQUESTS_SOURCE, ReplayResult, replay, replay_source
 from llmchat_metrics.export import (
     EVENT_COLUMNS,
     USAGE_COLUMNS,
@@ -33,6 +33,7 @@ from llmchat_metrics.export import (
     read_events,
     usage_rows,
 )
+from llmchat_metrics.jobs import JobEventsProjection, JobRequestsProjection
 from llmchat_metrics.main import migrate, migrations_location, open_database, run
 from llmchat_metrics.models import SCHEMA
 from llmchat_metrics.projection import UsageProjection
@@ -40,7 +41,7 @@ from llmchat_metrics.settings import MetricsSettings
 
 # Schemas a replay must never write into (--reset would drop them).
 PROTECTED_SCHEMAS = frozenset({SCHEMA, "auth", "history", "public", "information_schema", "pg_catalog"})
-_OURS = frozenset({"requests", "daily", "alembic_version"})
+_OURS = frozenset({"requests", "daily", "jobs", "alembic_version"})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="command")
     sub.add_parser("serve", help="run the service (the default)")
     sub.add_parser("migrate", help="create or upgrade schema usage, then exit")
-    rp = sub.add_parser("replay", help="rebuild the usage projection from the event log into a schema")
+    rp = sub.add_parser("replay", help="rebuild the usage and jobs projections from the log into a schema")
     rp.add_argument("--since", required=True, help="ISO time or date (UTC) of the first event")
     rp.add_argument("--until", help="ISO time or date (a date includes that day); default: now")
     rp.add_argument("--target", default="usage_replay", help="schema to build (default usage_replay)")
@@ -135,7 +136,7 @@ async def _prepare_target(engine: AsyncEngine, target: str, *, reset: bool) -> N
         )
         if tables - _OURS:
             raise CommandRefused(f"schema {target} holds other tables; pick another --target")
-        for table in ("requests", "daily"):
+        for table in ("requests", "daily", "jobs"):
             if table in tables and await _count(conn, target, table):
                 raise CommandRefused(f"schema {target} is not empty; add --reset to rebuild it")
 
@@ -151,6 +152,7 @@ async def _replay(settings: MetricsSettings, args: argparse.Namespace) -> int:
     async with _database(settings) as engine, _jetstream(settings) as js:
         await _prepare_target(engine, target, reset=args.reset)
         await upgrade_schema(engine, migrations_location(), schema=target)
+        schema_map: dict[str | None, str | None] = {SCHEMA: target}
         with _progress(None, "seq") as bar:
 
             def progress(last_seq: int, end_seq: int) -> None:
@@ -164,17 +166,35 @@ async def _replay(settings: MetricsSettings, args: argparse.Namespace) -> int:
                 UsageProjection(),
                 since=since,
                 until=until,
-                schema_map={SCHEMA: target},
+                schema_map=schema_map,
                 progress=progress,
             )
+        # Jobs: the requests, then their events (the merge does not depend on the order).
+        jobs = [
+            await replay_source(
+                js,
+                engine,
+                JobRequestsProjection(),
+                REQUESTS_SOURCE,
+                since=since,
+                until=until,
+                schema_map=schema_map,
+            ),
+            await replay(js, engine, JobEventsProjection(), since=since, until=until, schema_map=schema_map),
+        ]
         async with engine.connect() as conn:
-            requests = await _count(conn, target, "requests")
-            daily = await _count(conn, target, "daily")
+            counts = {t: await _count(conn, target, t) for t in ("requests", "daily", "jobs")}
     print(
         f"replayed {result.events} events in {result.batches} batches into schema {target}: "
-        f"{requests} request rows, {daily} daily rows (log up to seq {result.last_seq})"
+        f"{counts['requests']} request rows, {counts['daily']} daily rows (log up to seq {result.last_seq}); "
+        f"{_jobs_summary(jobs)}, {counts['jobs']} job rows"
     )
     return 0
+
+
+def _jobs_summary(results: list[ReplayResult]) -> str:
+    requests, events = results
+    return f"jobs from {requests.events} requests and {events.events} events"
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from faststream.nats import NatsBroker
 
 from llmchat_common import subjects
 from llmchat_common.rpc import Operation, no_args, serve_operations
-from llmchat_common.usage_contracts import AdminUsageQuery, UsageQuery
+from llmchat_common.usage_contracts import AdminUsageQuery, JobListQuery, JobQuery, UsageQuery
 from llmchat_metrics.service import UsageService
 
 
@@ -16,6 +16,8 @@ def operations(service: UsageService) -> dict[str, Operation]:
         "ping": no_args(service.ping),
         "usage": Operation(UsageQuery, service.usage),
         "admin_usage": Operation(AdminUsageQuery, service.admin_usage),
+        "job_get": Operation(JobQuery, service.job_get),
+        "job_list": Operation(JobListQuery, service.job_list),
     }
 
 

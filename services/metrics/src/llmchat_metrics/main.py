@@ -1,11 +1,12 @@
-"""The metrics process: migrations, the usage projection consumer, the usage RPC operations and
-the Prometheus endpoint, until SIGTERM/SIGINT.
+"""The metrics process: migrations, the projection consumers (usage from CHAT_EVENTS; jobs from
+CHAT_REQUESTS and CHAT_EVENTS), the usage and jobs RPC operations and the Prometheus endpoint,
+until SIGTERM/SIGINT.
 
 Readiness is answering `usage.v1.rpc.ping`; containers can watch LLMCHAT_METRICS_HEALTH_FILE,
 touched while the database answers and the consumer loop is alive. Exit codes: 0 after a clean
 stop, 1 when start-up failed.
 
-If the consumer loop fails unexpectedly (NATS errors the loop does not absorb, a consumer
+If a consumer loop fails unexpectedly (NATS errors the loop does not absorb, a consumer
 deleted under it), it is logged at ERROR and restarted with exponential backoff (1 s up to
 `consumer_restart_max_s`), and counted in `llmchat_projection_restarts_total`: nothing is lost
 while it is down (unacked events wait in the durable consumer), and it is never silent.
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
+from typing import Any
 
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker, nats_client
-from llmchat_common.projection import ConsumerStats, ProjectionConsumer
+from llmchat_common.projection import REQUESTS_SOURCE, ConsumerStats, LogConsumer, ProjectionConsumer
 from llmchat_metrics.handlers import register_handlers
+from llmchat_metrics.jobs import JobEventsProjection, JobRequestsProjection
 from llmchat_metrics.models import SCHEMA
 from llmchat_metrics.projection import UsageProjection
 from llmchat_metrics.prometheus import SnapshotHolder, UsageCollector, start_server
@@ -60,7 +63,7 @@ async def migrate(engine: AsyncEngine, settings: MetricsSettings, *, schema: str
 class Supervisor:
     """Keeps the consumer loop running; see the module docstring."""
 
-    consumer: ProjectionConsumer
+    consumer: LogConsumer[Any]
     max_backoff_s: float
     restarts: int = 0
 
@@ -79,7 +82,12 @@ class Supervisor:
                 self.restarts += 1
                 log.error(
                     "projection consumer failed; restarting",
-                    extra={"error": type(exc).__name__, "detail": str(exc)[:200], "retry_in_s": delay},
+                    extra={
+                        "consumer": self.consumer.durable,
+                        "error": type(exc).__name__,
+                        "detail": str(exc)[:200],
+                        "retry_in_s": delay,
+                    },
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
@@ -129,12 +137,18 @@ async def lifespan(app: MetricsApp) -> AsyncIterator[MetricsApp]:
         await connect_broker(app.feed, settings.startup_timeout_s)
         js = jetstream(app.feed)
         await ensure_streams(js, settings.nats)
-        consumer = ProjectionConsumer(js, app.engine, UsageProjection(), settings.projection)
-        # Here rather than in the loop only: a refused consumer fails the start, visibly.
-        await consumer.ensure_consumer()
-        app.stats = consumer.stats
-        supervisor = Supervisor(consumer, settings.consumer_restart_max_s)
-        app.tasks.append(asyncio.create_task(supervisor.run(), name="usage-projection"))
+        usage = ProjectionConsumer(js, app.engine, UsageProjection(), settings.projection)
+        consumers: list[LogConsumer[Any]] = [
+            usage,
+            LogConsumer(js, app.engine, JobRequestsProjection(), settings.projection, source=REQUESTS_SOURCE),
+            ProjectionConsumer(js, app.engine, JobEventsProjection(), settings.projection),
+        ]
+        supervisors = [Supervisor(c, settings.consumer_restart_max_s) for c in consumers]
+        for consumer, supervisor in zip(consumers, supervisors, strict=True):
+            # Here rather than in the loop only: a refused consumer fails the start, visibly.
+            await consumer.ensure_consumer()
+            app.tasks.append(asyncio.create_task(supervisor.run(), name=consumer.durable))
+        app.stats = usage.stats
         if settings.prometheus_port:
             holder = SnapshotHolder()
             app.tasks.append(
@@ -143,7 +157,7 @@ async def lifespan(app: MetricsApp) -> AsyncIterator[MetricsApp]:
                 )
             )
             collector = UsageCollector(
-                lambda: holder.snapshot, lambda: app.stats, lambda: supervisor.restarts
+                lambda: holder.snapshot, lambda: app.stats, lambda: sum(s.restarts for s in supervisors)
             )
             server = start_server(settings.prometheus_host, settings.prometheus_port, collector)
         register_handlers(app.broker, app.service, max_workers=settings.max_concurrency)

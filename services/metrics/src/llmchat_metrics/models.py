@@ -1,5 +1,7 @@
 """Tables of schema `usage` (owned by this service; others ask over NATS).
 
+`jobs` holds one row per chat request from the moment it is queued (the jobs API's listing).
+
 `requests` holds one row per request, keyed by its id: the insert of a redelivered,
 re-published or replayed terminal event conflicts and changes nothing. `daily` is the
 aggregate the reports read; it is incremented only from the rows an insert actually added, in
@@ -24,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -100,6 +103,42 @@ class UsageDaily(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
 
 
+JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+_JOB_STATUS_CHECK = "status IN ('queued', 'running', 'completed', 'failed', 'cancelled')"
+
+
+class Job(Base):
+    """One chat request (title requests are not jobs) and where it stands: merged from its
+    `requested` message (CHAT_REQUESTS) and its `started` and terminal events (CHAT_EVENTS),
+    in whatever order they arrive (see jobs.py). A missing user or model is '' as above."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_JOB_STATUS_CHECK, name="status"),)
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    api_key_id: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(200))
+    conversation_id: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(64))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(String(64))
+
+
+# The listing: one user's jobs newest first, keyset-paginated on (created_at, request_id).
+Index("ix_jobs_user_id_created_at_request_id", Job.user_id, Job.created_at.desc(), Job.request_id.desc())
+
+
 # Core handles for the projection's statements (typed as tables, not generic FromClauses).
 REQUESTS: Table = UsageRequest.__table__  # type: ignore[assignment]
 DAILY: Table = UsageDaily.__table__  # type: ignore[assignment]
+JOBS: Table = Job.__table__  # type: ignore[assignment]

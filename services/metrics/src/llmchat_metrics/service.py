@@ -6,7 +6,16 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmchat_common.usage_contracts import AdminUsageQuery, UsageQuery, UsageReport
+from llmchat_common.usage_contracts import (
+    AdminUsageQuery,
+    JobListQuery,
+    JobPage,
+    JobQuery,
+    JobRecord,
+    UsageQuery,
+    UsageReport,
+)
+from llmchat_metrics.job_queries import get_job, list_jobs
 from llmchat_metrics.reports import build_report, report_query, status_sums
 
 
@@ -36,3 +45,11 @@ class UsageService:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(report_query(query))).all()
         return build_report(query.since, query.until, query.group_by, status_sums(rows))
+
+    async def job_get(self, query: JobQuery) -> JobRecord:
+        async with self.engine.connect() as conn:
+            return await get_job(conn, query)
+
+    async def job_list(self, query: JobListQuery) -> JobPage:
+        async with self.engine.connect() as conn:
+            return await list_jobs(conn, query)

@@ -115,6 +115,22 @@ def _consume(stream: str) -> list[str]:
     ]
 
 
+def _consume_only(stream: str, durable: str) -> list[str]:
+    """Reading a stream whose other durable consumers must not be acked by this user (the
+    workers' `worker-<model>` on CHAT_REQUESTS: an ack there would drop a request): its own
+    durable `durable` (pull, acknowledge), and ephemeral replay consumers without acks."""
+    return [
+        *_watch(stream),
+        f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"{_API}.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+# The metrics service's jobs projection on CHAT_REQUESTS (llmchat_metrics.jobs; `projection-`
+# and the projection's name).
+JOBS_REQUESTS_DURABLE = "projection-jobs-requests"
+
 # Every service: account info and stream lookup by subject.
 _JS_COMMON = [f"{_API}.INFO", f"{_API}.STREAM.NAMES"]
 # The services that run `ensure_streams` at start (all but auth).
@@ -176,6 +192,14 @@ def permissions() -> dict[str, Permissions]:
                     # Resume and replay read the event log; the edge sees every event anyway.
                     *_get(s.EVENTS_STREAM),
                     *_watch(s.EVENTS_STREAM),
+                    # Completion webhooks: the edges' shared durable on terminal events; it
+                    # pulls and acks that durable only (never a projection's).
+                    f"{_API}.CONSUMER.DURABLE.CREATE.{s.EVENTS_STREAM}.{s.WEBHOOKS_CONSUMER}",
+                    f"{_API}.CONSUMER.MSG.NEXT.{s.EVENTS_STREAM}.{s.WEBHOOKS_CONSUMER}",
+                    f"$JS.ACK.{s.EVENTS_STREAM}.{s.WEBHOOKS_CONSUMER}.>",
+                    # Admission control reads how many requests wait for each model's workers
+                    # (the workers' consumer info; the subject's count before one exists).
+                    f"{_API}.CONSUMER.INFO.{s.REQUESTS_STREAM}.>",
                 ]
             ),
             publish_deny=(ALL_EVENTS, REGISTRY_KV, REVOCATIONS_KV),
@@ -222,15 +246,28 @@ def permissions() -> dict[str, Permissions]:
         # History and metrics: project the event log through their durable consumers, replay
         # it with ephemeral ones, answer their own request-reply subjects. History also asks
         # the model for conversation titles: it writes the request stream, on which it creates
-        # no consumer (the invariant above).
+        # no consumer (the invariant above). Metrics projects the jobs, queued ones included,
+        # so it reads the request stream too (and writes neither stream).
         "history": _projection("history", HISTORY_RPC, s.HISTORY_QUEUE, publish=[REQUESTS]),
-        "metrics": _projection("metrics", USAGE_RPC, s.USAGE_QUEUE),
+        "metrics": _projection(
+            "metrics",
+            USAGE_RPC,
+            s.USAGE_QUEUE,
+            extra=_consume_only(s.REQUESTS_STREAM, JOBS_REQUESTS_DURABLE),
+        ),
         # Tests and operator tools.
         ADMIN: Permissions(publish_allow=(">",), subscribe_allow=(">",)),
     }
 
 
-def _projection(user: str, rpc: str, queue: str, *, publish: list[str] | None = None) -> Permissions:
+def _projection(
+    user: str,
+    rpc: str,
+    queue: str,
+    *,
+    publish: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> Permissions:
     writes = publish or []
     return Permissions(
         publish_allow=_unique(
@@ -239,6 +276,7 @@ def _projection(user: str, rpc: str, queue: str, *, publish: list[str] | None = 
                 *_JS_COMMON,
                 *_CHAT_STREAMS,
                 *_consume(s.EVENTS_STREAM),
+                *(extra or []),
             ]
         ),
         publish_deny=(

@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from llmchat_chat.api import admin, auth, chat, conversations, health, models, requests, usage
+from llmchat_chat.api import admin, auth, chat, conversations, health, jobs, models, requests, usage
 
 
 def build_router() -> APIRouter:
@@ -13,4 +13,5 @@ def build_router() -> APIRouter:
     router.include_router(conversations.router)
     router.include_router(usage.router)
     router.include_router(requests.router)
+    router.include_router(jobs.router)
     return router

@@ -21,10 +21,12 @@ from llmchat_chat.errors import (
     ModelNotFound,
     error_body,
 )
+from llmchat_chat.following import Diverged, TextFollower
 from llmchat_chat.ratelimit import Admission, Limiter
-from llmchat_chat.service import AnyEvent, ChatService, RequestHandle, new_request_id, terminal_error
+from llmchat_chat.service import ChatService, Submitted, new_request_id, terminal_error
 from llmchat_chat.settings import LimitSettings
 from llmchat_common.contracts import (
+    AnyEvent,
     Cancelled,
     ChatMessage,
     ChatRequested,
@@ -32,7 +34,9 @@ from llmchat_common.contracts import (
     Delta,
     Failed,
     GenerationParams,
+    RequestSource,
 )
+from llmchat_common.request_log import LoggedEvent
 
 router = APIRouter()
 T = TypeVar("T")
@@ -56,6 +60,9 @@ async def to_request(
     *,
     conversation: str,
     trace_id: str,
+    source: RequestSource = "chat",
+    webhook_url: str | None = None,
+    request_id: str | None = None,
 ) -> ChatRequested:
     settings = service.settings
     if not await service.registry.known(body.model):
@@ -77,7 +84,7 @@ async def to_request(
         )
     now = time.time()
     return ChatRequested(
-        request_id=new_request_id(),
+        request_id=request_id or new_request_id(),
         model=body.model,
         messages=[
             ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
@@ -95,8 +102,11 @@ async def to_request(
         api_key_id=caller.principal.api_key_id,
         conversation_id=conversation,
         trace_id=trace_id,
-        stream=body.stream,
-        disconnect=body.disconnect or "cancel",
+        stream=body.stream and source == "chat",
+        # A streamed answer is cancelled when its client leaves; a job runs to its end.
+        disconnect=body.disconnect or ("cancel" if source == "chat" else "detach"),
+        source=source,
+        webhook_url=webhook_url,
         created_at=now,
         deadline=service.deadline_for(body.timeout, now),
     )
@@ -170,6 +180,7 @@ async def create_chat_completion(
     conversation = await conversations.resolve(body.conversation_id, caller.user_id)
     trace_id = trace_id_of(http_request.headers.get("traceparent"))
     request = await to_request(body, service, caller, conversation=conversation, trace_id=trace_id)
+    await service.admit(request.model, job=False)
     principal = caller.principal
     admission = await limiter.admit(
         limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
@@ -179,6 +190,7 @@ async def create_chat_completion(
     )
     try:
         handle = await service.submit(request)
+        assert handle is not None
     except BaseException:
         admission.used_tokens = 0  # never queued: nothing was used
         await limiter.release(admission)
@@ -188,6 +200,10 @@ async def create_chat_completion(
         response = await respond(body, http_request, service, handle, admission, limiter)
         streaming = isinstance(response, StreamingResponse)
         return response
+    except ApiError as exc:
+        # The request exists (its events, its job): the caller can look it up.
+        exc.headers.setdefault("X-Request-Id", request.request_id)
+        raise
     except ClientDisconnected:
         if request.disconnect == "cancel":
             service.in_background(service.cancel(request.request_id, "client"))
@@ -211,16 +227,16 @@ async def respond(
     body: ChatCompletionRequest,
     http_request: Request,
     service: ChatService,
-    handle: RequestHandle,
+    handle: Submitted,
     admission: Admission,
     limiter: Limiter,
 ) -> Response:
     request = handle.request
     try:
         first = await until_disconnected(http_request, service.wait_started(handle))
-        if isinstance(first, Failed | Cancelled):
-            settle(admission, first)
-            raise terminal_error(first)
+        if isinstance(first.event, Failed | Cancelled):
+            settle(admission, first.event)
+            raise terminal_error(first.event)
     except BaseException:
         await handle.close()
         raise
@@ -231,11 +247,11 @@ async def respond(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(request.request_id, body.model, created, include_usage, conversation)
         return StreamingResponse(
-            sse_frames(stream_chunks(service, handle, writer, first.attempt, admission, limiter)),
+            sse_frames(stream_chunks(service, handle, writer, first, admission, limiter)),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    completed = await until_disconnected(http_request, collect(handle, first.attempt, admission))
+    completed = await until_disconnected(http_request, collect(handle, first.event.attempt, admission))
     return Response(
         orjson.dumps(completion_body(request.request_id, body.model, created, completed, conversation)),
         media_type="application/json",
@@ -243,9 +259,9 @@ async def respond(
     )
 
 
-async def collect(handle: RequestHandle, attempt: int, admission: Admission) -> Completed:
-    """Waits for the terminal event of the latest attempt (a redelivered attempt replaces an
-    earlier one: its text is rebuilt from scratch, so nothing is duplicated)."""
+async def collect(handle: Submitted, attempt: int, admission: Admission) -> Completed:
+    """Waits for the terminal event of the latest attempt (its text is the whole answer,
+    whether the attempt continued an earlier one or started over)."""
     while True:
         event = await handle.next_event()
         if event.attempt < attempt:
@@ -258,57 +274,63 @@ async def collect(handle: RequestHandle, attempt: int, admission: Admission) -> 
             raise terminal_error(event)
 
 
-async def sse_frames(payloads: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    """One SSE `data:` frame per payload. Starlette cancels this generator when the client
-    disconnects, which runs stream_chunks' cleanup (the cancel)."""
-    async for payload in payloads:
-        yield b"data: " + payload.encode() + b"\n\n"
+Frame = tuple[int | None, str]
+
+
+async def sse_frames(frames: AsyncIterator[Frame]) -> AsyncIterator[bytes]:
+    """One SSE `data:` frame per payload, with the stream sequence of the event it came from
+    as its `id:` (a client resumes after it at /v1/jobs/{id}/events with `Last-Event-ID`).
+    Starlette cancels this generator when the client disconnects, which runs stream_chunks'
+    cleanup (the cancel)."""
+    async for seq, payload in frames:
+        head = b"" if seq is None else b"id: %d\n" % seq
+        yield head + b"data: " + payload.encode() + b"\n\n"
 
 
 async def stream_chunks(
     service: ChatService,
-    handle: RequestHandle,
+    handle: Submitted,
     writer: ChunkWriter,
-    attempt: int,
+    first: LoggedEvent,
     admission: Admission,
     limiter: Limiter,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Frame]:
     finished = False
-    sent_text = False
+    follower = TextFollower()
+    follower.current(first.event)
     try:
-        yield writer.role()
+        yield first.stream_seq, writer.role()
         while True:
             try:
-                event = await handle.next_event()
+                logged = await handle.next()
             except ApiError as exc:
-                yield orjson.dumps(error_body(exc)).decode()
+                yield None, orjson.dumps(error_body(exc)).decode()
                 break
-            if event.attempt < attempt:
+            assert logged is not None
+            event, seq = logged.event, logged.stream_seq
+            if not follower.current(event):
                 continue
-            if event.attempt > attempt:
-                if sent_text:
-                    # Until continuation lands, a restarted attempt after text was sent would
-                    # repeat it: end with a clear, retriable error instead.
-                    lost = ApiError("the worker serving this answer was lost; retry", code="worker_lost")
-                    yield orjson.dumps(error_body(lost)).decode()
-                    break
-                attempt = event.attempt
             if isinstance(event, Delta):
-                if event.text:
-                    sent_text = True
-                    yield writer.content(event.text)
+                try:
+                    text = follower.text(event)
+                except Diverged:
+                    lost = ApiError("the worker serving this answer was lost; retry", code="worker_lost")
+                    yield seq, orjson.dumps(error_body(lost)).decode()
+                    break
+                if text:
+                    yield seq, writer.content(text)
             elif isinstance(event, Completed):
                 settle(admission, event)
-                yield writer.finish(event.finish_reason)
+                yield seq, writer.finish(event.finish_reason)
                 if writer.include_usage:
-                    yield writer.usage(event.usage)
-                yield "[DONE]"
+                    yield None, writer.usage(event.usage)
+                yield None, "[DONE]"
                 finished = True
                 break
             elif isinstance(event, Failed | Cancelled):
                 settle(admission, event)
-                yield orjson.dumps(error_body(terminal_error(event))).decode()
-                yield "[DONE]"
+                yield seq, orjson.dumps(error_body(terminal_error(event))).decode()
+                yield None, "[DONE]"
                 finished = True
                 break
     finally:
@@ -321,7 +343,7 @@ async def stream_chunks(
             service.in_background(settle_after_client_left(handle, admission, limiter))
 
 
-async def settle_after_client_left(handle: RequestHandle, admission: Admission, limiter: Limiter) -> None:
+async def settle_after_client_left(handle: Submitted, admission: Admission, limiter: Limiter) -> None:
     """The client left mid-answer: the worker still ends the request (cancelled, or completed
     when detached) and says what it used; the budget is charged that, not the reservation. The
     request's deadline bounds the wait."""

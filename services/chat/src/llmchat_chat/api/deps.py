@@ -12,6 +12,7 @@ from llmchat_chat.auth import Authenticator
 from llmchat_chat.backends import ServiceClient
 from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.errors import Forbidden, Unauthorized
+from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService
 from llmchat_common.auth_contracts import Principal
@@ -44,6 +45,11 @@ def get_history(request: Request) -> ServiceClient:
 def get_usage(request: Request) -> ServiceClient:
     client: ServiceClient = request.app.state.usage
     return client
+
+
+def get_jobs(request: Request) -> JobDirectory:
+    jobs: JobDirectory = request.app.state.jobs
+    return jobs
 
 
 def get_conversations(request: Request) -> ConversationGuard:
@@ -94,6 +100,7 @@ LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 HistoryDep = Annotated[ServiceClient, Depends(get_history)]
 UsageDep = Annotated[ServiceClient, Depends(get_usage)]
 ConversationsDep = Annotated[ConversationGuard, Depends(get_conversations)]
+JobsDep = Annotated[JobDirectory, Depends(get_jobs)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[Caller, Depends(get_session)]
 AdminDep = Annotated[Caller, Depends(get_admin)]

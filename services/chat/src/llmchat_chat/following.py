@@ -1,0 +1,49 @@
+"""Following one request's answer across attempts, for a client that cannot take text back.
+
+A redelivered attempt either continues (its `started` says how many characters of the answer
+it carries over) or starts over after a `reset`. Either way the text this reader already passed
+on beyond the carried-over part must not be sent again: the new attempt's text is checked
+against it and skipped while it matches (with greedy sampling it does), and only what goes
+beyond is new. Text that differs from what was sent cannot be taken back: `Diverged`.
+"""
+
+from __future__ import annotations
+
+from llmchat_common.contracts import AnyEvent, Delta, Reset, Started
+
+
+class Diverged(Exception):
+    """A new attempt's text differs from what the client was already sent."""
+
+
+class TextFollower:
+    def __init__(self) -> None:
+        self.attempt = 0
+        self.sent = ""
+        self._skip = ""
+
+    def current(self, event: AnyEvent) -> bool:
+        """Takes note of a new attempt; False for events of attempts it replaced."""
+        if event.attempt < self.attempt:
+            return False
+        if event.attempt > self.attempt:
+            if isinstance(event, Reset):
+                self._skip = self.sent
+            elif isinstance(event, Started):
+                self._skip = self.sent[event.resumed_chars :]
+            self.attempt = event.attempt
+        return True
+
+    def text(self, delta: Delta) -> str:
+        """What of this delta's text is new to the client."""
+        text = delta.text
+        if self._skip:
+            if self._skip.startswith(text):
+                self._skip = self._skip[len(text) :]
+                return ""
+            if not text.startswith(self._skip):
+                raise Diverged
+            text = text[len(self._skip) :]
+            self._skip = ""
+        self.sent += text
+        return text
