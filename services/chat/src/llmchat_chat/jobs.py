@@ -106,14 +106,16 @@ class JobDirectory:
         if pending is not None:
             if pending.user_id != user_id:
                 raise missing
-            return Job(request_id, state, pending=pending)
+            cancelled = await self._service.cancel_requested(request_id)
+            return Job(request_id, state, pending=pending, cancelled_while_queued=cancelled)
         try:
             record = await self._usage.call(
                 "job_get", JobQuery(user_id=user_id, request_id=request_id), JobRecord
             )
         except NotFound:
             raise missing from None
-        return Job(request_id, state, record=record)
+        cancelled = record.status == "queued" and await self._service.cancel_requested(request_id)
+        return Job(request_id, state, record=record, cancelled_while_queued=cancelled)
 
     async def _pending(self, request_id: str) -> Pending | None:
         try:

@@ -18,7 +18,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -265,17 +265,19 @@ class ChatService:
         return RequestHandle(request_id, await self._subscribe(request_id, after_seq), give_up_at)
 
     async def _subscribe(self, request_id: str, after_seq: int) -> JetStreamContext.PushSubscription:
-        config: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         if after_seq > 0:
-            config = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after_seq + 1}
+            resume = DeliverPolicy.BY_START_SEQUENCE
+            config = ConsumerConfig(deliver_policy=resume, opt_start_seq=after_seq + 1)
         try:
             return await self.js.subscribe(
                 subjects.request_events_filter(request_id),
                 stream=subjects.EVENTS_STREAM,
                 ordered_consumer=True,
-                **config,
+                config=config,
             )
         except Exception as exc:
+            log.warning("event log subscription failed", extra={"request_id": request_id, "error": repr(exc)})
             raise ServiceUnavailable("the event log did not answer; try again") from exc
 
     async def job_state(self, request_id: str) -> JobState:

@@ -185,6 +185,7 @@ def permissions() -> dict[str, Permissions]:
                     *_provision(registry),
                     *_provision(cancels),
                     *_provision(revocations),
+                    *_get(cancels),  # a job cancelled while queued shows as cancelled
                     *_get(registry),
                     *_watch(registry),  # KeyValue.keys()
                     *_get(revocations),
