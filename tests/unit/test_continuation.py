@@ -135,3 +135,26 @@ async def test_events_of_an_older_attempt_after_a_newer_one_are_ignored() -> Non
     folded = progress_of(logged(interleaved))
     assert folded.attempt == 2
     assert folded.text == progress.text + "".join(e.text for e in second[:2] if isinstance(e, Delta))
+
+
+async def test_a_released_attempt_is_continued_and_is_no_crash() -> None:
+    sink = ListSink()
+    runner = RequestRunner(
+        request(),
+        attempt=1,
+        worker_id="w",
+        engine=PositionalEngine(),
+        sink=sink,
+        coalesce=CoalesceConfig(max_tokens=4, max_ms=1e9),
+    )
+    whole = await run()
+    # Shutting down mid-answer: buffered text is flushed, then the attempt says it let go.
+    for event in whole[:3]:
+        sink.events.append(event)
+    runner._seq = 3
+    await runner.release("shutdown")
+    released = sink.events[-1]
+    assert released.type == "released" and released.attempt == 1
+    progress = progress_of(logged(sink.events))
+    assert progress.crashed_attempts == 0 and not progress.finished
+    assert progress.tokens == [t for e in whole[1:3] if isinstance(e, Delta) for t in e.token_ids]

@@ -189,11 +189,22 @@ class Cancelled(_WithFacts):
     timings: Timings = Field(default_factory=Timings)
 
 
-ChatEvent = Annotated[Started | Delta | Reset | Completed | Failed | Cancelled, Field(discriminator="type")]
+class Released(_Event):
+    """The worker handed the request back unfinished on purpose (it is shutting down and its
+    drain time ran out): another worker continues it. Unlike a crash, this attempt does not
+    count towards the request being poison."""
+
+    type: Literal["released"] = "released"
+    reason: str
+
+
+ChatEvent = Annotated[
+    Started | Delta | Reset | Released | Completed | Failed | Cancelled, Field(discriminator="type")
+]
 TerminalEvent = Completed | Failed | Cancelled
 TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
 
-AnyEvent = Started | Delta | Reset | Completed | Failed | Cancelled
+AnyEvent = Started | Delta | Reset | Released | Completed | Failed | Cancelled
 _event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(ChatEvent)
 
 

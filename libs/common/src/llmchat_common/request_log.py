@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from llmchat_common import subjects
-from llmchat_common.contracts import AnyEvent, Delta, Reset, Started, is_terminal, parse_event
+from llmchat_common.contracts import AnyEvent, Delta, Released, Reset, Started, is_terminal, parse_event
 
 BATCH = 1000
 
@@ -83,7 +83,9 @@ class Progress:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     engine_model: str | None = None
-    # Attempts that started and never ended (their worker died or lost the request).
+    prompt_tokens: int = 0
+    # Attempts that started and never ended (their worker died or lost the request), not
+    # counting those their worker handed back on purpose (`released`).
     crashed_attempts: int = 0
     finished: bool = False
     # Why continuing from `tokens` would be wrong (a gap in the deltas), if it would.
@@ -120,7 +122,10 @@ class Progress:
             self._next_seq = event.seq
         if isinstance(event, Started):
             self.engine_model = event.engine_model
+            self.prompt_tokens = event.prompt_tokens
             self.crashed_attempts += 1
+        if isinstance(event, Released):
+            self.crashed_attempts -= 1
         if isinstance(event, Delta):
             if event.seq != self._next_seq and self.broken is None:
                 self.broken = f"attempt {event.attempt} lost events before seq {event.seq}"

@@ -127,10 +127,13 @@ class JobDirectory:
         data = json.loads(raw)
         return Pending(data["user_id"], data["model"], data.get("conversation_id"), float(data["created_at"]))
 
-    async def claim(self, user_id: str, key: str, body_hash: str, request_id: str) -> str | None:
-        """None: the key is ours now. Else the id of the job the key already names."""
+    async def claim(
+        self, user_id: str, key: str, body_hash: str, request: ChatRequested
+    ) -> ChatRequested | None:
+        """None: the key is ours now. Else the request the key already names (kept whole, so a
+        submission that died before queueing it can be completed by the retry)."""
         redis_key = _idempotency_key(user_id, key)
-        value = json.dumps({"request_id": request_id, "body": body_hash})
+        value = json.dumps({"body": body_hash, "request": request.model_dump_json()})
         try:
             if await self._redis.set(redis_key, value, nx=True, ex=self._ttl_s):
                 return None
@@ -138,14 +141,14 @@ class JobDirectory:
         except Exception as exc:
             raise ServiceUnavailable("idempotency keys cannot be checked right now; retry") from exc
         if raw is None:  # expired in between: claim again
-            return await self.claim(user_id, key, body_hash, request_id)
+            return await self.claim(user_id, key, body_hash, request)
         held = json.loads(raw)
         if held["body"] != body_hash:
             raise Conflict(
                 "this Idempotency-Key was used with another request body",
                 code="idempotency_key_reused",
             )
-        return str(held["request_id"])
+        return ChatRequested.model_validate_json(held["request"])
 
     async def unclaim(self, user_id: str, key: str) -> None:
         """The submission failed before anything was queued: the key may be used again."""

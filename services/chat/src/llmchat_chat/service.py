@@ -1,7 +1,8 @@
 """The edge's logic over NATS: submit a request, follow its events, cancel it, read the registry.
 
-Invariant: the per-request subscription exists before the request is published, so no event of
-the request can be missed on a healthy connection.
+A request is followed through an ordered JetStream consumer on its event subjects that starts
+at the first stored event (or after a client's last one), so it does not matter whether it is
+created before or after the request is published, and no event is missed across reconnects.
 """
 
 from __future__ import annotations
@@ -257,7 +258,13 @@ class ChatService:
         self.queue.queued(request.model)
         if not follow:
             return None
-        sub = await self._subscribe(request.request_id, 0)
+        try:
+            sub = await self._subscribe(request.request_id, 0)
+        except ServiceUnavailable:
+            # Queued but nobody can follow it: the client is told to retry, so this copy
+            # must not run as well.
+            self.in_background(self.cancel(request.request_id, "client"))
+            raise
         return Submitted(request, sub, self.settings.deadline_grace_s)
 
     async def follow(self, request_id: str, *, after_seq: int, give_up_at: float) -> RequestHandle:

@@ -28,6 +28,8 @@ from llmchat_common.contracts import (
     CancelRequest,
     ChatRequested,
     Failed,
+    Released,
+    Usage,
     WorkerInfo,
     parse_request,
 )
@@ -60,7 +62,7 @@ class NatsEventSink:
         future = await self._js.publish_async(subject, payload, headers=headers, wait_stall=5.0)
         future.add_done_callback(_log_publish_failure)
 
-    async def emit_terminal(self, event: Terminal) -> None:
+    async def emit_terminal(self, event: Terminal | Released) -> None:
         subject, payload, headers = self._args(event)
         await self._js.publish(subject, payload, headers=headers, timeout=10.0)
 
@@ -222,10 +224,10 @@ class RequestConsumer:
                 await msg.ack()
                 return
             if progress is not None and progress.crashed_attempts >= self.settings.poison_after_crashes:
-                await self._fail_poison(request, attempt, progress.crashed_attempts)
+                await self._fail_poison(request, attempt, progress)
                 await msg.ack()
                 return
-            resume, reset_reason = self._continuation(progress)
+            resume, reset_reason = self._continuation(request, progress)
         runner = RequestRunner(
             request,
             attempt=attempt,
@@ -248,7 +250,10 @@ class RequestConsumer:
             await msg.nak()
             return
         except asyncio.CancelledError:
-            # Drain timeout or shutdown: hand the request back for another worker.
+            # Drain timeout or shutdown: hand the request back for another worker, which
+            # continues it (this attempt is no crash).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runner.release("shutdown"), timeout=5)
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
@@ -271,7 +276,9 @@ class RequestConsumer:
         with contextlib.suppress(Exception):
             await msg.nak(delay=1.0)
 
-    def _continuation(self, progress: Progress | None) -> tuple[Resume | None, str | None]:
+    def _continuation(
+        self, request: ChatRequested, progress: Progress | None
+    ) -> tuple[Resume | None, str | None]:
         """Go on from the tokens earlier attempts stored, or say why the answer starts over
         (the reset tells readers to drop what they hold)."""
         if progress is None:
@@ -280,16 +287,23 @@ class RequestConsumer:
             return None, None  # nothing was generated yet: a plain new attempt
         if not self.settings.continuation:
             return None, "continuation is turned off on this worker"
+        if request.params.stop:
+            # The engine holds back text that might begin a stop sequence, but not its token
+            # ids: the stored text may lag the stored tokens, and a stop sequence may straddle
+            # the cut. Continuing could lose text or miss the stop.
+            return None, "stop sequences: the stored text may lag its tokens"
         if progress.broken is not None:
             return None, progress.broken
         if progress.engine_model is not None and progress.engine_model != self.engine.model_path:
             return None, "the earlier attempt ran another engine model"
         return Resume(progress.tokens, progress.text), None
 
-    async def _fail_poison(self, request: ChatRequested, attempt: int, crashed: int) -> None:
+    async def _fail_poison(self, request: ChatRequested, attempt: int, progress: Progress) -> None:
         """A request whose attempts keep dying with their workers is not run again: it might
-        be what kills them. Its client gets a clear error instead of a loop."""
+        be what kills them. Its client gets a clear error instead of a loop, and the answer so
+        far with its usage."""
         assert self._sink is not None
+        crashed = progress.crashed_attempts
         log.error("poison request failed", extra={"request_id": request.request_id, "crashed": crashed})
         event = Failed(
             request_id=request.request_id,
@@ -302,6 +316,8 @@ class RequestConsumer:
             message=f"the request was stopped after {crashed} attempts whose workers died while "
             "running it; it is not retried",
             retriable=False,
+            text=progress.text,
+            usage=Usage(prompt_tokens=progress.prompt_tokens, completion_tokens=len(progress.tokens)),
         )
         await self._sink.emit_terminal(event)
 

@@ -23,6 +23,7 @@ from llmchat_common.contracts import (
     Delta,
     Failed,
     GenerationParams,
+    Released,
     Reset,
     Started,
     Timings,
@@ -31,7 +32,7 @@ from llmchat_common.contracts import (
 from llmchat_worker.errors import EngineFailure, RequestRejected
 
 Terminal = Completed | Failed | Cancelled
-Event = Started | Delta | Reset | Terminal
+Event = Started | Delta | Reset | Released | Terminal
 
 
 class EventHeader(TypedDict):
@@ -69,8 +70,9 @@ class EventSink(Protocol):
         """Hand the event to the connection in order, without awaiting the broker's ack
         (the sink bounds how many are in flight)."""
 
-    async def emit_terminal(self, event: Terminal) -> None:
-        """Publish and await the ack: the request may be acked only after this returns."""
+    async def emit_terminal(self, event: Terminal | Released) -> None:
+        """Publish and await the ack: the request may be acked (or handed back) only after
+        this returns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,13 @@ class RequestRunner:
                 # broker client's publish); the flag is the contract.
                 return "cancelled"
         return finish_reason
+
+    async def release(self, reason: str) -> None:
+        """Hands the unfinished request back on purpose: what it generated is stored (so the
+        next attempt continues from all of it), then a `released` event says so."""
+        await self._flush()
+        await self.sink.emit_terminal(Released(**self._base(), reason=reason))
+        self._seq += 1
 
     async def _flush(self) -> None:
         if self._coalescer.pending():

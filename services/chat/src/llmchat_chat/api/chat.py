@@ -26,6 +26,8 @@ from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import ChatService, Submitted, new_request_id, terminal_error
 from llmchat_chat.settings import LimitSettings
 from llmchat_common.contracts import (
+    PRIORITY_BACKGROUND,
+    PRIORITY_DEFAULT,
     AnyEvent,
     Cancelled,
     ChatMessage,
@@ -106,6 +108,8 @@ async def to_request(
         # A streamed answer is cancelled when its client leaves; a job runs to its end.
         disconnect=body.disconnect or ("cancel" if source == "chat" else "detach"),
         source=source,
+        # A job waits its turn behind people watching an answer (vLLM priority scheduling).
+        priority=PRIORITY_DEFAULT if source == "chat" else PRIORITY_BACKGROUND,
         webhook_url=webhook_url,
         created_at=now,
         deadline=service.deadline_for(body.timeout, now),

@@ -53,9 +53,10 @@ def job_body(
 ) -> dict[str, Any]:
     """One job as its owner sees it; `result` is the OpenAI `chat.completion` once completed
     (a failed or cancelled job keeps its partial text in `partial_text`)."""
-    model = model or (terminal.model if terminal else None) or (started.model if started else None)
-    conversation_id = conversation_id or (terminal.conversation_id if terminal else None)
-    created_at = created_at or (terminal.created_at if terminal else None)
+    facts = terminal or started  # both carry the request's facts
+    model = model or (facts.model if facts else None)
+    conversation_id = conversation_id or (facts.conversation_id if facts else None)
+    created_at = created_at or (facts.created_at if facts else None)
     started_at = None
     if started is not None:
         started_at = started.ts

@@ -21,7 +21,7 @@ from llmchat_chat.api.chat import reservation, to_request, trace_id_of
 from llmchat_chat.api.deps import CallerDep, ConversationsDep, JobsDep, LimiterDep, ServiceDep, UsageDep
 from llmchat_chat.api.job_format import JobStatus, job_body, job_links
 from llmchat_chat.api.schemas import ChatCompletionRequest
-from llmchat_chat.errors import ApiError, Conflict, InvalidRequest, error_body
+from llmchat_chat.errors import ApiError, Conflict, InvalidRequest, NotFound, error_body
 from llmchat_chat.jobs import Job, fingerprint, new_job_id
 from llmchat_chat.webhooks import check_webhook_url, secret_for
 from llmchat_common.contracts import is_terminal
@@ -142,9 +142,16 @@ async def create_job(
     )
     if idempotency_key is not None:
         shape = body.model_dump(mode="json", exclude_unset=True)
-        existing = await jobs.claim(caller.user_id, idempotency_key, fingerprint(shape), request.request_id)
-        if existing is not None:
-            job = await jobs.find(existing, caller.user_id)
+        held = await jobs.claim(caller.user_id, idempotency_key, fingerprint(shape), request)
+        if held is not None:
+            try:
+                job = await jobs.find(held.request_id, caller.user_id)
+            except NotFound:
+                # The first submission has not queued it (yet, or ever: its edge died). Queue
+                # it now; its id is its message id, so JetStream drops a second copy.
+                await service.submit(held, follow=False)
+                await jobs.remember(held)
+                job = await jobs.find(held.request_id, caller.user_id)
             return JSONResponse(view(job), status_code=200, headers={"Idempotent-Replayed": "true"})
     try:
         await service.admit(request.model, job=True)
@@ -261,8 +268,15 @@ async def job_events(
     job = await jobs.find(job_id, caller.user_id)
     start = _after(last_event_id, after)
     settings = service.settings
-    if job.state.terminal is not None and start >= job.state.terminal_seq:
-        handle = None  # nothing comes after the end
+    ended = job.state.terminal is not None and start >= job.state.terminal_seq
+    # A job the projection knows as ended whose events the log no longer keeps: nothing to send.
+    expired = (
+        job.state.terminal is None
+        and job.record is not None
+        and job.record.status not in ("queued", "running")
+    )
+    if ended or expired:
+        handle = None
     else:
         handle = await service.follow(
             job_id,
@@ -273,7 +287,8 @@ async def job_events(
     async def frames() -> AsyncIterator[bytes]:
         if handle is None:
             return
-        attempt = 0
+        # Events of attempts older than the newest one known are history, not the end.
+        attempt = job.state.started.attempt if job.state.started is not None else 0
         try:
             while True:
                 try:
