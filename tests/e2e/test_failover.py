@@ -46,9 +46,11 @@ def workers(stack: LocalStack) -> Iterator[list[ManagedProcess]]:
         proc.stop()
 
 
-def start_b(stack: LocalStack, models_dir: Any, name: str, started: list[ManagedProcess]) -> ManagedProcess:
+def start_b(
+    stack: LocalStack, models_dir: Any, name: str, started: list[ManagedProcess], **env: str
+) -> ManagedProcess:
     proc, _ = start_worker(
-        stack, alias=FAILOVER_MODEL, models_dir=models_dir, name=name, extra_env=FAST_REDELIVERY
+        stack, alias=FAILOVER_MODEL, models_dir=models_dir, name=name, extra_env={**FAST_REDELIVERY, **env}
     )
     started.append(proc)
     return proc
@@ -220,7 +222,8 @@ async def test_queue_cancel_engine_death_and_sigkill(
     assert not pending.done()
 
     streamed = asyncio.create_task(drain(stream))
-    b3 = start_b(stack, models_dir, "worker-b3", workers)
+    # Its drain time is shorter than an answer (see the SIGTERM part below).
+    b3 = start_b(stack, models_dir, "worker-b3", workers, LLMCHAT_WORKER_DRAIN_TIMEOUT_S="1")
     # Failover with continuation: the new attempt goes on from the stored tokens; the client's
     # stream has no gap and no repeat, and the answer is the uninterrupted one.
     rest = await asyncio.wait_for(streamed, timeout=300)
@@ -237,12 +240,12 @@ async def test_queue_cancel_engine_death_and_sigkill(
         assert terminal.usage.completion_tokens == 1800  # the whole answer, counted once
         assert await stored_rows(stack, request_id) == (1, 1)  # one usage row, one history answer
 
-    # -- SIGTERM drains: the running answer completes, then the worker leaves the registry. --
+    # -- SIGTERM: the worker stops pulling and leaves the registry; an answer that outlasts its
+    # drain time is handed back with what it generated (`released`, no crash), and the next
+    # worker continues it. ------------------------------------------------------------------
     draining = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
     await watcher.wait_for("worker-b3", 3)  # the two redelivered requests, then this one
     b3.signal(signal.SIGTERM)
-    drained = await asyncio.wait_for(draining, timeout=300)
-    assert drained.usage is not None and drained.usage.completion_tokens == 1800
     assert await asyncio.to_thread(b3.wait, 60) == 0
 
     async def model_b_has_no_worker() -> bool:
@@ -251,6 +254,16 @@ async def test_queue_cancel_engine_death_and_sigkill(
         return any(m["id"] == FAILOVER_MODEL and m["workers"] == 0 for m in models)
 
     await eventually(model_b_has_no_worker, timeout=10, what="the drained worker to leave the registry")
+    assert not draining.done()
+    start_b(stack, models_dir, "worker-b4", workers)
+    drained = await asyncio.wait_for(draining, timeout=300)
+    assert drained.usage is not None and drained.usage.completion_tokens == 1800
+    assert drained.choices[0].message.content == expected
+    drained_events = await read_request_events(nats_env, drained.id)
+    released = [e for e in drained_events if e.type == "released"]  # type: ignore[attr-defined]
+    assert len(released) == 1 and released[0].attempt == 1  # type: ignore[attr-defined]
+    resumed = [e for e in drained_events if isinstance(e, Started) and e.attempt == 2]
+    assert len(resumed) == 1 and resumed[0].resumed_tokens > 0
     await watcher.close()
 
 

@@ -3,6 +3,7 @@ that made it and the edge that took it; a stream resumes with `Last-Event-ID` at
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,13 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
+from redis.asyncio import Redis
 
-from llmchat_common.contracts import Completed, Delta, Started
+from llmchat_chat.api.jobs import JobRequest, body_fingerprint
+from llmchat_chat.jobs import _idempotency_key, new_job_id
+from llmchat_common.contracts import ChatMessage, ChatRequested, Completed, Delta, GenerationParams, Started
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_edge
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import IDLE_MODEL, MAIN_MODEL, ROOMY_LIMITS, Worker
-from tests.helpers import eventually, read_request_events, worker_status
+from tests.helpers import Account, eventually, read_request_events, worker_status
 
 LONG = {"max_tokens": 1500, "temperature": 0, "ignore_eos": True}
 MESSAGES = [{"role": "user", "content": "Describe the harbour at dawn."}]
@@ -252,3 +256,35 @@ async def test_a_resumed_stream_after_its_end_is_empty(http: httpx.AsyncClient) 
     ) as source:
         assert [sse async for sse in source.aiter_sse()] == []
     assert time.monotonic() - started < 5
+
+
+async def test_a_key_whose_first_submission_died_before_queueing_is_completed_by_the_retry(
+    http: httpx.AsyncClient, stack: LocalStack, account: Account
+) -> None:
+    """Injected: the key's claim as an edge writes it, for a request that edge never queued
+    (it died in between). The retry with the same key and body queues that very request."""
+    key = f"lost-{uuid.uuid4().hex}"
+    body = job_body(max_tokens=6, temperature=0)
+    now = time.time()
+    lost = ChatRequested(
+        request_id=new_job_id(),
+        model=MAIN_MODEL,
+        messages=[ChatMessage(role="user", content=MESSAGES[0]["content"])],
+        params=GenerationParams(max_tokens=6, temperature=0),
+        user_id=account.user_id,
+        source="job",
+        disconnect="detach",
+        created_at=now,
+        deadline=now + 600,
+    )
+    redis = Redis.from_url(stack.env()["LLMCHAT_REDIS_URL"])
+    try:
+        claim = {"body": body_fingerprint(JobRequest.model_validate(body)), "request": lost.model_dump_json()}
+        await redis.set(_idempotency_key(account.user_id, key), json.dumps(claim), ex=600)
+    finally:
+        await redis.aclose()
+    retried = await http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["id"] == lost.request_id
+    done = await wait_status(http, lost.request_id, "completed")
+    assert done["usage"]["completion_tokens"] == 6

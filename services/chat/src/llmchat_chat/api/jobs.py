@@ -46,6 +46,12 @@ class JobRequest(ChatCompletionRequest):
     webhook_url: str | None = Field(default=None, max_length=2048)
 
 
+def body_fingerprint(body: JobRequest) -> str:
+    """What makes two submissions with one Idempotency-Key the same: the fields the caller set,
+    as parsed (so `0` and `0.0` are one value)."""
+    return fingerprint(body.model_dump(mode="json", exclude_unset=True))
+
+
 def view(job: Job) -> dict[str, Any]:
     body = _view(job)
     if job.cancelled_while_queued:
@@ -141,8 +147,7 @@ async def create_job(
         request_id=new_job_id(),
     )
     if idempotency_key is not None:
-        shape = body.model_dump(mode="json", exclude_unset=True)
-        held = await jobs.claim(caller.user_id, idempotency_key, fingerprint(shape), request)
+        held = await jobs.claim(caller.user_id, idempotency_key, body_fingerprint(body), request)
         if held is not None:
             try:
                 job = await jobs.find(held.request_id, caller.user_id)
