@@ -141,6 +141,18 @@ async def until_disconnected(http_request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
+async def admit(service: ChatService, limiter: Limiter, caller: Caller, request: ChatRequested) -> Admission:
+    """The model's queue bound (interactive or job), then the caller's rate limits."""
+    await service.admit(request.model, job=request.source == "job")
+    principal = caller.principal
+    return await limiter.admit(
+        limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
+        request.request_id,
+        reservation(request, service.settings.limits, await service.context_of(request.model)),
+        hold_until=request.deadline + service.settings.deadline_grace_s,
+    )
+
+
 def reservation(request: ChatRequested, limits: LimitSettings, context: int | None) -> int:
     """Tokens held against the per-minute budget until the real usage is known: the prompt,
     estimated from its length, plus the most the answer may take (without max_tokens, the rest
@@ -184,14 +196,7 @@ async def create_chat_completion(
     conversation = await conversations.resolve(body.conversation_id, caller.user_id)
     trace_id = trace_id_of(http_request.headers.get("traceparent"))
     request = await to_request(body, service, caller, conversation=conversation, trace_id=trace_id)
-    await service.admit(request.model, job=False)
-    principal = caller.principal
-    admission = await limiter.admit(
-        limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
-        request.request_id,
-        reservation(request, service.settings.limits, await service.context_of(request.model)),
-        hold_until=request.deadline + service.settings.deadline_grace_s,
-    )
+    admission = await admit(service, limiter, caller, request)
     try:
         handle = await service.submit(request)
         assert handle is not None

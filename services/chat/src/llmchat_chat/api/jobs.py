@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
-from llmchat_chat.api.chat import reservation, to_request, trace_id_of
+from llmchat_chat.api.chat import admit, to_request, trace_id_of
 from llmchat_chat.api.deps import CallerDep, ConversationsDep, JobsDep, LimiterDep, ServiceDep, UsageDep
 from llmchat_chat.api.job_format import JobStatus, job_body, job_links
 from llmchat_chat.api.schemas import ChatCompletionRequest
@@ -159,14 +159,7 @@ async def create_job(
                 job = await jobs.find(held.request_id, caller.user_id)
             return JSONResponse(view(job), status_code=200, headers={"Idempotent-Replayed": "true"})
     try:
-        await service.admit(request.model, job=True)
-        principal = caller.principal
-        admission = await limiter.admit(
-            limiter.scopes(principal.user_id, principal.role, principal.api_key_id),
-            request.request_id,
-            reservation(request, service.settings.limits, await service.context_of(request.model)),
-            hold_until=request.deadline + service.settings.deadline_grace_s,
-        )
+        admission = await admit(service, limiter, caller, request)
         try:
             await service.submit(request, follow=False)
         except BaseException:
