@@ -83,6 +83,18 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float
         await asyncio.sleep(0.1)
 
 
+async def wait_status(
+    http: httpx.AsyncClient, job_id: str, *wanted: str, timeout: float = 120
+) -> dict[str, Any]:
+    """The job (`GET /v1/jobs/{id}`) once it is in one of the `wanted` states."""
+
+    async def reached() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
+        return job if job["status"] in wanted else None
+
+    return await eventually(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(wanted)}")
+
+
 async def worker_status(url: str) -> dict[str, object]:
     async with httpx.AsyncClient() as client:
         resp = await client.get(f"{url}/status", timeout=5)

@@ -31,7 +31,7 @@ from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_edge, start_worker
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import FAILOVER_MODEL, MAIN_MODEL, ROOMY_LIMITS
-from tests.helpers import connect_nats, eventually, read_request_events
+from tests.helpers import connect_nats, eventually, read_request_events, wait_status
 
 # Short ack_wait so redelivery after a SIGKILL happens within the test's patience.
 FAST_REDELIVERY = {"LLMCHAT_WORKER_ACK_WAIT_S": "8", "LLMCHAT_WORKER_IN_PROGRESS_INTERVAL_S": "2"}
@@ -339,7 +339,7 @@ async def test_overload_poison_and_reset(
         )
         workers.append(proc)
     for job_id in admitted:
-        await _job_status(http, job_id, "completed", timeout=300)
+        await wait_status(http, job_id, "completed", timeout=300)
     assert (await http.get(f"/v1/jobs/{never}")).json()["status"] == "cancelled"
     never_events = await read_request_events(nats_env, never)
     assert [e.type for e in never_events] == ["cancelled"]  # type: ignore[attr-defined]
@@ -370,7 +370,7 @@ async def test_overload_poison_and_reset(
         wait=False,
     )
     workers.append(proc)
-    failed = await _job_status(http, poison, "failed", timeout=300)
+    failed = await wait_status(http, poison, "failed", timeout=300)
     assert failed["error"]["code"] == "worker_crashed"
     # The stream was reset and run again: its client sees no repeated text, and the answer.
     rest = await asyncio.wait_for(streamed, timeout=300)
@@ -387,11 +387,3 @@ async def test_overload_poison_and_reset(
 
 
 LONG_BODY = {"max_tokens": 1800, "temperature": 0, "ignore_eos": True, "timeout": 600}
-
-
-async def _job_status(http: httpx.AsyncClient, job_id: str, wanted: str, *, timeout: float) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
-        return job if job["status"] == wanted else None
-
-    return await eventually(reached, timeout=timeout, what=f"job {job_id} to be {wanted}")

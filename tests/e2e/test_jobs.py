@@ -21,7 +21,14 @@ from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_edge
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import IDLE_MODEL, MAIN_MODEL, ROOMY_LIMITS, Worker
-from tests.helpers import Account, eventually, read_request_events, worker_status
+from tests.helpers import (
+    Account,
+    eventually,
+    read_request_events,
+    register_account,
+    wait_status,
+    worker_status,
+)
 
 LONG = {"max_tokens": 1500, "temperature": 0, "ignore_eos": True}
 MESSAGES = [{"role": "user", "content": "Describe the harbour at dawn."}]
@@ -29,16 +36,6 @@ MESSAGES = [{"role": "user", "content": "Describe the harbour at dawn."}]
 
 def job_body(**extra: Any) -> dict[str, Any]:
     return {"model": MAIN_MODEL, "messages": MESSAGES, **extra}
-
-
-async def wait_status(
-    http: httpx.AsyncClient, job_id: str, *wanted: str, timeout: float = 120
-) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
-        return job if job["status"] in wanted else None
-
-    return await eventually(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(wanted)}")
 
 
 @pytest.fixture
@@ -173,8 +170,6 @@ async def test_bad_job_input(http: httpx.AsyncClient, edge_url: str) -> None:
 
 
 async def test_other_users_jobs_are_not_found(http: httpx.AsyncClient, edge_url: str) -> None:
-    from tests.helpers import register_account
-
     job = (await http.post("/v1/jobs", json=job_body(max_tokens=4))).json()
     stranger = register_account(edge_url)
     async with httpx.AsyncClient(
