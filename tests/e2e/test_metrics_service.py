@@ -441,11 +441,14 @@ async def _sync_rep(db: asyncpg.Connection, standby: str) -> None:
 
 
 async def _waiting_commits(db: asyncpg.Connection) -> int:
-    return int(
-        await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND wait_event = 'SyncRep'", CRASH_ROLE
-        )
-    )
+    # The usage projection's commit: the jobs projection also consumes terminal events, and its
+    # commit waiting alone does not mean the usage rows were sent (a transaction waiting for the
+    # standby still holds its table locks).
+    sql = """SELECT count(*) FROM pg_stat_activity a
+             WHERE a.usename = $1 AND a.wait_event = 'SyncRep'
+               AND EXISTS (SELECT 1 FROM pg_locks l
+                           WHERE l.pid = a.pid AND l.relation = 'usage.requests'::regclass)"""
+    return int(await db.fetchval(sql, CRASH_ROLE))
 
 
 async def _count_rows(db: asyncpg.Connection, ids: list[str]) -> int:
