@@ -94,6 +94,11 @@ def main() -> int:
             "Ctrl-C stops everything; data stays in the state folder.",
             flush=True,
         )
+        metrics = ", ".join(
+            f"{p.name} http://127.0.0.1:{p.metrics_port}/metrics" for p in services if p.metrics_port
+        )
+        print(f"  Prometheus metrics: {metrics}", flush=True)
+        print("  traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. a Jaeger's http://127.0.0.1:4318)", flush=True)
         while not stop.is_set():
             for proc in services:
                 if proc.poll() is not None:

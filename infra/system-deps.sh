@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian server packages the local stack runs (Postgres, Redis) when missing.
+# Installs the Debian server packages the local stack and the test suite run (Postgres, Redis,
+# Prometheus) when missing.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v prometheus >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "missing: ${need[*]}; install them with your package manager" >&2
@@ -13,7 +15,15 @@ echo "installing ${need[*]} (Debian packages)"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's packages start system-wide services; llmchat runs its own on free loopback ports.
-for svc in postgresql redis-server; do
+# Only the services of the packages installed just now.
+services=()
+for pkg in "${need[@]}"; do
+  case "$pkg" in
+    prometheus) services+=(prometheus prometheus-node-exporter) ;;
+    *) services+=("$pkg") ;;
+  esac
+done
+for svc in "${services[@]}"; do
   command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1 || true
   service "$svc" stop >/dev/null 2>&1 || true
 done

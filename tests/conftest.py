@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from llmchat_common.testing.otlp import OtlpReceiver
 from llmchat_common.testing.process import ManagedProcess, wait_until
 from llmchat_common.testing.services import (
     start_auth,
@@ -42,17 +43,33 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
 
+@dataclass
+class Edge:
+    proc: ManagedProcess
+    url: str
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     return REPO / ".state" / "models"
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def otlp() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP endpoint every service of the run sends its spans to."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(otlp: OtlpReceiver) -> Iterator[LocalStack]:
     # Its own folder per concurrent run (e.g. two checkouts' suites on one machine).
     state = Path(os.environ.get("LLMCHAT_TEST_STATE_DIR", REPO / ".state" / "test-run"))
     shutil.rmtree(state, ignore_errors=True)
-    local = LocalStack(state, preferred=StackPorts(0, 0, 0, 0)).start()
+    local = LocalStack(state, preferred=StackPorts(0, 0, 0, 0))
+    # Every service exports its spans there, within a fraction of a second.
+    local.telemetry_env = otlp.env()
+    local.start()
     try:
         yield local
     finally:
@@ -98,7 +115,7 @@ def history_service(stack: LocalStack) -> Iterator[ManagedProcess]:
 
 @pytest.fixture(scope="session")
 def metrics_service(stack: LocalStack) -> Iterator[ManagedProcess]:
-    proc = start_metrics(stack, extra_env={"LLMCHAT_METRICS_PROMETHEUS_PORT": "0"})
+    proc = start_metrics(stack)
     try:
         yield proc
     finally:
@@ -106,19 +123,43 @@ def metrics_service(stack: LocalStack) -> Iterator[ManagedProcess]:
 
 
 @pytest.fixture(scope="session")
-def edge_url(
+def edge(
     stack: LocalStack,
     worker: Worker,
     auth_service: ManagedProcess,
     history_service: ManagedProcess,
     metrics_service: ManagedProcess,
-) -> Iterator[str]:
+) -> Iterator[Edge]:
     """The whole platform: the edge with auth, history and metrics behind it."""
     proc, port = start_edge(stack, models=[MAIN_MODEL, FAILOVER_MODEL, IDLE_MODEL], extra_env=ROOMY_LIMITS)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Edge(proc, f"http://127.0.0.1:{port}")
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_url(edge: Edge) -> str:
+    return edge.url
+
+
+@pytest.fixture(scope="session")
+def metrics_targets(
+    edge: Edge,
+    worker: Worker,
+    auth_service: ManagedProcess,
+    history_service: ManagedProcess,
+    metrics_service: ManagedProcess,
+) -> dict[str, list[str]]:
+    """Where the session's services serve /metrics, by Prometheus job name."""
+    procs = {
+        "chat": edge.proc,
+        "worker": worker.proc,
+        "auth": auth_service,
+        "history": history_service,
+        "metrics": metrics_service,
+    }
+    return {job: [f"127.0.0.1:{proc.metrics_port}"] for job, proc in procs.items()}
 
 
 @pytest.fixture(scope="session")

@@ -501,7 +501,7 @@ async def test_sigkill_between_commit_and_ack_leaves_one_row_each(
     # The orphaned commit's rows are untouched by the redelivery...
     assert {r["request_id"]: r["projected_at"] for r in rows if r["request_id"] in first} == first
     # ...which did happen: the new process applied every event, those included.
-    applied = metric(scrape(metrics.prom_port), "llmchat_projection_events_total") or 0.0
+    applied = metric(scrape(metrics.prom_port), "llmchat_consumer_events_total", consumer=DURABLE) or 0.0
     assert applied >= len(ids), (applied, committed)
     assert await daily_of(db, user) == expected_daily(events)
     with contextlib.suppress(asyncpg.PostgresError):
@@ -517,7 +517,9 @@ async def test_postgres_stopped_then_back_loses_and_doubles_nothing(
     user = f"user-{uuid.uuid4().hex[:8]}"
     events = mixed(user, 200)
     port = stack.ports.postgres
-    errors_before = metric(scrape(metrics.prom_port), "llmchat_projection_errors_total") or 0.0
+    errors_before = (
+        metric(scrape(metrics.prom_port), "llmchat_consumer_errors_total", consumer=DURABLE) or 0.0
+    )
     stack.stop_process("postgres")
     try:
         last = await publish(admin, events[:100])
@@ -533,7 +535,7 @@ async def test_postgres_stopped_then_back_loses_and_doubles_nothing(
                 last = await publish(admin, events[published : published + 10])
                 published += 10
             await asyncio.sleep(1.0)
-        errors = metric(scrape(metrics.prom_port), "llmchat_projection_errors_total") or 0.0
+        errors = metric(scrape(metrics.prom_port), "llmchat_consumer_errors_total", consumer=DURABLE) or 0.0
         assert errors > errors_before
     finally:
         stack.start_postgres(port=port)
@@ -624,7 +626,7 @@ async def test_export_events_and_prometheus_metrics(
     assert metric(text, "llmchat_usage_tokens_total", model=model, kind="completion") == 3
     assert metric(text, "llmchat_usage_requests_total", model=model, status="completed") == 1
     assert metric(text, "llmchat_usage_requests_total", model=model, status="failed") == 1
-    assert (metric(text, "llmchat_projection_events_total") or 0) > 0
+    assert (metric(text, "llmchat_consumer_events_total", consumer=DURABLE) or 0) > 0
     assert "user_id" not in text
 
     # SIGTERM stops it cleanly (exit 0).

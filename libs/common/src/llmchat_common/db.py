@@ -3,6 +3,12 @@ and Alembic upgrades run programmatically under an advisory lock (replicas start
 
 Each service keeps its own migrations; its Alembic `env.py` calls `run_alembic_env`, so the
 version table lives in the service's schema and the schema is created before it is needed.
+
+Every query is a client span (OpenTelemetry's asyncpg instrumentation, switched on with the
+first engine), a child of whatever span is current: an RPC, a projection batch. Spans carry the
+SQL text, which holds placeholders only; bound values (emails, hashes, prompts) are never
+recorded (`capture_parameters` stays off). Start-up work (waiting for Postgres, migrations) has
+no query spans: each would be a trace of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -35,7 +43,15 @@ def async_url(dsn: str) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
+def instrument_queries() -> None:
+    """Query spans for every asyncpg connection of the process (once; later calls do nothing)."""
+    instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
 def create_engine(settings: PostgresSettings, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+    instrument_queries()
     # hide_parameters: statement errors would otherwise print bound values (hashes, emails) into
     # exception messages, and so into logs.
     return create_async_engine(
@@ -64,8 +80,9 @@ async def wait_for_database(engine: AsyncEngine, *, timeout_s: float) -> None:
     delay = 0.2
     while True:
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            with suppress_instrumentation():
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
             return
         except Exception as exc:  # asyncpg, SQLAlchemy and OS errors alike
             if time.monotonic() + delay > deadline:
@@ -99,10 +116,11 @@ async def upgrade_schema(
     """Create the schema and upgrade it, in one transaction under an advisory lock: replicas
     starting together run the migrations once, the others wait and find them applied."""
     cfg = alembic_config(script_location, schema=schema)
-    async with engine.begin() as conn:
-        await advisory_xact_lock(conn, _migration_lock(schema))
-        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{check_schema_name(schema)}"'))
-        await conn.run_sync(_upgrade, cfg, revision)
+    with suppress_instrumentation():
+        async with engine.begin() as conn:
+            await advisory_xact_lock(conn, _migration_lock(schema))
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{check_schema_name(schema)}"'))
+            await conn.run_sync(_upgrade, cfg, revision)
 
 
 def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:

@@ -21,6 +21,7 @@ from faststream.nats import NatsBroker
 
 from llmchat_common.logging import install_task_dump, setup_logging
 from llmchat_common.settings import LogSettings
+from llmchat_common.telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,12 @@ def run_process(
     if settings is None:
         return 1
     setup_logging(name, log_settings(settings))
+    setup_telemetry(name)
     try:
         asyncio.run(serve(settings))  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - reported, then a non-zero exit
         log.critical(f"{name} failed", extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
         return 1
+    finally:
+        shutdown_telemetry()
     return 0

@@ -11,17 +11,16 @@ redelivery with in-progress acks; nothing is acked that is not committed. An eve
 refuses for its content (a data or integrity error) is found by applying the batch event by
 event, logged and skipped, so one bad event cannot stop a projection.
 
-Replay reads the same events from the log with an ephemeral consumer starting at a time and
-applies them with the same code into another schema (`schema_translate_map`), so a replayed
-projection can be compared with the live one row for row.
+Replay (llmchat_common.replay) applies the same events with the same code into another schema.
 
 Most projections read CHAT_EVENTS (`StoredEvent`); one that needs the requests themselves (the
 jobs table: a request is a job before any worker says anything) reads CHAT_REQUESTS
 (`StoredRequest`). Which stream, which filter subjects and how a message is decoded is a
-`LogSource`; `ProjectionConsumer` and `replay` are the CHAT_EVENTS forms, `LogConsumer` and
-`replay_source` the general ones.
+`LogSource`; `ProjectionConsumer` is the CHAT_EVENTS form of the general `LogConsumer`.
 
 The loop is plain nats-py, like the worker's: the batch is fetched, applied and acked by hand.
+Each batch runs inside a span joined to the requests' traces, and is counted in the consumer
+metrics (llmchat_common.consumer_telemetry).
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
 
 from nats.aio.msg import Msg
@@ -41,9 +38,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
+from opentelemetry import trace
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from llmchat_common import consumer_telemetry as telemetry
 from llmchat_common import subjects
 from llmchat_common.contracts import (
     Cancelled,
@@ -54,11 +53,12 @@ from llmchat_common.contracts import (
     parse_event,
     parse_request,
 )
+from llmchat_common.telemetry import record_error
 
 log = logging.getLogger(__name__)
 
 ProjectedEvent = Started | Completed | Failed | Cancelled
-_FETCH_TIMEOUTS = (asyncio.TimeoutError, NatsTimeoutError, FetchTimeoutError)
+FETCH_TIMEOUTS = (asyncio.TimeoutError, NatsTimeoutError, FetchTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,8 @@ class ProjectionSettings(BaseModel):
     ack_wait_s: float = Field(default=30.0, gt=1)
     max_ack_pending: int = Field(default=5000, ge=1)
     retry_max_s: float = Field(default=5.0, gt=0)
+    # How often the consumer's pending count (llmchat_consumer_pending) is read from JetStream.
+    pending_interval_s: float = Field(default=5.0, gt=0)
 
 
 def filter_subjects(event_types: Sequence[str]) -> list[str]:
@@ -186,7 +188,7 @@ REQUESTS_SOURCE: LogSource[StoredRequest] = LogSource(
 )
 
 
-def _stored_at(metadata: Msg.Metadata) -> float:
+def stored_at(metadata: Msg.Metadata) -> float:
     """When JetStream stored the message (the metadata's timestamp)."""
     return metadata.timestamp.timestamp()
 
@@ -321,44 +323,83 @@ class LogConsumer(Generic[Item]):
     async def run(self) -> None:
         """Until cancelled. A cancelled batch is not acked: it is redelivered to whoever runs next."""
         await self.ensure_consumer()
+        telemetry.init_metrics(self.durable)
         psub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self._source.stream)
-        wanted = tuple(self._projection.event_types)
-        decode = self._source.decode
+        pending = asyncio.create_task(self._watch_pending(), name=f"{self.durable}-pending")
         try:
             while True:
                 msgs = await _fetch(psub, self._settings)
-                if not msgs:
-                    continue
-                events = [
-                    e
-                    for m in msgs
-                    if (e := decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
-                    is not None
-                ]
-                if events:
-                    await self._apply_until_committed(events, msgs)
-                    if self._after_commit is not None:
-                        await self._after_commit()
-                # Acks only after the commit; a SIGKILL here redelivers rows that already exist.
-                await asyncio.gather(*(m.ack() for m in msgs))
-                self.stats.pending = msgs[-1].metadata.num_pending
-                self.stats.record(events, time.time())
+                if msgs:
+                    await self._handle(msgs)
         finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
             # nats-py 2.16: draining the connection at shutdown waits on a pull subscription's
             # queue until the drain timeout unless it is unsubscribed first.
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
+    async def _handle(self, msgs: Sequence[Msg]) -> None:
+        """One batch: decoded, applied in one transaction, then acked, inside the batch's span."""
+        wanted = tuple(self._projection.event_types)
+        decode = self._source.decode
+        with telemetry.batch_span(self.durable, [m.headers for m in msgs]):
+            started = time.perf_counter()
+            events = [
+                e
+                for m in msgs
+                if (e := decode(m.data, m.metadata.sequence.stream, stored_at(m.metadata), wanted))
+                is not None
+            ]
+            if events:
+                await self._apply_until_committed(events, msgs)
+                if self._after_commit is not None:
+                    await self._after_commit()
+            # Acks only after the commit; a SIGKILL here redelivers rows that already exist.
+            await asyncio.gather(*(m.ack() for m in msgs))
+            self.stats.record(events, time.time())
+            if events:
+                seconds = time.perf_counter() - started
+                telemetry.record_batch(
+                    self.durable, events=len(events), seconds=seconds, lag_s=self.stats.last_lag_s
+                )
+                log.info(
+                    "batch committed",
+                    extra={"consumer": self.durable, "events": len(events), "seconds": round(seconds, 4)},
+                )
+
+    async def _watch_pending(self) -> None:
+        """The consumer's backlog as JetStream counts it (not yet delivered + delivered and not
+        acked, over every replica), read every `pending_interval_s`."""
+        gauge = telemetry.PENDING.labels(self.durable)
+        while True:
+            try:
+                info = await self._js.consumer_info(self._source.stream, self.durable)
+                self.stats.pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                gauge.set(self.stats.pending)
+                if self.stats.pending == 0:
+                    # Caught up: nothing waits, whatever the last batch's lag was.
+                    telemetry.LAG.labels(self.durable).set(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away: the last value stays
+                log.debug(
+                    "consumer info failed", extra={"consumer": self.durable, "error": type(exc).__name__}
+                )
+            await asyncio.sleep(self._settings.pending_interval_s)
+
     async def _apply_until_committed(self, events: list[Item], msgs: Sequence[Msg]) -> None:
         delay = 0.2
         while True:
             try:
-                self.stats.skipped += len(await apply_skipping_poison(self._engine, self._projection, events))
-                return
+                skipped = await apply_skipping_poison(self._engine, self._projection, events)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database is away: retry, never ack
                 self.stats.errors += 1
+                telemetry.ERRORS.labels(self.durable).inc()
+                record_error(trace.get_current_span(), exc)
                 log.warning(
                     "projection batch failed; retrying",
                     extra={
@@ -370,6 +411,12 @@ class LogConsumer(Generic[Item]):
                 await _keep_in_progress(msgs)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_s)
+                continue
+            if skipped:
+                self.stats.skipped += len(skipped)
+                telemetry.SKIPPED.labels(self.durable).inc(len(skipped))
+                trace.get_current_span().add_event("events skipped", {"count": len(skipped)})
+            return
 
 
 class ProjectionConsumer(LogConsumer[StoredEvent]):
@@ -402,148 +449,12 @@ async def _fetch(psub: JetStreamContext.PullSubscription, s: ProjectionSettings)
     gives full batches, a quiet one adds at most `linger_s` of lag."""
     try:
         first = await psub.fetch(1, timeout=s.idle_wait_s)
-    except _FETCH_TIMEOUTS:
+    except FETCH_TIMEOUTS:
         return []
     if s.batch_size == 1:
         return list(first)
     try:
         more = await psub.fetch(s.batch_size - len(first), timeout=max(s.linger_s, 0.005))
-    except _FETCH_TIMEOUTS:
+    except FETCH_TIMEOUTS:
         more = []
     return [*first, *more]
-
-
-# -- replay -------------------------------------------------------------------------------------
-@dataclass
-class ReplayResult:
-    events: int = 0
-    batches: int = 0
-    last_seq: int = 0
-
-
-async def read_log(
-    js: JetStreamContext,
-    *,
-    since: datetime,
-    until: datetime | None = None,
-    filters: list[str],
-    batch_size: int = 1000,
-    purpose: str = "read",
-    end_seq: int | None = None,
-    stream: str = subjects.EVENTS_STREAM,
-) -> AsyncIterator[list[Msg]]:
-    """The messages of `stream` stored on `filters` in [since, until) (without `until`: up to
-    what the log held when the read began, `end_seq`), in log order, in batches. An ephemeral
-    consumer without acks, which expires by itself (projections may not delete consumers)."""
-    if end_seq is None:
-        end_seq = (await js.stream_info(stream)).state.last_seq
-    if end_seq == 0:
-        return
-    name = f"{purpose}-{uuid.uuid4().hex[:12]}"
-    config = ConsumerConfig(
-        name=name,
-        filter_subjects=filters,
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        opt_start_time=since.astimezone(UTC),
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-    )
-    await js.add_consumer(stream, config)
-    psub = await js.pull_subscribe_bind(durable=name, stream=stream)
-    until_ts = until.timestamp() if until is not None else None
-    try:
-        while True:
-            try:
-                msgs = await psub.fetch(batch_size, timeout=2.0)
-            except _FETCH_TIMEOUTS:
-                return  # nothing after `since`, or the log ended
-            within: list[Msg] = []
-            done = False
-            for m in msgs:
-                if m.metadata.sequence.stream > end_seq or (
-                    until_ts is not None and _stored_at(m.metadata) >= until_ts
-                ):
-                    done = True
-                    break
-                within.append(m)
-                if m.metadata.num_pending == 0:
-                    done = True
-                    break
-            if within:
-                yield within
-            if done:
-                return
-    finally:
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-
-
-async def replay(
-    js: JetStreamContext,
-    engine: AsyncEngine,
-    projection: Projection[StoredEvent],
-    *,
-    since: datetime,
-    until: datetime | None = None,
-    schema_map: dict[str | None, str | None] | None = None,
-    batch_size: int = 1000,
-    progress: Callable[[int, int], Awaitable[None] | None] | None = None,
-) -> ReplayResult:
-    """`replay_source` of CHAT_EVENTS."""
-    return await replay_source(
-        js,
-        engine,
-        projection,
-        EVENTS_SOURCE,
-        since=since,
-        until=until,
-        schema_map=schema_map,
-        batch_size=batch_size,
-        progress=progress,
-    )
-
-
-async def replay_source(
-    js: JetStreamContext,
-    engine: AsyncEngine,
-    projection: Projection[Item],
-    source: LogSource[Item],
-    *,
-    since: datetime,
-    until: datetime | None = None,
-    schema_map: dict[str | None, str | None] | None = None,
-    batch_size: int = 1000,
-    progress: Callable[[int, int], Awaitable[None] | None] | None = None,
-) -> ReplayResult:
-    """Applies the projection's messages of `source` stored in [since, until) (else to what the
-    stream held when the replay began) with the projection's own code, into `schema_map`'s
-    schemas."""
-    end_seq = (await js.stream_info(source.stream)).state.last_seq
-    wanted = tuple(projection.event_types)
-    result = ReplayResult()
-    async for msgs in read_log(
-        js,
-        since=since,
-        until=until,
-        filters=source.filters(projection.event_types),
-        batch_size=batch_size,
-        purpose=f"replay-{projection.name}",
-        end_seq=end_seq,
-        stream=source.stream,
-    ):
-        events = [
-            e
-            for m in msgs
-            if (e := source.decode(m.data, m.metadata.sequence.stream, _stored_at(m.metadata), wanted))
-            is not None
-        ]
-        result.last_seq = msgs[-1].metadata.sequence.stream
-        if events:
-            await apply_skipping_poison(engine, projection, events, schema_map=schema_map)
-            result.events += len(events)
-            result.batches += 1
-        if progress is not None:
-            maybe = progress(result.last_seq, end_seq)
-            if maybe is not None:
-                await maybe
-    return result

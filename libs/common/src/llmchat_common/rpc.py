@@ -3,6 +3,12 @@
 One envelope for every reply: `ok` with a `result`, or an `error` with a stable `code` the edge
 maps to HTTP once (`ERROR_STATUS`). The serving side answers every request, whatever happens:
 a malformed body gets `invalid_request`, an unexpected failure `unavailable`, never silence.
+
+Traces: the calling side sends its trace context in the request's headers; the serving side
+handles each request inside a server span ("<service> <op>", e.g. "history get") that is its
+child, so a service's log lines and database spans join the caller's trace. Each request is
+counted in llmchat_rpc_requests_total{service,method,outcome} (outcome `error`: any error reply)
+and timed in llmchat_rpc_duration_seconds{service,method}.
 """
 
 from __future__ import annotations
@@ -17,10 +23,28 @@ from typing import Any, ClassVar, Literal, TypeVar
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llmchat_common.logging import log_context
+from llmchat_common.telemetry import extract, inject, record_error, tracer
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
+
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RPC_REQUESTS = Counter(
+    "llmchat_rpc_requests",
+    "Requests answered, by outcome (error: an error reply)",
+    ["service", "method", "outcome"],
+)
+RPC_DURATION = Histogram(
+    "llmchat_rpc_duration_seconds", "Time to answer a request", ["service", "method"], buckets=RPC_BUCKETS
+)
+# Module-level so tests can swap in a tracer of their own provider.
+_tracer = tracer("llmchat.rpc")
 
 # Error codes a service may answer, and the HTTP status the edge gives each.
 ERROR_STATUS: dict[str, int] = {
@@ -128,7 +152,9 @@ async def handle(op: str, operation: Operation, body: bytes, *, unavailable: str
     except ValidationError as exc:
         return RpcReply.failure("invalid_request", describe_validation_error(exc))
     try:
-        reply = RpcReply.success(await operation.call(request))
+        # The caller's id on the service's log lines (an id, never a credential).
+        with log_context(user_id=_user_id(request)):
+            reply = RpcReply.success(await operation.call(request))
         outcome = "ok"
     except ServiceFailure as exc:
         reply = RpcReply.failure(exc.code, exc.message)
@@ -136,11 +162,51 @@ async def handle(op: str, operation: Operation, body: bytes, *, unavailable: str
     except Exception as exc:  # noqa: BLE001 - answered, never left hanging
         # The type and where it was raised, not the message: driver errors may quote values.
         log.error("operation failed", extra={"op": op, "error": type(exc).__name__, "at": _origin(exc)})
+        record_error(trace.get_current_span(), exc)
         reply = RpcReply.failure("unavailable", unavailable)
         outcome = "unavailable"
     ms = round(1000 * (time.perf_counter() - started), 1)
     log.debug("handled", extra={"op": op, "outcome": outcome, "ms": ms})
     return reply
+
+
+def _user_id(request: BaseModel) -> str | None:
+    value = getattr(request, "user_id", None)
+    return str(value) if value else None
+
+
+async def serve_one(
+    service: str,
+    op: str,
+    operation: Operation,
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    *,
+    unavailable: str,
+) -> RpcReply:
+    """`handle` inside the request's server span (child of the caller's context), counted and
+    timed."""
+    started = time.perf_counter()
+    carrier = {k: v for k, v in (headers or {}).items() if isinstance(v, str)}
+    with _tracer.start_as_current_span(
+        f"{service} {op}",
+        context=extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "nats", "rpc.service": service, "rpc.method": op},
+        record_exception=False,
+    ) as span:
+        reply = await handle(op, operation, body, unavailable=unavailable)
+        _describe(span, reply)
+    outcome = "ok" if reply.ok else "error"
+    RPC_REQUESTS.labels(service, op, outcome).inc()
+    RPC_DURATION.labels(service, op).observe(time.perf_counter() - started)
+    return reply
+
+
+def _describe(span: Span, reply: RpcReply) -> None:
+    span.set_attribute("llmchat.rpc.outcome", "ok" if reply.ok else "error")
+    if reply.error is not None:
+        span.set_attribute("llmchat.rpc.error_code", reply.error.code)
 
 
 def _origin(exc: BaseException) -> str:
@@ -152,18 +218,25 @@ def serve_operations(
     broker: NatsBroker,
     operations: Mapping[str, Operation],
     *,
+    service: str,
     subject: Callable[[str], str],
     queue: str,
     max_workers: int,
     unavailable: str,
 ) -> None:
-    """One subscriber per operation, in a queue group so replicas share the requests."""
+    """One subscriber per operation, in a queue group so replicas share the requests. `service`
+    names the spans and labels the metrics (the Prometheus job: auth, history, metrics)."""
     for op, operation in operations.items():
-        _subscribe(broker, op, operation, subject(op), queue, max_workers, unavailable)
+        # Every series exists from the start, at zero.
+        RPC_REQUESTS.labels(service, op, "ok")
+        RPC_REQUESTS.labels(service, op, "error")
+        RPC_DURATION.labels(service, op)
+        _subscribe(broker, service, op, operation, subject(op), queue, max_workers, unavailable)
 
 
 def _subscribe(
     broker: NatsBroker,
+    service: str,
     op: str,
     operation: Operation,
     subject: str,
@@ -174,7 +247,7 @@ def _subscribe(
     # The raw message, not a typed body: malformed JSON must still get an `invalid_request`
     # reply, which FastStream's own validation would not send.
     async def on_request(message: NatsMessage) -> RpcReply:
-        return await handle(op, operation, message.body, unavailable=unavailable)
+        return await serve_one(service, op, operation, message.body, message.headers, unavailable=unavailable)
 
     on_request.__name__ = f"{queue}_{op}"
     broker.subscriber(subject, queue=queue, max_workers=max_workers)(on_request)
@@ -210,12 +283,26 @@ class RpcClient:
         self, op: str, request: BaseModel | None, result_type: type[R], *, timeout_s: float | None = None
     ) -> R:
         payload = request.model_dump_json().encode() if request is not None else b"{}"
-        try:
-            msg = await self._nc.request(self._subject(op), payload, timeout=timeout_s or self._timeout_s)
-            reply = RpcReply.model_validate_json(msg.data)
-        except Exception as exc:
-            log.warning("rpc failed", extra={"service": self._service, "op": op, "error": type(exc).__name__})
-            raise RpcUnavailable(f"the {self._service} service is unavailable; try again") from exc
+        subject = self._subject(op)
+        with _tracer.start_as_current_span(
+            f"{self._service} {op}",
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "nats", "rpc.service": self._service, "rpc.method": op},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                msg = await self._nc.request(
+                    subject, payload, timeout=timeout_s or self._timeout_s, headers=inject({})
+                )
+                reply = RpcReply.model_validate_json(msg.data)
+            except Exception as exc:
+                record_error(trace.get_current_span(), exc)
+                log.warning(
+                    "rpc failed", extra={"target": self._service, "op": op, "error": type(exc).__name__}
+                )
+                raise RpcUnavailable(f"the {self._service} service is unavailable; try again") from exc
+            _describe(span, reply)
         if reply.error is not None:
             raise RpcFailed(reply.error.code, reply.error.message)
         return result_type.model_validate(reply.result or {})

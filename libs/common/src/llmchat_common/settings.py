@@ -51,16 +51,6 @@ class RedisSettings(BaseSettings):
     url: str = "redis://127.0.0.1:6379/0"
 
 
-class OtelSettings(BaseSettings):
-    """Standard OpenTelemetry variables; tracing is off when no endpoint is set."""
-
-    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore")
-
-    exporter_otlp_endpoint: str | None = None
-    service_name: str | None = None
-    traces_sampler_arg: float = Field(default=1.0, ge=0.0, le=1.0)
-
-
 class LogSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMCHAT_LOG_", extra="ignore")
 

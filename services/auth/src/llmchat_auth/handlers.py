@@ -60,6 +60,7 @@ def register_handlers(broker: NatsBroker, service: AuthService, *, max_workers: 
     serve_operations(
         broker,
         operations(service),
+        service="auth",
         subject=subjects.auth_subject,
         queue=subjects.AUTH_QUEUE,
         max_workers=max_workers,

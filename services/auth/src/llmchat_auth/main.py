@@ -1,4 +1,5 @@
-"""The auth process: migrations, signing key, then the NATS subscribers until SIGTERM/SIGINT.
+"""The auth process: migrations, signing key, then the NATS subscribers until SIGTERM/SIGINT;
+Prometheus metrics (RPC) on `prometheus_port`.
 
 No HTTP port: readiness is answering `auth.v1.rpc.ping`; containers can watch
 LLMCHAT_AUTH_HEALTH_FILE, touched while serving with the database reachable. Exit codes: 0
@@ -7,6 +8,7 @@ after a clean stop, 1 when start-up failed (Postgres or NATS unreachable before 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 from faststream.nats import NatsBroker
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from llmchat_auth.handlers import KvRevocations, register_handlers
 from llmchat_auth.keyring import KeyRing
@@ -25,6 +28,7 @@ from llmchat_auth.settings import AuthSettings
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import jetstream, make_broker, revocations_kv
+from llmchat_common.telemetry import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,9 @@ def create_app(settings: AuthSettings | None = None) -> AuthApp:
 async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
     settings = app.settings
     started = False
+    metrics = None
     try:
+        metrics = serve_metrics(settings.prometheus_host, settings.prometheus_port)
         await migrate(app.db, settings)
         await connect_broker(app.broker, settings.startup_timeout_s)
         revocations = KvRevocations(await revocations_kv(jetstream(app.broker)))
@@ -85,14 +91,21 @@ async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
         # Stops taking requests and waits (bounded) for those in flight, then drains.
         await app.broker.stop()
         await app.db.dispose()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.shutdown)
+            metrics.server_close()
         if started:
             log.info("auth stopped")
 
 
+async def probe(service: AuthService) -> object:
+    """The health probe: no query span (one every few seconds would each be a trace)."""
+    with suppress_instrumentation():
+        return await service.ping()
+
+
 async def serve(settings: AuthSettings) -> None:
-    await serve_until_stopped(
-        lifespan(create_app(settings)), health_file=settings.health_file, probe=AuthService.ping
-    )
+    await serve_until_stopped(lifespan(create_app(settings)), health_file=settings.health_file, probe=probe)
 
 
 def run(settings: AuthSettings | None = None) -> int:

@@ -25,6 +25,11 @@ class AuthSettings(BaseSettings):
     # Hashing runs in threads next to the event loop; more lanes would only contend for cores.
     argon2_parallelism: int = Field(default=1, ge=1, le=1)
 
+    # Prometheus metrics on http://<host>:<port>/metrics; 0 turns it off. Loopback by default
+    # (the container image opens it on all interfaces).
+    prometheus_port: int = Field(default=9463, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
+
     # Requests each operation's subscriber handles at once (per replica).
     max_concurrency: int = Field(default=32, ge=1)
     # Signing keys are read from the database (the CLI rotates them from another process) and

@@ -20,6 +20,7 @@ from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerif
 from llmchat_chat.backends import history_client, usage_client
 from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.jobs import JobDirectory
+from llmchat_chat.observability import HttpMetrics, instrument, watch_workers
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
@@ -34,6 +35,7 @@ from llmchat_common.messaging import (
     registry_kv,
     revocations_kv,
 )
+from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.jobs = JobDirectory(service, app.state.usage, redis, settings.jobs.idempotency_ttl_s)
         webhooks = WebhookDispatcher(js, settings.webhooks)
         await webhooks.start()
+        metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
+        workers_gauge = asyncio.create_task(watch_workers(registry), name="model-workers")
         try:
             await verifier.refresh(force=True)
         except Exception:  # noqa: BLE001 - auth may start later; the first token refetches
@@ -78,6 +82,9 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            workers_gauge.cancel()
+            if metrics_server is not None:
+                metrics_server.shutdown()
             await webhooks.stop()
             await service.shutdown()
             await revocations.stop()
@@ -104,17 +111,29 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
             "Retry-After",
             "x-ratelimit-remaining-requests",
             "x-ratelimit-remaining-tokens",
+            "traceparent",
         ],
         max_age=600,
     )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HttpMetrics)
     app.include_router(build_router())
+    # Outermost: the server span covers everything above, the metrics and access log included.
+    instrument(app)
     return app
 
 
 def run() -> None:
     settings = ChatSettings()
     setup_logging("chat", settings.log)
+    setup_telemetry("chat")
+    try:
+        _serve(settings)
+    finally:
+        shutdown_telemetry()
+
+
+def _serve(settings: ChatSettings) -> None:
     uvicorn.run(
         create_app(settings),
         host=settings.host,

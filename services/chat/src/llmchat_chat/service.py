@@ -22,9 +22,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind, StatusCode
 
 from llmchat_chat import errors
 from llmchat_chat.errors import ApiError, DeadlineExceeded, ServiceUnavailable
+from llmchat_chat.observability import StreamTiming
 from llmchat_chat.settings import ChatSettings
 from llmchat_common import subjects
 from llmchat_common.contracts import (
@@ -41,8 +43,10 @@ from llmchat_common.contracts import (
 )
 from llmchat_common.messaging import REGISTRY_TTL_S
 from llmchat_common.request_log import LoggedEvent, LogUnavailable, read_request_log
+from llmchat_common.telemetry import inject, tracer
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 Terminal = Completed | Failed | Cancelled
 TERMINALS = ("completed", "failed", "cancelled")
@@ -158,11 +162,24 @@ class RequestHandle:
 
 
 class Submitted(RequestHandle):
+    """A request this edge queued and follows live: its latency is measured here."""
+
     def __init__(
         self, request: ChatRequested, sub: JetStreamContext.PushSubscription, grace_s: float
     ) -> None:
         super().__init__(request.request_id, sub, request.deadline + grace_s)
         self.request = request
+        self.timing = StreamTiming(request.model, request.created_at)
+
+    async def next(self, *, idle_s: float | None = None) -> LoggedEvent | None:
+        logged = await super().next(idle_s=idle_s)
+        if logged is not None:
+            self.timing.saw(logged.event)
+        return logged
+
+    async def close(self) -> None:
+        self.timing.end()
+        await super().close()
 
 
 class QueueGauge:
@@ -245,16 +262,31 @@ class ChatService:
 
     async def submit(self, request: ChatRequested, *, follow: bool = True) -> Submitted | None:
         """Queues the request (idempotent by request id) and, with `follow`, follows its events."""
-        try:
-            await self.js.publish(
-                subjects.request_subject(request.model),
-                request.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": request.request_id},
-                timeout=self.settings.publish_timeout_s,
-            )
-        except Exception as exc:
-            log.error("request publish failed", extra={"request_id": request.request_id, "error": repr(exc)})
-            raise ServiceUnavailable("the request could not be queued; try again") from exc
+        subject = subjects.request_subject(request.model)
+        with _tracer.start_as_current_span(
+            f"publish {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "llmchat.request_id": request.request_id,
+                "llmchat.model": request.model,
+                "llmchat.source": request.source,
+            },
+        ) as span:
+            try:
+                await self.js.publish(
+                    subject,
+                    request.model_dump_json().encode(),
+                    headers=inject({"Nats-Msg-Id": request.request_id}),
+                    timeout=self.settings.publish_timeout_s,
+                )
+            except Exception as exc:
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                log.error(
+                    "request publish failed", extra={"request_id": request.request_id, "error": repr(exc)}
+                )
+                raise ServiceUnavailable("the request could not be queued; try again") from exc
         self.queue.queued(request.model)
         if not follow:
             return None
@@ -321,7 +353,7 @@ class ChatService:
         payload = CancelRequest(request_id=request_id, reason=reason).model_dump_json().encode()
         try:
             await self.cancels.put(request_id, payload)
-            await self.nc.publish(subjects.cancel_subject(request_id), payload)
+            await self.nc.publish(subjects.cancel_subject(request_id), payload, headers=inject({}))
         except Exception as exc:  # noqa: BLE001 - the deadline still bounds the request
             log.warning("cancel publish failed", extra={"request_id": request_id, "error": repr(exc)})
 

@@ -68,6 +68,10 @@ class ChatSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Prometheus metrics at http://prometheus_host:prometheus_port/metrics (0: off); a port of its
+    # own, never the public one.
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = Field(default=9461, ge=0, le=65535)
     # Models this deployment serves; requests for them queue even while no worker is live.
     # Any model with a live worker in the registry is served too.
     models: list[str] = Field(default_factory=lambda: ["tiny-random"])

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from llmchat_common.db import check_schema_name
 from llmchat_common.lifecycle import CommandRefused, connect_broker, parse_time, run_command
 from llmchat_common.messaging import jetstream, make_broker
-from llmchat_common.projection import ReplayResult, replay
+from llmchat_common.replay import ReplayResult, replay
 from llmchat_history import repository as repo
 from llmchat_history.main import migrate, open_engine, run
 from llmchat_history.models import SCHEMA

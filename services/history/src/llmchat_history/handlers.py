@@ -35,6 +35,7 @@ def register_handlers(broker: NatsBroker, service: HistoryService, *, max_worker
     serve_operations(
         broker,
         operations(service),
+        service="history",
         subject=subjects.history_subject,
         queue=subjects.HISTORY_QUEUE,
         max_workers=max_workers,

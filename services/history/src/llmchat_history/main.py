@@ -1,5 +1,5 @@
 """The history process: migrations, the projection consumer, then the NATS subscribers until
-SIGTERM/SIGINT.
+SIGTERM/SIGINT; Prometheus metrics (consumer, RPC) on `prometheus_port`.
 
 No HTTP port: readiness is answering `history.v1.rpc.ping`; containers can watch
 LLMCHAT_HISTORY_HEALTH_FILE, touched while serving with the database reachable. Exit codes: 0
@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 from faststream.nats import NatsBroker
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llmchat_common import consumer_telemetry
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 from llmchat_common.projection import ProjectionConsumer
+from llmchat_common.telemetry import serve_metrics
 from llmchat_history.handlers import register_handlers
 from llmchat_history.models import SCHEMA
 from llmchat_history.projection import HistoryProjection, TitlePublisher
@@ -72,6 +75,7 @@ async def keep_consuming(consumer: ProjectionConsumer) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - logged and restarted
+            consumer_telemetry.RESTARTS.labels(consumer.durable).inc()
             log.warning("projection consumer stopped; restarting", extra={"error": type(exc).__name__})
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
@@ -82,7 +86,9 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
     settings = app.settings
     task: asyncio.Task[None] | None = None
     started = False
+    metrics = None
     try:
+        metrics = serve_metrics(settings.prometheus_host, settings.prometheus_port)
         await migrate(app.engine, settings)
         await connect_broker(app.broker, settings.startup_timeout_s)
         js = jetstream(app.broker)
@@ -109,14 +115,21 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
                 await task
         await app.broker.stop()
         await app.engine.dispose()
+        if metrics is not None:
+            await asyncio.to_thread(metrics.shutdown)
+            metrics.server_close()
         if started:
             log.info("history stopped")
 
 
+async def probe(service: HistoryService) -> object:
+    """The health probe: no query span (one every few seconds would each be a trace)."""
+    with suppress_instrumentation():
+        return await service.ping()
+
+
 async def serve(settings: HistorySettings) -> None:
-    await serve_until_stopped(
-        lifespan(create_app(settings)), health_file=settings.health_file, probe=HistoryService.ping
-    )
+    await serve_until_stopped(lifespan(create_app(settings)), health_file=settings.health_file, probe=probe)
 
 
 def run(settings: HistorySettings | None = None) -> int:

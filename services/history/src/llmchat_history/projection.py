@@ -7,6 +7,10 @@ A batch that completes a conversation's first answer also marks the conversation
 title is requested only for committed history, at most once per conversation (the mark), and a
 re-sent publish is a no-op (Nats-Msg-Id = `title-<conversation>`). A publish that fails releases
 the mark: the conversation's next completed answer asks again.
+
+A title request belongs to the trace of the batch that marked it (the consumer's batch span is
+current when the publisher runs): its publish is a producer span there, the request carries that
+context in its headers and the trace id in its body, like a request from the edge.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
 from llmchat_common.projection import StoredEvent
+from llmchat_common.telemetry import inject, trace_id_of, tracer
 from llmchat_history import repository as repo
 from llmchat_history.mapping import ConversationUpsert, plan_batch
 from llmchat_history.titles import title_request
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 2.0
+
+_tracer = tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,7 @@ class TitlePublisher:
     async def _publish(self, job: TitleJob) -> None:
         now = self._clock()
         request = title_request(
+            trace_id=trace_id_of() or None,
             conversation_id=job.conversation_id,
             user_id=job.user_id,
             model=job.model,
@@ -148,14 +157,10 @@ class TitlePublisher:
             timeout_s=self._title_timeout_s,
         )
         payload = request.model_dump_json().encode()
+        subject = subjects.request_subject(request.model)
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                await self._js_ctx.publish(
-                    subjects.request_subject(request.model),
-                    payload,
-                    headers={"Nats-Msg-Id": request.request_id},
-                    timeout=PUBLISH_TIMEOUT_S,
-                )
+                await self._send(subject, payload, request.request_id)
                 self.titles_published += 1
                 return
             except asyncio.CancelledError:
@@ -171,6 +176,29 @@ class TitlePublisher:
                 )
                 await asyncio.sleep(0.2 * attempt)
         await self._release(job.conversation_id)
+
+    async def _send(self, subject: str, payload: bytes, request_id: str) -> None:
+        with _tracer.start_as_current_span(
+            f"publish {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "llmchat.request_id": request_id,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self._js_ctx.publish(
+                    subject,
+                    payload,
+                    headers=inject({"Nats-Msg-Id": request_id}),
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
+            except Exception as exc:
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                raise
 
     async def _release(self, conversation_id: str) -> None:
         try:

@@ -22,6 +22,11 @@ class HistorySettings(BaseSettings):
     # A title request's deadline: it runs at background priority, so it may wait behind chats.
     title_timeout_s: float = Field(default=300.0, gt=0)
 
+    # Prometheus metrics on http://<host>:<port>/metrics; 0 turns it off. Loopback by default
+    # (the container image opens it on all interfaces).
+    prometheus_port: int = Field(default=9465, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
+
     # Requests each operation's subscriber handles at once (per replica).
     max_concurrency: int = Field(default=32, ge=1)
     # How long start-up waits for Postgres and NATS before giving up.

@@ -1,6 +1,6 @@
 """Conversation titles: the fallback from the first words, the cleaning of a model's answer, and
-the low-priority request that asks the model for one (pure functions; publishing is in
-`publisher.py`)."""
+the low-priority request that asks the model for one (pure functions; publishing is
+`TitlePublisher` in projection.py)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ def title_request(
     first_answer: str,
     now: float,
     timeout_s: float,
+    trace_id: str | None = None,
 ) -> ChatRequested:
     """An ordinary request, visible in the log like any other; its id is derived from the
     conversation, so a retried publish is a no-op (Nats-Msg-Id) and there is one per conversation."""
@@ -97,4 +98,5 @@ def title_request(
         priority=PRIORITY_BACKGROUND,
         created_at=now,
         deadline=now + timeout_s,
+        trace_id=trace_id,
     )

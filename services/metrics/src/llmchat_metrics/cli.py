@@ -22,7 +22,8 @@ from tqdm import tqdm
 from llmchat_common.db import check_schema_name, upgrade_schema
 from llmchat_common.lifecycle import CommandRefused, connect_broker, parse_time, run_command
 from llmchat_common.messaging import jetstream, make_broker
-from llmchat_common.projection import REQUESTS_SOURCE, ReplayResult, replay, replay_source
+from llmchat_common.projection import REQUESTS_SOURCE
+from llmchat_common.replay import ReplayResult, replay, replay_source
 from llmchat_metrics.export import (
     EVENT_COLUMNS,
     USAGE_COLUMNS,

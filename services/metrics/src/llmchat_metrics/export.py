@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmchat_common import subjects
-from llmchat_common.projection import read_log
+from llmchat_common.replay import read_log
 from llmchat_metrics.models import REQUESTS
 
 USAGE_COLUMNS = [c.name for c in REQUESTS.columns]

@@ -29,6 +29,7 @@ def register_handlers(broker: NatsBroker, service: UsageService, *, max_workers:
     serve_operations(
         broker,
         ops,
+        service="metrics",
         subject=subjects.usage_subject,
         queue=subjects.USAGE_QUEUE,
         max_workers=max_workers,

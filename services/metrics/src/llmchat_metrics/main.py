@@ -1,6 +1,6 @@
 """The metrics process: migrations, the projection consumers (usage from CHAT_EVENTS; jobs from
-CHAT_REQUESTS and CHAT_EVENTS), the usage and jobs RPC operations and the Prometheus endpoint,
-until SIGTERM/SIGINT.
+CHAT_REQUESTS and CHAT_EVENTS), the usage and jobs RPC operations and the Prometheus endpoint
+(business metrics, consumer and RPC metrics, one default registry), until SIGTERM/SIGINT.
 
 Readiness is answering `usage.v1.rpc.ping`; containers can watch LLMCHAT_METRICS_HEALTH_FILE,
 touched while the database answers and the consumer loop is alive. Exit codes: 0 after a clean
@@ -8,7 +8,7 @@ stop, 1 when start-up failed.
 
 If a consumer loop fails unexpectedly (NATS errors the loop does not absorb, a consumer
 deleted under it), it is logged at ERROR and restarted with exponential backoff (1 s up to
-`consumer_restart_max_s`), and counted in `llmchat_projection_restarts_total`: nothing is lost
+`consumer_restart_max_s`), and counted in `llmchat_consumer_restarts_total`: nothing is lost
 while it is down (unacked events wait in the durable consumer), and it is never silent.
 """
 
@@ -25,17 +25,21 @@ from importlib.resources import files
 from typing import Any
 
 from faststream.nats import NatsBroker
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llmchat_common import consumer_telemetry
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker, nats_client
-from llmchat_common.projection import REQUESTS_SOURCE, ConsumerStats, LogConsumer, ProjectionConsumer
+from llmchat_common.projection import REQUESTS_SOURCE, LogConsumer, ProjectionConsumer
+from llmchat_common.telemetry import serve_metrics
 from llmchat_metrics.handlers import register_handlers
 from llmchat_metrics.jobs import JobEventsProjection, JobRequestsProjection
 from llmchat_metrics.models import SCHEMA
 from llmchat_metrics.projection import UsageProjection
-from llmchat_metrics.prometheus import SnapshotHolder, UsageCollector, start_server
+from llmchat_metrics.prometheus import SnapshotHolder, UsageCollector
 from llmchat_metrics.service import UsageService
 from llmchat_metrics.settings import MetricsSettings
 
@@ -80,6 +84,7 @@ class Supervisor:
                 if time.monotonic() - started > _HEALTHY_RUN_S:
                     delay = 1.0
                 self.restarts += 1
+                consumer_telemetry.RESTARTS.labels(self.consumer.durable).inc()
                 log.error(
                     "projection consumer failed; restarting",
                     extra={
@@ -104,11 +109,12 @@ class MetricsApp:
     feed: NatsBroker
     service: UsageService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    stats: ConsumerStats | None = None
 
     async def probe(self) -> None:
-        """Healthy: the database answers and no background task has ended."""
-        await self.service.ping()
+        """Healthy: the database answers and no background task has ended. (No query span: a
+        probe every few seconds would be a trace of its own each time.)"""
+        with suppress_instrumentation():
+            await self.service.ping()
         for task in self.tasks:
             if task.done():
                 raise RuntimeError(f"{task.get_name()} ended")
@@ -131,15 +137,16 @@ def create_app(settings: MetricsSettings | None = None) -> MetricsApp:
 async def lifespan(app: MetricsApp) -> AsyncIterator[MetricsApp]:
     settings = app.settings
     server = None
+    collector = None
     try:
+        server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
         await migrate(app.engine, settings)
         await connect_broker(app.broker, settings.startup_timeout_s)
         await connect_broker(app.feed, settings.startup_timeout_s)
         js = jetstream(app.feed)
         await ensure_streams(js, settings.nats)
-        usage = ProjectionConsumer(js, app.engine, UsageProjection(), settings.projection)
         consumers: list[LogConsumer[Any]] = [
-            usage,
+            ProjectionConsumer(js, app.engine, UsageProjection(), settings.projection),
             LogConsumer(js, app.engine, JobRequestsProjection(), settings.projection, source=REQUESTS_SOURCE),
             ProjectionConsumer(js, app.engine, JobEventsProjection(), settings.projection),
         ]
@@ -148,18 +155,15 @@ async def lifespan(app: MetricsApp) -> AsyncIterator[MetricsApp]:
             # Here rather than in the loop only: a refused consumer fails the start, visibly.
             await consumer.ensure_consumer()
             app.tasks.append(asyncio.create_task(supervisor.run(), name=consumer.durable))
-        app.stats = usage.stats
-        if settings.prometheus_port:
+        if server is not None:
             holder = SnapshotHolder()
             app.tasks.append(
                 asyncio.create_task(
                     holder.refresh_forever(app.engine, settings.snapshot_interval_s), name="metrics-snapshot"
                 )
             )
-            collector = UsageCollector(
-                lambda: holder.snapshot, lambda: app.stats, lambda: sum(s.restarts for s in supervisors)
-            )
-            server = start_server(settings.prometheus_host, settings.prometheus_port, collector)
+            collector = UsageCollector(lambda: holder.snapshot)
+            REGISTRY.register(collector)
         register_handlers(app.broker, app.service, max_workers=settings.max_concurrency)
         # Subscribing is the last step: a ping answered means everything above is in place.
         await app.broker.start()
@@ -179,6 +183,8 @@ async def lifespan(app: MetricsApp) -> AsyncIterator[MetricsApp]:
         if server is not None:
             await asyncio.to_thread(server.shutdown)
             server.server_close()
+        if collector is not None:
+            REGISTRY.unregister(collector)
         # Closed, not drained: the cancelled loop's pull subscription has nothing to finish
         # (unacked events are redelivered).
         if app.feed.connection is not None:

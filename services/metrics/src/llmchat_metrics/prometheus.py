@@ -2,9 +2,11 @@
 
 A background task re-reads a small snapshot from `usage.daily` (sums by model and status; no
 per-user label, so the series count stays bounded by models x statuses); the collector serves
-that snapshot and the consumer's own counters on each scrape, never touching the database from
-the HTTP thread. Counters are all-time sums of the table, so they only grow and survive
-restarts (the table is the state).
+that snapshot on each scrape, never touching the database from the HTTP thread. Counters are
+all-time sums of the table, so they only grow and survive restarts (the table is the state).
+
+The collector joins prometheus-client's default registry, served with the consumer and RPC
+metrics (llmchat_common.consumer_telemetry, llmchat_common.rpc) by `serve_metrics`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmchat_common.projection import ConsumerStats
 from llmchat_metrics.models import DAILY
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class SnapshotHolder:
     async def refresh_forever(self, engine: AsyncEngine, interval_s: float) -> None:
         while True:
             try:
-                self.snapshot = await read_snapshot(engine)
+                # No query span: every few seconds, it would be a trace of its own each time.
+                with suppress_instrumentation():
+                    self.snapshot = await read_snapshot(engine)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres away: keep the last snapshot
@@ -72,15 +74,8 @@ class SnapshotHolder:
 
 
 class UsageCollector:
-    def __init__(
-        self,
-        snapshot: Callable[[], Snapshot],
-        stats: Callable[[], ConsumerStats | None],
-        restarts: Callable[[], int],
-    ) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
-        self._stats = stats
-        self._restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
@@ -106,34 +101,3 @@ class UsageCollector:
             "When the usage sums above were read from Postgres",
             value=snap.taken_at,
         )
-        yield CounterMetricFamily(
-            "llmchat_projection_restarts",
-            "Times the consumer loop failed and was restarted",
-            value=self._restarts(),
-        )
-        stats = self._stats()
-        if stats is None:
-            return
-        yield CounterMetricFamily(
-            "llmchat_projection_events", "Events applied by the usage projection", value=stats.events
-        )
-        yield CounterMetricFamily("llmchat_projection_batches", "Batches committed", value=stats.batches)
-        yield CounterMetricFamily(
-            "llmchat_projection_errors", "Failed batch attempts (retried)", value=stats.errors
-        )
-        yield GaugeMetricFamily(
-            "llmchat_projection_pending", "Events in the log not yet delivered", value=stats.pending
-        )
-        yield GaugeMetricFamily(
-            "llmchat_projection_lag_seconds",
-            "Event time to commit, oldest event of the last batch",
-            value=stats.last_lag_s,
-        )
-
-
-def start_server(host: str, port: int, collector: UsageCollector) -> WSGIServer:
-    """A thread serving /metrics; `shutdown()` it on stop."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server

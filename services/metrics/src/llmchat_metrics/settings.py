@@ -15,8 +15,8 @@ class MetricsSettings(BaseSettings):
         env_prefix="LLMCHAT_METRICS_", extra="ignore", env_nested_delimiter="__"
     )
 
-    # Business metrics for Prometheus on http://<host>:<port>/metrics; 0 turns it off. Loopback
-    # by default (the container image opens it on all interfaces).
+    # Prometheus metrics (business, consumers, RPC) on http://<host>:<port>/metrics; 0 turns it
+    # off. Loopback by default (the container image opens it on all interfaces).
     prometheus_port: int = Field(default=9464, ge=0, le=65535)
     prometheus_host: str = "127.0.0.1"
     # How often the metrics snapshot is re-read from usage.daily.

@@ -96,6 +96,8 @@ class ManagedProcess:
         self.stop_signal = stop_signal
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        # Where a service serves its Prometheus metrics (set by the starters in services.py).
+        self.metrics_port: int | None = None
 
     @property
     def pid(self) -> int:

@@ -22,10 +22,22 @@ from llmchat_common.testing.stack import LocalStack, _http_ok
 
 
 def _env(stack: LocalStack, service: str, extra: Mapping[str, str]) -> dict[str, str]:
-    """The stack's locations plus `service`'s own NATS credentials."""
+    """The stack's locations plus `service`'s own NATS credentials and a free port for its
+    Prometheus metrics (unless `extra` names one)."""
     env = {**os.environ, **stack.env(service), **extra}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault(metrics_port_variable(service), str(free_port()))
     return env
+
+
+def metrics_port_variable(service: str) -> str:
+    return f"LLMCHAT_{service.upper()}_PROMETHEUS_PORT"
+
+
+def _managed(stack: LocalStack, name: str, module: str, service: str, env: dict[str, str]) -> ManagedProcess:
+    proc = ManagedProcess(name, [sys.executable, "-m", module], env=env, log_path=stack.logs / f"{name}.log")
+    proc.metrics_port = int(env[metrics_port_variable(service)]) or None
+    return proc.start()
 
 
 def start_edge(
@@ -47,9 +59,7 @@ def start_edge(
             **(extra_env or {}),
         },
     )
-    proc = ManagedProcess(
-        name, [sys.executable, "-m", "llmchat_chat"], env=env, log_path=stack.logs / f"{name}.log"
-    ).start()
+    proc = _managed(stack, name, "llmchat_chat", "chat", env)
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=timeout, what=name, proc=proc)
     return proc, port
 
@@ -79,9 +89,7 @@ def start_worker(
             **(extra_env or {}),
         },
     )
-    proc = ManagedProcess(
-        name, [sys.executable, "-m", "llmchat_worker"], env=env, log_path=stack.logs / f"{name}.log"
-    ).start()
+    proc = _managed(stack, name, "llmchat_worker", "worker", env)
     if wait:
         wait_for_worker(proc, port, timeout=timeout)
     return proc, port
@@ -143,9 +151,7 @@ def start_rpc_service(
     module, ping_subject = _RPC_SERVICES[service]
     name = name or service
     env = _env(stack, service, extra_env or {})
-    proc = ManagedProcess(
-        name, [sys.executable, "-m", module], env=env, log_path=stack.logs / f"{name}.log"
-    ).start()
+    proc = _managed(stack, name, module, service, env)
     wait_until(lambda: rpc_ping(stack, ping_subject), timeout=timeout, what=name, proc=proc)
     return proc
 

@@ -42,6 +42,8 @@ class LocalStack:
     preferred: StackPorts = field(default_factory=StackPorts)
     ports: StackPorts = field(default_factory=StackPorts)
     processes: list[ManagedProcess] = field(default_factory=list)
+    # Given to every service started against this stack (e.g. where traces go).
+    telemetry_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -64,6 +66,7 @@ class LocalStack:
             "LLMCHAT_NATS_INBOX_PREFIX": nats_auth.inbox_prefix(user),
             "LLMCHAT_POSTGRES_DSN": f"postgresql://{DB_USER}@127.0.0.1:{self.ports.postgres}/{DB_NAME}",
             "LLMCHAT_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
+            **self.telemetry_env,
         }
 
     def nats_passwords(self) -> dict[str, str]:

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -38,21 +36,12 @@ from llmchat_common.contracts import (
     GenerationParams,
     RequestSource,
 )
+from llmchat_common.logging import bind_log_fields
 from llmchat_common.request_log import LoggedEvent
+from llmchat_common.telemetry import trace_id_of
 
 router = APIRouter()
 T = TypeVar("T")
-
-
-TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-
-
-def trace_id_of(traceparent: str | None) -> str:
-    """The caller's W3C trace id when it sent a valid `traceparent`, else a new one."""
-    match = TRACEPARENT.match(traceparent or "")
-    if match is not None and match.group(1) != "0" * 32:
-        return match.group(1)
-    return uuid.uuid4().hex
 
 
 async def to_request(
@@ -61,7 +50,6 @@ async def to_request(
     caller: Caller,
     *,
     conversation: str,
-    trace_id: str,
     source: RequestSource = "chat",
     webhook_url: str | None = None,
     request_id: str | None = None,
@@ -85,8 +73,10 @@ async def to_request(
             param="max_tokens",
         )
     now = time.time()
+    request_id = request_id or new_request_id()
+    bind_log_fields(request_id=request_id)
     return ChatRequested(
-        request_id=request_id or new_request_id(),
+        request_id=request_id,
         model=body.model,
         messages=[
             ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
@@ -103,7 +93,8 @@ async def to_request(
         user_id=caller.user_id,
         api_key_id=caller.principal.api_key_id,
         conversation_id=conversation,
-        trace_id=trace_id,
+        # The server span's trace: the caller's own when it sent a `traceparent`.
+        trace_id=trace_id_of(),
         stream=body.stream and source == "chat",
         # A streamed answer is cancelled when its client leaves; a job runs to its end.
         disconnect=body.disconnect or ("cancel" if source == "chat" else "detach"),
@@ -194,8 +185,7 @@ async def create_chat_completion(
     conversations: ConversationsDep,
 ) -> Response:
     conversation = await conversations.resolve(body.conversation_id, caller.user_id)
-    trace_id = trace_id_of(http_request.headers.get("traceparent"))
-    request = await to_request(body, service, caller, conversation=conversation, trace_id=trace_id)
+    request = await to_request(body, service, caller, conversation=conversation)
     admission = await admit(service, limiter, caller, request)
     try:
         handle = await service.submit(request)

@@ -16,6 +16,7 @@ from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService
 from llmchat_common.auth_contracts import Principal
+from llmchat_common.logging import bind_log_fields
 
 # Declares bearer auth in the OpenAPI schema; the header itself is parsed by the Authenticator
 # (for precise 401s).
@@ -78,6 +79,7 @@ async def get_caller(
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Caller:
     principal, claims = await authenticator.authenticate(request.headers.get("authorization"))
+    bind_log_fields(user_id=principal.user_id)
     return Caller(principal, claims)
 
 

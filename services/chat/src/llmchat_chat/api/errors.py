@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from llmchat_chat.errors import ApiError, InvalidRequest, error_body
+from llmchat_chat.observability import count_refusal
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def _json(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
 
 async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    count_refusal(exc)
     return _json(exc)
 
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
-from llmchat_chat.api.chat import admit, to_request, trace_id_of
+from llmchat_chat.api.chat import admit, to_request
 from llmchat_chat.api.deps import CallerDep, ConversationsDep, JobsDep, LimiterDep, ServiceDep, UsageDep
 from llmchat_chat.api.job_format import JobStatus, job_body, job_links
 from llmchat_chat.api.schemas import ChatCompletionRequest
@@ -141,7 +141,6 @@ async def create_job(
         service,
         caller,
         conversation=conversation,
-        trace_id=trace_id_of(http_request.headers.get("traceparent")),
         source="job",
         webhook_url=webhook,
         request_id=new_job_id(),

@@ -1,0 +1,150 @@
+"""Traces and the /metrics endpoint, set up the same way by every service.
+
+Tracing: an SDK tracer provider is always installed, so every request has a W3C trace id (stored
+on events, rows and log lines) and context travels in NATS headers whether or not spans are
+exported. Spans leave the process only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-only
+variant) is set: OTLP over HTTP/protobuf, batched. Sampling is the SDK's, from the standard
+variables (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`); a
+caller's sampled flag wins (parent-based).
+
+Metrics: prometheus-client's default registry (vLLM registers its own engine metrics there too),
+served by a small HTTP thread on the service's own metrics port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT = "traceparent"
+_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def traces_endpoint() -> str | None:
+    """The OTLP/HTTP traces URL spans go to, or None when tracing export is off."""
+    if url := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return url
+    if url := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return url.rstrip("/") + "/v1/traces"
+    return None
+
+
+@dataclass
+class Telemetry:
+    provider: TracerProvider
+    exporting: bool
+
+    def shutdown(self) -> None:
+        """Flushes the spans still buffered (bounded by the exporter's own timeout)."""
+        self.provider.shutdown()
+
+
+_installed: Telemetry | None = None
+
+
+def setup_telemetry(service: str) -> Telemetry:
+    """Installs the process's tracer provider (once; later calls return the first)."""
+    global _installed
+    if _installed is not None:
+        return _installed
+    # Libraries that build their own provider from the environment (vLLM's engine) name the
+    # same service.
+    os.environ.setdefault("OTEL_SERVICE_NAME", service)
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    endpoint = traces_endpoint()
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    _installed = Telemetry(provider, exporting=bool(endpoint))
+    log.info("telemetry ready", extra={"traces_endpoint": endpoint or "off"})
+    return _installed
+
+
+def shutdown_telemetry() -> None:
+    if _installed is not None:
+        _installed.shutdown()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject(headers: dict[str, str], ctx: Context | None = None) -> dict[str, str]:
+    """Adds the current (or given) trace context to outgoing message headers."""
+    propagate.inject(headers, context=ctx)
+    return headers
+
+
+def extract(headers: Mapping[str, str] | None) -> Context:
+    """The trace context a message carries (an empty context when it carries none)."""
+    return propagate.extract(dict(headers or {}))
+
+
+def trace_id_of(span: Span | None = None) -> str:
+    """The W3C trace id (32 hex digits) of a span, the current one by default."""
+    ctx = (span or trace.get_current_span()).get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.trace_id else ""
+
+
+def traceparent_of(span: Span) -> str:
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+    return headers.get(TRACEPARENT, "")
+
+
+def record_error(span: Span, exc: BaseException) -> None:
+    """Marks a span failed, by the error's type only: messages (a driver's, a validator's) may
+    quote values such as an email or a prompt, which never go into a span."""
+    span.add_event("exception", {"exception.type": type(exc).__qualname__})
+    span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
+
+
+@contextmanager
+def consumer_span(
+    tracer_: trace.Tracer,
+    name: str,
+    headers: Mapping[str, str] | None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A span for handling one message, child of the context the message carries."""
+    parent = extract(headers)
+    with tracer_.start_as_current_span(
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=dict(attributes or {})
+    ) as span:
+        yield span
+
+
+@contextmanager
+def attached(ctx: Context) -> Iterator[None]:
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def serve_metrics(host: str, port: int) -> WSGIServer | None:
+    """Serves the default registry at http://host:port/metrics from a thread; 0 = off."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    log.info("metrics endpoint", extra={"url": f"http://{host}:{server.server_port}/metrics"})
+    return server
