@@ -1,9 +1,9 @@
-"""No secret reaches a log (DESIGN §7): after the whole e2e run (this module is named to run
-last), every log of every service and of the infrastructure is searched for the shared
-account's password, API key (whole, and its secret part), access and refresh tokens, for
-`Authorization` header values, and for the credentials and prompt this test sends itself down
-the failure paths (a wrong password, an unknown API key, malformed and unsigned JWTs, a bogus
-refresh token).
+"""No secret reaches a log or an exported span (DESIGN §7): after the whole e2e run (this module
+is named to run last), every log of every service and of the infrastructure, and every span the
+services exported, is searched for the shared account's password, API key (whole, and its
+secret part), access and refresh tokens, for `Authorization` header values, and for the
+credentials and prompt this test sends itself down the failure paths (a wrong password, an
+unknown API key, malformed and unsigned JWTs, a bogus refresh token).
 
 So that it cannot pass on empty or stale logs, the logs must exist, grow while this test runs,
 and name the account's user id or the id of the request this test makes.
@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from llmchat_common.auth_contracts import API_KEY_PREFIX, API_KEY_VISIBLE_CHARS
+from llmchat_common.testing.otlp import OtlpReceiver
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL
 from tests.helpers import CANARY_PASSWORD, Account
@@ -79,7 +80,7 @@ def total_size(stack: LocalStack) -> int:
     return sum(path.stat().st_size for path in log_files(stack))
 
 
-def test_no_secrets_in_logs(stack: LocalStack, edge_url: str, account: Account) -> None:
+def test_no_secrets_in_logs(stack: LocalStack, edge_url: str, account: Account, otlp: OtlpReceiver) -> None:
     marker = uuid.uuid4().hex
     wrong_password = f"wrong-password-{marker}"
     unknown_key = f"{API_KEY_PREFIX}{marker}{marker[:11]}"
@@ -173,8 +174,19 @@ def test_no_secrets_in_logs(stack: LocalStack, edge_url: str, account: Account) 
         secrets |= {f"the NATS password of {user}": pw for user, pw in nats_passwords().items() if pw}
     assert all(len(value) >= 16 for value in secrets.values())
 
+    # Nor a span of any trace the run exported (attributes, events, resources), this test's
+    # request's included.
+    otlp.wait_for(
+        lambda spans: any(s.attributes.get("llmchat.request_id") == request_id for s in spans), timeout=30
+    )
+    spans = "\n".join(
+        json.dumps([span.name, span.attributes, span.events, span.resource], default=str)
+        for span in otlp.all_spans()
+    )
+    logs[stack.state_dir / "exported-spans"] = spans.encode()
+
     hits = find_secrets(logs, secrets)
     report = "\n".join(
         f"{hit.path.relative_to(stack.state_dir)}:{hit.line}: {hit.what}: {hit.excerpt}" for hit in hits[:40]
     )
-    assert not hits, f"{len(hits)} secret(s) in the logs:\n{report}"
+    assert not hits, f"{len(hits)} secret(s) in the logs or spans:\n{report}"

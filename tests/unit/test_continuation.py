@@ -4,7 +4,7 @@ runner that goes on from it (the real engine and kill are covered in tests/e2e).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from llmchat_common.contracts import (
     AnyEvent,
@@ -33,7 +33,13 @@ class PositionalEngine:
         return [1, 2, 3]
 
     async def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
+        self,
+        key: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        max_tokens: int,
+        priority: int = 0,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[TokenChunk]:
         for i in range(max_tokens):
             position = len(prompt_ids) + i

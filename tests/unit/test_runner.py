@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
@@ -40,7 +40,13 @@ class ScriptedEngine:
         return [1] * sum(len(m.content.split()) for m in messages)
 
     async def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
+        self,
+        key: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        max_tokens: int,
+        priority: int = 0,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[TokenChunk]:
         n = min(self.n_tokens, max_tokens)
         for i in range(n):

@@ -20,7 +20,7 @@ from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerif
 from llmchat_chat.backends import history_client, usage_client
 from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.jobs import JobDirectory
-from llmchat_chat.observability import HttpMetrics, instrument, watch_workers
+from llmchat_chat.observability import HttpMetrics, init_metrics, instrument, watch_workers
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
@@ -72,6 +72,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.jobs = JobDirectory(service, app.state.usage, redis, settings.jobs.idempotency_ttl_s)
         webhooks = WebhookDispatcher(js, settings.webhooks)
         await webhooks.start()
+        init_metrics(settings.models)
         metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
         workers_gauge = asyncio.create_task(watch_workers(registry), name="model-workers")
         try:

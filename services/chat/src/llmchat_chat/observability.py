@@ -64,6 +64,19 @@ AUTH_FAILURES = Counter("llmchat_auth_failures", "Requests refused for their cre
 MODEL_WORKERS = Gauge("llmchat_model_workers", "Live workers per served model (registry)", ["model"])
 
 
+def init_metrics(models: list[str]) -> None:
+    """Creates the known series at zero, so they exist (and rate() works) before the first
+    request or refusal."""
+    for limit in ("requests", "tokens", "concurrent", "queue", "login"):
+        RATE_LIMITED.labels(limit)
+    for reason in ("invalid_api_key", "token_expired", "token_revoked", "account_disabled"):
+        AUTH_FAILURES.labels(reason)
+    for model in models:
+        ACTIVE_STREAMS.labels(model)
+        for outcome in ("completed", "failed", "cancelled"):
+            COMPLETIONS.labels(model, outcome)
+
+
 class TraceparentResponse(ResponsePropagator):
     """Returns the server span's context as a W3C `traceparent` response header."""
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from llmchat_common.contracts import ChatMessage, GenerationParams
+from llmchat_common.telemetry import traces_endpoint
 from llmchat_worker.errors import EngineFailure
 from llmchat_worker.profiles import ModelProfile, check_hardware, resolve_model_path
 from llmchat_worker.service import TokenChunk
@@ -28,6 +29,8 @@ class VllmEngine:
         self.model_path = ""
         self._engine: Any = None
         self._tokenizer: Any = None
+        # The engine's OTLP endpoint: its `llm_request` span per request joins our trace.
+        self.traces_endpoint: str | None = None
 
     def start(self) -> None:
         # Imported here: importing vllm is slow and must not happen at module import.
@@ -48,6 +51,15 @@ class VllmEngine:
         # The engine's internal sockets must stay on loopback.
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 
+        # vLLM's engine tracing: it emits an `llm_request` span per finished request, child of
+        # the trace headers it is given. Its exporter speaks gRPC unless told otherwise; ours is
+        # OTLP/HTTP. Its spans go through the process's tracer provider (ours: the same
+        # service name and exporter); the engine-core process builds its own from the same
+        # environment.
+        self.traces_endpoint = traces_endpoint()
+        if self.traces_endpoint:
+            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+
         self.model_path = resolve_model_path(self.profile, self.models_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         args = AsyncEngineArgs(
@@ -63,9 +75,22 @@ class VllmEngine:
             seed=self.profile.seed,
             # Background work (conversation titles) yields to people waiting for an answer.
             scheduling_policy="priority",
+            otlp_traces_endpoint=self.traces_endpoint,
+            # Stats stay on: they feed the vllm:* Prometheus metrics, and the request spans
+            # are built from them.
+            disable_log_stats=False,
+            # Progress bars are not log lines.
+            use_tqdm_on_load=False,
         )
         self._engine = AsyncLLM.from_engine_args(args)
-        log.info("engine started", extra={"model": self.profile.alias, "path": self.model_path})
+        log.info(
+            "engine started",
+            extra={
+                "model": self.profile.alias,
+                "path": self.model_path,
+                "engine_tracing": self.traces_endpoint or "off",
+            },
+        )
 
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         ids = self._tokenizer.apply_chat_template(
@@ -77,7 +102,13 @@ class VllmEngine:
         return [int(i) for i in ids]
 
     async def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
+        self,
+        key: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        max_tokens: int,
+        priority: int = 0,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[TokenChunk]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -95,7 +126,12 @@ class VllmEngine:
         )
         try:
             async for output in self._engine.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), sampling, key, priority=priority
+                TokensPrompt(prompt_token_ids=prompt_ids),
+                sampling,
+                key,
+                priority=priority,
+                # Without tracing the engine would warn on every request that carries them.
+                trace_headers=trace_headers if self.traces_endpoint else None,
             ):
                 completion = output.outputs[0]
                 yield TokenChunk(

@@ -11,30 +11,39 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmchat_common import subjects
 from llmchat_common.contracts import (
+    Cancelled,
     CancelRequest,
     ChatRequested,
+    Completed,
     Failed,
     Released,
     Usage,
     WorkerInfo,
     parse_request,
 )
+from llmchat_common.logging import log_context
 from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registry_kv
 from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
+from llmchat_common.telemetry import attached, consumer_span, extract, inject, tracer
+from llmchat_worker import metrics
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
 from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Resume, Terminal
@@ -45,14 +54,25 @@ VERSION = "0.1.0"
 
 
 class NatsEventSink:
-    """Deltas go out with `publish_async` (bounded in flight); the terminal event is awaited."""
+    """Deltas go out with `publish_async` (bounded in flight); the terminal event is awaited.
 
-    def __init__(self, js: JetStreamContext) -> None:
+    Every event carries the trace context it was given (the request's `generate` span), so
+    the consumers of the events (edge, history, metrics) join the request's trace."""
+
+    def __init__(self, js: JetStreamContext, trace_headers: Mapping[str, str] | None = None) -> None:
         self._js = js
+        self._trace_headers = dict(trace_headers or {})
+
+    def for_trace(self, trace_headers: Mapping[str, str]) -> NatsEventSink:
+        """The same connection, publishing with one request's trace headers."""
+        return NatsEventSink(self._js, trace_headers)
 
     def _args(self, event: Event) -> tuple[str, bytes, dict[str, str]]:
         subject = subjects.event_subject(event.request_id, event.type)
-        headers = {"Nats-Msg-Id": subjects.msg_id_for_event(event.request_id, event.attempt, event.seq)}
+        headers = {
+            **self._trace_headers,
+            "Nats-Msg-Id": subjects.msg_id_for_event(event.request_id, event.attempt, event.seq),
+        }
         return subject, event.model_dump_json().encode(), headers
 
     async def emit(self, event: Event) -> None:
@@ -70,6 +90,97 @@ class NatsEventSink:
 def _log_publish_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("event publish failed", extra={"error": repr(future.exception())})
+
+
+def publish_time(msg: Msg) -> float | None:
+    """When JetStream stored the message (epoch seconds; the same for every delivery)."""
+    try:
+        return msg.metadata.timestamp.timestamp()
+    except Exception:  # noqa: BLE001 - not a JetStream message (tests, tools)
+        return None
+
+
+def trace_queue_wait(
+    tracer_: trace.Tracer,
+    parent: Context,
+    request: ChatRequested,
+    *,
+    model: str,
+    attempt: int,
+    published: float | None,
+    pulled: float,
+) -> float | None:
+    """The time the request waited in the stream, as a span from its publish to its pull
+    (child of the publisher's context) and, for first deliveries, in the queue-wait
+    histogram (a redelivery's wait includes the earlier attempts). Returns seconds."""
+    if published is None:
+        return None
+    wait = max(0.0, pulled - published)
+    if attempt == 1:
+        metrics.QUEUE_WAIT.labels(model).observe(wait)
+    span = tracer_.start_span(
+        "queue wait",
+        context=parent,
+        kind=SpanKind.INTERNAL,
+        start_time=int(published * 1e9),
+        attributes={
+            "llmchat.request_id": request.request_id,
+            "llmchat.attempt": attempt,
+            "llmchat.model": model,
+            "messaging.system": "nats",
+            "messaging.destination.name": subjects.request_subject(model),
+        },
+    )
+    span.end(end_time=max(int(pulled * 1e9), int(published * 1e9)))
+    return wait
+
+
+def generate_attributes(
+    request: ChatRequested, *, model: str, attempt: int, worker_id: str
+) -> dict[str, str | int | float | bool]:
+    attributes: dict[str, str | int | float | bool] = {
+        "llmchat.request_id": request.request_id,
+        "llmchat.attempt": attempt,
+        "llmchat.model": model,
+        "llmchat.kind": request.kind,
+        "llmchat.source": request.source,
+        "llmchat.priority": request.priority,
+        "llmchat.worker_id": worker_id,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": request.model,
+    }
+    if request.params.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = request.params.max_tokens
+    attributes["gen_ai.request.temperature"] = request.params.temperature
+    if request.conversation_id:
+        attributes["llmchat.conversation_id"] = request.conversation_id
+    return attributes
+
+
+def record_outcome(span: Span, event: Terminal | Released, *, prompt_tokens: int | None = None) -> None:
+    """How the attempt ended, on its `generate` span (ids and counts only, never text)."""
+    span.set_attribute("llmchat.outcome", event.type)
+    if isinstance(event, Released):
+        span.set_attribute("llmchat.release_reason", event.reason)
+        return
+    usage = event.usage
+    prompt = usage.prompt_tokens or prompt_tokens or 0
+    span.set_attributes(
+        {
+            "llmchat.prompt_tokens": prompt,
+            "llmchat.completion_tokens": usage.completion_tokens,
+            "gen_ai.usage.input_tokens": prompt,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+        }
+    )
+    if isinstance(event, Completed):
+        span.set_attribute("llmchat.finish_reason", event.finish_reason)
+        span.set_attribute("gen_ai.response.finish_reasons", [event.finish_reason])
+    elif isinstance(event, Cancelled):
+        span.set_attribute("llmchat.cancel_reason", event.reason)
+    else:
+        span.set_attribute("llmchat.error_code", event.code)
+        span.set_status(Status(StatusCode.ERROR, event.code))
 
 
 class RequestConsumer:
@@ -101,6 +212,8 @@ class RequestConsumer:
         self._psub: JetStreamContext.PullSubscription | None = None
         self._fatal = False
         self.ready = False
+        self.tracer = tracer("llmchat_worker")
+        metrics.init_model(alias, self.capacity)
 
     async def start(self) -> None:
         js = jetstream(self.broker)
@@ -166,10 +279,16 @@ class RequestConsumer:
                 await self._psub.unsubscribe()
         self.on_fatal()
 
-    def cancel(self, request: CancelRequest) -> None:
+    def cancel(self, request: CancelRequest, headers: Mapping[str, str] | None = None) -> None:
         runner = self.runners.get(request.request_id)
-        if runner is not None:
-            log.info("cancelling request", extra={"request_id": request.request_id, "reason": request.reason})
+        if runner is None:
+            return  # another worker's request (every worker hears every cancel): no span
+        attributes = {"llmchat.request_id": request.request_id, "llmchat.cancel_reason": request.reason}
+        with (
+            log_context(request_id=request.request_id, user_id=runner.request.user_id),
+            consumer_span(self.tracer, "cancel", headers, attributes),
+        ):
+            log.info("cancelling request", extra={"reason": request.reason})
             runner.cancel(request.reason)
 
     async def _pull_loop(self, psub: JetStreamContext.PullSubscription) -> None:
@@ -201,17 +320,66 @@ class RequestConsumer:
         self._slot_free.set()
 
     async def _handle(self, msg: Msg) -> None:
-        assert self._sink is not None
+        in_flight = metrics.IN_FLIGHT.labels(self.alias)
+        in_flight.inc()
+        try:
+            await self._handle_message(msg)
+        finally:
+            in_flight.dec()
+
+    def _count(self, outcome: metrics.Outcome) -> None:
+        metrics.REQUESTS.labels(self.alias, outcome).inc()
+
+    async def _handle_message(self, msg: Msg) -> None:
         if self._fatal:
             await msg.nak()
+            self._count("released")
             return
+        pulled = time.time()
         attempt = int(msg.metadata.num_delivered)
+        parent = extract(msg.headers)
         try:
             request = parse_request(msg.data)
         except (ValidationError, ValueError):
-            log.error("malformed request dropped", extra={"subject": msg.subject})
+            with attached(parent):
+                log.error("malformed request dropped", extra={"subject": msg.subject})
             await msg.term()
+            self._count("failed")
             return
+        # The request's span in this worker: current while it runs, so log lines carry its
+        # trace, and the parent of the engine's span and of the published events.
+        with (
+            log_context(request_id=request.request_id, user_id=request.user_id),
+            self.tracer.start_as_current_span(
+                "generate",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=generate_attributes(
+                    request, model=self.alias, attempt=attempt, worker_id=self.settings.worker_id
+                ),
+            ) as span,
+        ):
+            # The publisher's span is the parent of both; a request without trace context gets
+            # a new trace, rooted at `generate`.
+            has_parent = trace.get_current_span(parent).get_span_context().is_valid
+            queue_wait = trace_queue_wait(
+                self.tracer,
+                parent if has_parent else trace.set_span_in_context(span),
+                request,
+                model=self.alias,
+                attempt=attempt,
+                published=publish_time(msg),
+                pulled=pulled,
+            )
+            await self._run(msg, request, attempt, span, queue_wait)
+
+    async def _run(
+        self, msg: Msg, request: ChatRequested, attempt: int, span: Span, queue_wait: float | None
+    ) -> None:
+        assert self._sink is not None
+        # Once per request: the engine's span and every event published join this span.
+        trace_headers = inject({})
+        sink = self._sink.for_trace(trace_headers)
         resume: Resume | None = None
         reset_reason: str | None = None
         if attempt > 1:
@@ -222,57 +390,99 @@ class RequestConsumer:
             if progress is not None and progress.finished:
                 # A previous attempt stored its terminal event but its ack was lost: done.
                 await msg.ack()
+                span.set_attribute("llmchat.outcome", "duplicate")
+                log.info("request already finished", extra={"attempt": attempt})
                 return
             if progress is not None and progress.crashed_attempts >= self.settings.poison_after_crashes:
-                await self._fail_poison(request, attempt, progress)
+                poisoned = await self._fail_poison(request, attempt, progress, sink)
                 await msg.ack()
+                metrics.FAILOVERS.labels(self.alias, "poisoned").inc()
+                self._count("failed")
+                record_outcome(span, poisoned)
                 return
             resume, reset_reason = self._continuation(request, progress)
+            metrics.FAILOVERS.labels(self.alias, "reset" if reset_reason else "continued").inc()
+            if reset_reason:
+                span.set_attribute("llmchat.reset_reason", reset_reason)
+        resumed_tokens = len(resume.tokens) if resume is not None else 0
+        span.set_attribute("llmchat.resumed_tokens", resumed_tokens)
         runner = RequestRunner(
             request,
             attempt=attempt,
             worker_id=self.settings.worker_id,
             engine=self.engine,
-            sink=self._sink,
+            sink=sink,
             coalesce=CoalesceConfig(self.settings.delta_max_tokens, self.settings.delta_max_ms),
             resume=resume,
             reset_reason=reset_reason,
+            trace_headers=trace_headers,
+            metrics_model=self.alias,
         )
         if await self._cancelled_while_queued(request):
             runner.cancel("client")
         self.runners[request.request_id] = runner
+        log.info(
+            "request started",
+            extra={
+                "attempt": attempt,
+                "model": self.alias,
+                "kind": request.kind,
+                "queue_wait_ms": None if queue_wait is None else round(queue_wait * 1000.0, 1),
+                "resumed_tokens": resumed_tokens,
+            },
+        )
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
             terminal = await runner.run()
         except EngineFailure:
-            log.critical("engine died", extra={"request_id": request.request_id})
+            log.critical("engine died", extra={"attempt": attempt})
+            span.set_attribute("llmchat.outcome", "released")
+            span.set_status(Status(StatusCode.ERROR, "engine died"))
+            self._count("released")
             await self._stop_pulling_fatal()
             await msg.nak()
             return
         except asyncio.CancelledError:
             # Drain timeout or shutdown: hand the request back for another worker, which
             # continues it (this attempt is no crash).
+            span.set_attribute("llmchat.outcome", "released")
+            self._count("released")
+            log.info("request released", extra={"attempt": attempt, "reason": "shutdown"})
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(runner.release("shutdown"), timeout=5)
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
         except Exception as exc:  # noqa: BLE001 - publish failures etc.
+            span.record_exception(exc)
+            span.set_attribute("llmchat.outcome", "released")
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            self._count("released")
             await self._fail_unexpected(runner, msg, exc)
             return
         finally:
             keepalive.cancel()
             self.runners.pop(request.request_id, None)
         await msg.ack()
+        self._count(terminal.type)
+        record_outcome(span, terminal, prompt_tokens=runner.prompt_tokens)
         log.info(
             "request finished",
-            extra={"request_id": request.request_id, "attempt": attempt, "outcome": terminal.type},
+            extra={
+                "attempt": attempt,
+                "outcome": terminal.type,
+                "finish_reason": getattr(terminal, "finish_reason", None),
+                "reason": getattr(terminal, "reason", None) or getattr(terminal, "code", None),
+                "prompt_tokens": terminal.usage.prompt_tokens,
+                "completion_tokens": terminal.usage.completion_tokens,
+                "e2e_ms": round(terminal.timings.e2e_ms, 1),
+            },
         )
 
     async def _fail_unexpected(self, runner: RequestRunner, msg: Msg, exc: Exception) -> None:
         """Hand the request back; after its last delivery JetStream's advisory ends it
         `failed` (see fail_exhausted_request)."""
-        log.error("request failed", extra={"request_id": runner.request.request_id, "error": repr(exc)})
+        log.error("request failed", extra={"error": repr(exc)})
         with contextlib.suppress(Exception):
             await msg.nak(delay=1.0)
 
@@ -298,13 +508,14 @@ class RequestConsumer:
             return None, "the earlier attempt ran another engine model"
         return Resume(progress.tokens, progress.text), None
 
-    async def _fail_poison(self, request: ChatRequested, attempt: int, progress: Progress) -> None:
+    async def _fail_poison(
+        self, request: ChatRequested, attempt: int, progress: Progress, sink: NatsEventSink
+    ) -> Failed:
         """A request whose attempts keep dying with their workers is not run again: it might
         be what kills them. Its client gets a clear error instead of a loop, and the answer so
         far with its usage."""
-        assert self._sink is not None
         crashed = progress.crashed_attempts
-        log.error("poison request failed", extra={"request_id": request.request_id, "crashed": crashed})
+        log.error("poison request failed", extra={"attempt": attempt, "crashed": crashed})
         event = Failed(
             request_id=request.request_id,
             attempt=attempt,
@@ -319,7 +530,8 @@ class RequestConsumer:
             text=progress.text,
             usage=Usage(prompt_tokens=progress.prompt_tokens, completion_tokens=len(progress.tokens)),
         )
-        await self._sink.emit_terminal(event)
+        await sink.emit_terminal(event)
+        return event
 
     async def _cancelled_while_queued(self, request: ChatRequested) -> bool:
         assert self._cancels is not None
@@ -375,6 +587,19 @@ async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveri
     hears the advisory; the message id makes the event exist once."""
     raw = await js.get_msg(subjects.REQUESTS_STREAM, stream_seq)
     request = parse_request(raw.data or b"")
+    with (
+        log_context(request_id=request.request_id, user_id=request.user_id),
+        consumer_span(
+            tracer("llmchat_worker"),
+            "request exhausted",
+            raw.headers,
+            {"llmchat.request_id": request.request_id, "llmchat.attempt": deliveries},
+        ),
+    ):
+        await _publish_exhausted(js, request, deliveries)
+
+
+async def _publish_exhausted(js: JetStreamContext, request: ChatRequested, deliveries: int) -> None:
     event = Failed(
         request_id=request.request_id,
         attempt=deliveries,
@@ -389,9 +614,9 @@ async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveri
     await js.publish(
         subjects.event_subject(request.request_id, event.type),
         event.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": f"{request.request_id}:exhausted"},
+        headers=inject({"Nats-Msg-Id": f"{request.request_id}:exhausted"}),
     )
-    log.error("request exhausted its deliveries", extra={"request_id": request.request_id})
+    log.error("request exhausted its deliveries", extra={"deliveries": deliveries})
 
 
 class MaxDeliveriesAdvisory(BaseModel):
@@ -413,7 +638,7 @@ def register_cancel_handler(broker: NatsBroker, consumer: Callable[[], RequestCo
     """Every worker hears every cancel (no queue group) and acts only on its own requests."""
 
     @broker.subscriber(subjects.cancel_wildcard())
-    async def on_cancel(request: CancelRequest) -> None:
+    async def on_cancel(request: CancelRequest, message: NatsMessage) -> None:
         current = consumer()
         if current is not None:
-            current.cancel(request)
+            current.cancel(request, message.headers)

@@ -13,18 +13,22 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 import uvicorn
 from fastapi import FastAPI, Response
 
-from llmchat_common.logging import install_task_dump, setup_logging
+from llmchat_common.logging import configure_vllm_logging, install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
+from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.handlers import RequestConsumer, register_handlers
+from llmchat_worker.logs import JsonLines
 from llmchat_worker.profiles import load_profile
 from llmchat_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+SERVICE = "inference-worker"
 
 
 @dataclass
@@ -45,8 +49,11 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
         install_task_dump()
         engine = VllmEngine(profile, settings.models_dir)
         engine.start()
+        metrics_server = None
         try:
             await engine.probe()
+            # After the engine: its vllm:* metrics are in the registry by now.
+            metrics_server = start_metrics(settings)
             await broker.start()
             await ensure_streams(jetstream(broker), settings.nats)
             consumer = RequestConsumer(settings, engine, broker, profile.alias, lambda: app.state.fatal())
@@ -61,6 +68,9 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
             log.info("broker stopped")
             engine.shutdown()
             log.info("engine stopped")
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
 
     app = FastAPI(title="llmchat inference worker", lifespan=lifespan)
     app.state.worker = state
@@ -87,9 +97,28 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
     return app
 
 
+def start_metrics(settings: WorkerSettings) -> WSGIServer | None:
+    """The /metrics endpoint; a port already taken costs the metrics, not the worker (an
+    `up == 0` for the scrape job says so)."""
+    try:
+        return serve_metrics(settings.prometheus_host, settings.prometheus_port)
+    except OSError as exc:
+        log.error(
+            "metrics endpoint unavailable",
+            extra={"host": settings.prometheus_host, "port": settings.prometheus_port, "error": str(exc)},
+        )
+        return None
+
+
 def run() -> None:
     settings = WorkerSettings()
-    setup_logging("inference-worker", settings.log)
+    # What the engine's processes and native libraries write goes out as JSON lines too.
+    stdio = JsonLines(SERVICE).start() if settings.log.json_format else None
+    setup_logging(SERVICE, settings.log)
+    # vLLM's own loggers (in each of its processes) write the same JSON lines.
+    configure_vllm_logging(SERVICE, settings.log)
+    # Before the engine starts: vLLM's request spans go through this process's provider.
+    setup_telemetry(SERVICE)
     state = WorkerState()
     app = create_app(settings, state)
     server = uvicorn.Server(
@@ -105,7 +134,12 @@ def run() -> None:
     # done, so the re-raised signal is ignored and the exit code says how it went.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    asyncio.run(server.serve())
+    try:
+        asyncio.run(server.serve())
+    finally:
+        shutdown_telemetry()
+        if stdio is not None:
+            stdio.stop()
     if state.fatal or not server.started:
         sys.exit(1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
@@ -29,6 +29,7 @@ from llmchat_common.contracts import (
     Timings,
     Usage,
 )
+from llmchat_worker import metrics
 from llmchat_worker.errors import EngineFailure, RequestRejected
 
 Terminal = Completed | Failed | Cancelled
@@ -59,8 +60,17 @@ class EngineLike(Protocol):
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]: ...
 
     def generate(
-        self, key: str, prompt_ids: list[int], params: GenerationParams, max_tokens: int, priority: int = 0
-    ) -> AsyncIterator[TokenChunk]: ...
+        self,
+        key: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        max_tokens: int,
+        priority: int = 0,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[TokenChunk]:
+        """`trace_headers` (W3C `traceparent`) make the engine's own request span a child of
+        the caller's span."""
+        ...
 
     async def abort(self, key: str) -> None: ...
 
@@ -134,9 +144,15 @@ class RequestRunner:
         coalesce: CoalesceConfig,
         resume: Resume | None = None,
         reset_reason: str | None = None,
+        trace_headers: Mapping[str, str] | None = None,
+        metrics_model: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.request = request
+        self.trace_headers = trace_headers
+        # The `model` label of the worker's metrics (the alias it serves).
+        self.metrics_model = metrics_model or request.model
+        self._generated = metrics.GENERATED_TOKENS.labels(self.metrics_model)
         self.attempt = attempt
         self.worker_id = worker_id
         self.engine = engine
@@ -165,6 +181,10 @@ class RequestRunner:
     @property
     def next_seq(self) -> int:
         return self._seq
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._prompt_tokens
 
     def cancel(self, reason: CancelReason) -> None:
         if self.cancel_reason is None:
@@ -218,14 +238,19 @@ class RequestRunner:
                 self._gen_task, timeout=max(0.0, self.request.deadline - self.clock())
             )
         except TimeoutError:
-            await self.engine.abort(self.engine_key)
-            return await self._finish_cancelled(self.cancel_reason or "deadline")
+            reason: CancelReason = self.cancel_reason or "deadline"
+            await self._abort(reason)
+            return await self._finish_cancelled(reason)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # our own task is being cancelled (shutdown): no terminal from here
-            await self.engine.abort(self.engine_key)
-            return await self._finish_cancelled(self.cancel_reason or "client")
+                # Our own task is being cancelled (shutdown): no terminal from here; the
+                # engine drops the request when its generator is cancelled.
+                metrics.ABORTS.labels(self.metrics_model, "shutdown").inc()
+                raise
+            reason = self.cancel_reason or "client"
+            await self._abort(reason)
+            return await self._finish_cancelled(reason)
         except EngineFailure:
             raise
         except Exception as exc:  # noqa: BLE001 - one request's engine error must not kill the worker
@@ -242,7 +267,7 @@ class RequestRunner:
                 )
             )
         if finish_reason == "cancelled" and self.cancel_reason is not None:
-            await self.engine.abort(self.engine_key)
+            await self._abort(self.cancel_reason)
             return await self._finish_cancelled(self.cancel_reason)
         await self._flush()
         return await self._terminal(
@@ -254,6 +279,10 @@ class RequestRunner:
                 timings=self._timings(),
             )
         )
+
+    async def _abort(self, reason: CancelReason) -> None:
+        await self.engine.abort(self.engine_key)
+        metrics.ABORTS.labels(self.metrics_model, reason).inc()
 
     async def _encode(self) -> list[int]:
         try:
@@ -284,7 +313,12 @@ class RequestRunner:
         finish_reason = "stop"
         request = self.request
         async for chunk in self.engine.generate(
-            self.engine_key, prompt_ids, request.params, max_tokens, request.priority
+            self.engine_key,
+            prompt_ids,
+            request.params,
+            max_tokens,
+            request.priority,
+            trace_headers=self.trace_headers,
         ):
             now = self.clock()
             if chunk.token_ids:
@@ -292,6 +326,7 @@ class RequestRunner:
                     self._first_token_at = now
                 self._last_token_at = now
                 self._tokens.extend(chunk.token_ids)
+                self._generated.inc(len(chunk.token_ids))
             self._text.append(chunk.text)
             if self._coalescer.add(chunk.text, chunk.token_ids):
                 await self._flush()

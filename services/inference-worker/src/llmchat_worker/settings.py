@@ -48,6 +48,9 @@ class WorkerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8081
+    # Prometheus /metrics (the default registry: the worker's metrics and vLLM's); 0 = off.
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = Field(default=9462, ge=0, le=65535)
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
