@@ -26,6 +26,7 @@ from llmchat_worker.service import CoalesceConfig, DeltaCoalescer, RequestRunner
 class ScriptedEngine:
     max_model_len = 64
     model_path = "scripted"
+    stop_token_ids = frozenset({0})
 
     def __init__(
         self, n_tokens: int = 10, delay: float = 0.0, fail_at: int | None = None, dead_at: int | None = None
@@ -38,6 +39,9 @@ class ScriptedEngine:
 
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         return [1] * sum(len(m.content.split()) for m in messages)
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f"t{i - 100} " for i in ids if i >= 100)
 
     async def generate(
         self,

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -28,9 +31,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 TRACEPARENT = "traceparent"
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -141,10 +146,54 @@ def attached(ctx: Context) -> Iterator[None]:
         otel_context.detach(token)
 
 
+async def publish_traced(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    msg_id: str,
+    timeout_s: float,
+    attributes: Mapping[str, str] | None = None,
+) -> PubAck:
+    """A JetStream publish (idempotent by `msg_id`) inside a producer span whose context travels
+    in the message's headers, so the consumer's spans join the publisher's trace."""
+    with _tracer.start_as_current_span(
+        f"publish {subject}",
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject, **(attributes or {})},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            headers = inject({"Nats-Msg-Id": msg_id})
+            return await js.publish(subject, payload, headers=headers, timeout=timeout_s)
+        except Exception as exc:
+            record_error(span, exc)
+            raise
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The classic text format whatever the scraper asks for: prometheus-client's OpenMetrics
+    output turns the colons of vLLM's `vllm:*` names into underscores, so the names would differ
+    between scrapers (Prometheus 2 asks for OpenMetrics)."""
+    if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+    body = generate_latest(REGISTRY)
+    start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def serve_metrics(host: str, port: int) -> WSGIServer | None:
     """Serves the default registry at http://host:port/metrics from a thread; 0 = off."""
     if not port:
         return None
-    server, _thread = start_http_server(port, addr=host)
+    server = make_server(host, port, _metrics_app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics endpoint", extra={"url": f"http://{host}:{server.server_port}/metrics"})
     return server

@@ -22,7 +22,6 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
-from opentelemetry.trace import SpanKind, StatusCode
 
 from llmchat_chat import errors
 from llmchat_chat.errors import ApiError, DeadlineExceeded, ServiceUnavailable
@@ -43,10 +42,9 @@ from llmchat_common.contracts import (
 )
 from llmchat_common.messaging import REGISTRY_TTL_S
 from llmchat_common.request_log import LoggedEvent, LogUnavailable, read_request_log
-from llmchat_common.telemetry import inject, tracer
+from llmchat_common.telemetry import inject, publish_traced
 
 log = logging.getLogger(__name__)
-_tracer = tracer(__name__)
 
 Terminal = Completed | Failed | Cancelled
 TERMINALS = ("completed", "failed", "cancelled")
@@ -262,31 +260,22 @@ class ChatService:
 
     async def submit(self, request: ChatRequested, *, follow: bool = True) -> Submitted | None:
         """Queues the request (idempotent by request id) and, with `follow`, follows its events."""
-        subject = subjects.request_subject(request.model)
-        with _tracer.start_as_current_span(
-            f"publish {subject}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "llmchat.request_id": request.request_id,
-                "llmchat.model": request.model,
-                "llmchat.source": request.source,
-            },
-        ) as span:
-            try:
-                await self.js.publish(
-                    subject,
-                    request.model_dump_json().encode(),
-                    headers=inject({"Nats-Msg-Id": request.request_id}),
-                    timeout=self.settings.publish_timeout_s,
-                )
-            except Exception as exc:
-                span.set_status(StatusCode.ERROR, type(exc).__name__)
-                log.error(
-                    "request publish failed", extra={"request_id": request.request_id, "error": repr(exc)}
-                )
-                raise ServiceUnavailable("the request could not be queued; try again") from exc
+        try:
+            await publish_traced(
+                self.js,
+                subjects.request_subject(request.model),
+                request.model_dump_json().encode(),
+                msg_id=request.request_id,
+                timeout_s=self.settings.publish_timeout_s,
+                attributes={
+                    "llmchat.request_id": request.request_id,
+                    "llmchat.model": request.model,
+                    "llmchat.source": request.source,
+                },
+            )
+        except Exception as exc:
+            log.error("request publish failed", extra={"request_id": request.request_id, "error": repr(exc)})
+            raise ServiceUnavailable("the request could not be queued; try again") from exc
         self.queue.queued(request.model)
         if not follow:
             return None

@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
 from llmchat_common.projection import StoredEvent
-from llmchat_common.telemetry import inject, trace_id_of, tracer
+from llmchat_common.telemetry import publish_traced, trace_id_of
 from llmchat_history import repository as repo
 from llmchat_history.mapping import ConversationUpsert, plan_batch
 from llmchat_history.titles import title_request
@@ -36,8 +35,6 @@ log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 2.0
-
-_tracer = tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -178,27 +175,14 @@ class TitlePublisher:
         await self._release(job.conversation_id)
 
     async def _send(self, subject: str, payload: bytes, request_id: str) -> None:
-        with _tracer.start_as_current_span(
-            f"publish {subject}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "llmchat.request_id": request_id,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                await self._js_ctx.publish(
-                    subject,
-                    payload,
-                    headers=inject({"Nats-Msg-Id": request_id}),
-                    timeout=PUBLISH_TIMEOUT_S,
-                )
-            except Exception as exc:
-                span.set_status(StatusCode.ERROR, type(exc).__name__)
-                raise
+        await publish_traced(
+            self._js_ctx,
+            subject,
+            payload,
+            msg_id=request_id,
+            timeout_s=PUBLISH_TIMEOUT_S,
+            attributes={"llmchat.request_id": request_id},
+        )
 
     async def _release(self, conversation_id: str) -> None:
         try:

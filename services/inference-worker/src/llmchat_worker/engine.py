@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class VllmEngine:
         self.model_path = ""
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._stop_token_ids: frozenset[int] = frozenset()
         # The engine's OTLP endpoint: its `llm_request` span per request joins our trace.
         self.traces_endpoint: str | None = None
 
@@ -83,6 +84,7 @@ class VllmEngine:
             use_tqdm_on_load=False,
         )
         self._engine = AsyncLLM.from_engine_args(args)
+        self._stop_token_ids = self._eos_ids(self._engine.model_config.try_get_generation_config())
         log.info(
             "engine started",
             extra={
@@ -91,6 +93,28 @@ class VllmEngine:
                 "engine_tracing": self.traces_endpoint or "off",
             },
         )
+
+    def _eos_ids(self, generation_config: Mapping[str, Any]) -> frozenset[int]:
+        """The ids vLLM stops at unless `ignore_eos`: the tokenizer's EOS and the generation
+        config's `eos_token_id` (an int or a list)."""
+        ids: set[int] = set()
+        if self._tokenizer.eos_token_id is not None:
+            ids.add(int(self._tokenizer.eos_token_id))
+        extra = generation_config.get("eos_token_id")
+        if isinstance(extra, int):
+            ids.add(extra)
+        elif isinstance(extra, list | tuple):
+            ids.update(int(i) for i in extra)
+        return frozenset(ids)
+
+    @property
+    def stop_token_ids(self) -> Collection[int]:
+        return self._stop_token_ids
+
+    def decode(self, ids: list[int]) -> str:
+        # As vLLM's detokenizer does (it skips special tokens by default and never cleans up
+        # spaces); bytes of an incomplete character come out as U+FFFD.
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         ids = self._tokenizer.apply_chat_template(

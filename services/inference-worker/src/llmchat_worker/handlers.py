@@ -46,7 +46,7 @@ from llmchat_common.telemetry import attached, consumer_span, extract, inject, t
 from llmchat_worker import metrics
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
-from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Resume, Terminal
+from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Resume, Terminal, settle_resume
 from llmchat_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ class RequestConsumer:
                 self._count("failed")
                 record_outcome(span, poisoned)
                 return
-            resume, reset_reason = self._continuation(request, progress)
+            resume, reset_reason = await self._continuation(request, progress)
             metrics.FAILOVERS.labels(self.alias, "reset" if reset_reason else "continued").inc()
             if reset_reason:
                 span.set_attribute("llmchat.reset_reason", reset_reason)
@@ -486,7 +486,7 @@ class RequestConsumer:
         with contextlib.suppress(Exception):
             await msg.nak(delay=1.0)
 
-    def _continuation(
+    async def _continuation(
         self, request: ChatRequested, progress: Progress | None
     ) -> tuple[Resume | None, str | None]:
         """Go on from the tokens earlier attempts stored, or say why the answer starts over
@@ -506,7 +506,33 @@ class RequestConsumer:
             return None, progress.broken
         if progress.engine_model is not None and progress.engine_model != self.engine.model_path:
             return None, "the earlier attempt ran another engine model"
-        return Resume(progress.tokens, progress.text), None
+        stored = Resume(progress.tokens, progress.text)
+        # In a thread: it tokenizes the prompt and decodes the answer so far.
+        resume = await asyncio.to_thread(self._settle, request, stored)
+        if resume is None:
+            return None, "resume_mismatch: the stored token ids do not give the stored text"
+        if len(resume.tokens) < len(stored.tokens):
+            log.info(
+                "resumed tokens cut back to a character boundary",
+                extra={"stored_tokens": len(stored.tokens), "resumed_tokens": len(resume.tokens)},
+            )
+        return resume, None
+
+    def _settle(self, request: ChatRequested, stored: Resume) -> Resume | None:
+        try:
+            prompt_ids = self.engine.encode_chat(request.messages)
+        except Exception:  # noqa: BLE001 - the run itself rejects such a request
+            prompt_ids = []
+        try:
+            return settle_resume(
+                stored,
+                decode=self.engine.decode,
+                prompt_ids=prompt_ids,
+                stop_token_ids=() if request.params.ignore_eos else self.engine.stop_token_ids,
+            )
+        except Exception as exc:  # noqa: BLE001 - ids the tokenizer cannot decode: start over
+            log.warning("stored tokens could not be decoded", extra={"error": repr(exc)})
+            return None
 
     async def _fail_poison(
         self, request: ChatRequested, attempt: int, progress: Progress, sink: NatsEventSink

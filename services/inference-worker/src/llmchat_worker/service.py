@@ -4,14 +4,17 @@ Invariants:
 - exactly one terminal event per run (`completed`, `failed` or `cancelled`), always last;
 - events of one attempt carry `seq` 0, 1, 2, ... in publish order (`started` is 0);
 - the text in the terminal event equals the concatenation of the attempt's delta texts.
+
+A redelivered attempt goes on from what earlier attempts stored (`Resume`), once
+`settle_resume` has cut that back to where it can be continued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from typing import Protocol, TypedDict
 
 from llmchat_common.contracts import (
@@ -59,6 +62,17 @@ class EngineLike(Protocol):
 
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]: ...
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids as the engine's detokenizer gives it (special tokens
+        skipped); bytes of a character not yet complete come out as U+FFFD."""
+        ...
+
+    @property
+    def stop_token_ids(self) -> Collection[int]:
+        """Token ids that end a generation unless `ignore_eos` (EOS and the model's other
+        end-of-sequence ids)."""
+        ...
+
     def generate(
         self,
         key: str,
@@ -91,6 +105,55 @@ class Resume:
 
     tokens: list[int]
     text: str
+    # Set when the earlier attempt had in fact finished (its last token ended the answer) but
+    # died before its terminal event: this attempt only says so, it generates nothing.
+    finish_reason: str | None = None
+
+
+REPLACEMENT_CHAR = "\ufffd"
+# A character is at most 4 bytes; a random or broken model may leave a longer run of bytes
+# that are no text yet. Past this many trailing tokens without text, the answer starts over.
+MAX_RESUME_TRIM = 32
+# Prompt tokens decoded before the resumed ones, as the engine's detokenizer has them: some
+# tokenizers (SentencePiece) drop a leading space when decoding from the very start.
+DECODE_CONTEXT = 8
+
+
+def settle_resume(
+    resume: Resume,
+    *,
+    decode: Callable[[list[int]], str],
+    prompt_ids: list[int],
+    stop_token_ids: Collection[int],
+) -> Resume | None:
+    """What a new attempt can go on from, given what earlier attempts stored; None when it
+    cannot (the stored ids do not give the stored text: the answer must start over).
+
+    - The last stored token ended the answer (a stop token, with `stop_token_ids` empty under
+      `ignore_eos`): the answer is complete; continuing would generate past its end.
+    - The stored ids may end inside a multi-byte character (the engine holds back its bytes, so
+      no text was stored or sent for them). The engine's detokenizer, primed with prompt + ids
+      ending mid-character, would start the continuation with the whole prompt's text. So the
+      ids are cut back to the longest prefix whose text is exactly the stored text (what the
+      client was sent); the dropped tokens are generated again (the same ones with greedy
+      sampling; with sampling, new ones, and no text was shown for the old).
+    """
+    tokens = resume.tokens
+    if not tokens:
+        return resume
+    if tokens[-1] in stop_token_ids:
+        return replace(resume, finish_reason="stop")
+    context = prompt_ids[-DECODE_CONTEXT:]
+    base = decode(context)
+    if base.endswith(REPLACEMENT_CHAR):
+        context, base = [], ""
+    for keep in range(len(tokens), max(0, len(tokens) - MAX_RESUME_TRIM) - 1, -1):
+        decoded = decode(context + tokens[:keep])
+        if decoded.endswith(REPLACEMENT_CHAR) or not decoded.startswith(base):
+            continue
+        if decoded[len(base) :] == resume.text:
+            return resume if keep == len(tokens) else Resume(tokens[:keep], resume.text)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +281,17 @@ class RequestRunner:
                 resumed_chars=len(self.resume.text),
             )
         )
+        if self.resume.finish_reason is not None:
+            # The dead attempt had finished the answer but not stored its terminal event.
+            return await self._terminal(
+                Completed(
+                    **self._base(),
+                    finish_reason=self.resume.finish_reason,
+                    text="".join(self._text),
+                    usage=self._usage(),
+                    timings=self._timings(),
+                )
+            )
         remaining = max_tokens - len(self.resume.tokens)
         if remaining <= 0:
             # The dead attempt had generated everything but its terminal event.
