@@ -308,10 +308,17 @@ async def test_dashboards_and_alerts_use_only_exported_metrics(
     assert rules and all(r.get("health") in ("ok", "unknown") for r in rules), rules
 
 
-def test_promtool_accepts_the_rules_and_config() -> None:
+async def test_promtool_accepts_the_config_rules_and_their_tests() -> None:
+    """The deployment's Prometheus config and rules as promtool sees them, and the rules' own
+    unit tests (each alert fires on its bad case and stays quiet otherwise)."""
     promtool = shutil.which("promtool") or str(Path(prometheus_binary()).with_name("promtool"))
-    rules = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
-    assert rules.returncode == 0, rules.stdout + rules.stderr
+    for args in (
+        ["check", "config", str(OBSERVABILITY / "prometheus" / "prometheus.yml")],
+        ["check", "rules", str(ALERTS)],
+        ["test", "rules", str(OBSERVABILITY / "prometheus" / "alerts_test.yml")],
+    ):
+        run = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=ALERTS.parent)
+        assert run.returncode == 0, f"promtool {' '.join(args)}:\n{run.stdout}{run.stderr}"
 
 
 # -- logs -------------------------------------------------------------------------------------
