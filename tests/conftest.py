@@ -123,7 +123,7 @@ def metrics_service(stack: LocalStack) -> Iterator[ManagedProcess]:
 
 
 @pytest.fixture(scope="session")
-def edge(
+def edge_service(
     stack: LocalStack,
     worker: Worker,
     auth_service: ManagedProcess,
@@ -139,13 +139,13 @@ def edge(
 
 
 @pytest.fixture(scope="session")
-def edge_url(edge: Edge) -> str:
-    return edge.url
+def edge_url(edge_service: Edge) -> str:
+    return edge_service.url
 
 
 @pytest.fixture(scope="session")
 def metrics_targets(
-    edge: Edge,
+    edge_service: Edge,
     worker: Worker,
     auth_service: ManagedProcess,
     history_service: ManagedProcess,
@@ -153,7 +153,7 @@ def metrics_targets(
 ) -> dict[str, list[str]]:
     """Where the session's services serve /metrics, by Prometheus job name."""
     procs = {
-        "chat": edge.proc,
+        "chat": edge_service.proc,
         "worker": worker.proc,
         "auth": auth_service,
         "history": history_service,

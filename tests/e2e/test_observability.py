@@ -96,13 +96,24 @@ def by_service(spans: list[ReceivedSpan]) -> dict[str, list[ReceivedSpan]]:
     return found
 
 
+# The projections that write the stored answer and the usage row (JetStream durable names).
+HISTORY_CONSUMER, USAGE_CONSUMER = "projection-history", "projection-metrics"
+
+
+def consumer_spans(spans: list[ReceivedSpan], consumer: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.kind == CONSUMER and s.attributes.get("llmchat.consumer") == consumer]
+
+
 def whole_trace(spans: list[ReceivedSpan]) -> bool:
-    """Spans from every service, the engine's included, and each one's parent present."""
+    """Spans from every service, the engine's and both projections' included, and each one's
+    parent present."""
     services = by_service(spans)
     if not {"chat", "inference-worker", "history", "metrics"} <= set(services):
         return False
     names = {s.name for s in services["inference-worker"]}
     if not {"generate", "llm_request"} <= names:
+        return False
+    if not all(consumer_spans(spans, c) for c in (HISTORY_CONSUMER, USAGE_CONSUMER)):
         return False
     ids = {s.span_id for s in spans}
     return all(s.parent_span_id is None or s.parent_span_id in ids for s in spans)
@@ -169,9 +180,14 @@ async def test_one_trace_from_the_caller_to_the_engine_and_postgres(
         parents = {ancestors(s, spans)[0].span_id for s in consumer}
         assert parents & worker_ids, summarize(spans)
         assert parents <= worker_ids | {publish.span_id}, summarize(spans)
-    # Database work of the consumers (asyncpg spans) is in the same trace.
+    # The projections that stored this answer and its usage row took the worker's events: their
+    # spans are children of `generate`, and their Postgres statements are children of theirs.
     db = [s for s in spans if s.attributes.get("db.system") == "postgresql"]
-    assert {s.service for s in db} >= {"history", "metrics"}, summarize(spans)
+    for name in (HISTORY_CONSUMER, USAGE_CONSUMER):
+        projected = consumer_spans(spans, name)
+        assert {s.parent_span_id for s in projected} == {generate.span_id}, summarize(spans)
+        ids = {s.span_id for s in projected}
+        assert any(ids & {a.span_id for a in ancestors(s, spans)} for s in db), f"{name}:\n{summarize(spans)}"
 
     usage, message = await eventually(
         lambda: _both(stack, request_id), timeout=30, what="the usage row and the stored answer"
@@ -246,14 +262,17 @@ async def test_prometheus_scrapes_every_service(
 ) -> None:
     up = {t["labels"]["job"] for t in prometheus.wait_targets_up(timeout=60)}
     assert up == set(metrics_targets), up
-    tokens_before = prometheus.query_value(
-        f'sum(llmchat_worker_generated_tokens_total{{model="{MAIN_MODEL}"}})'
-    )
+    ttft = f'llmchat_ttft_seconds_count{{model="{MAIN_MODEL}"}}'
+    tokens = f'sum(llmchat_worker_generated_tokens_total{{model="{MAIN_MODEL}"}})'
+    projected = 'llmchat_consumer_events_total{consumer=~"projection-history|projection-metrics"}'
+    ttft_before, tokens_before = prometheus.query_value(ttft) or 0, prometheus.query_value(tokens) or 0
+    events_before = {s["metric"]["consumer"]: float(s["value"][1]) for s in prometheus.query(projected)}
     for _ in range(3):
         await chat(edge_url, account.api_key)
 
-    ttft = f'llmchat_ttft_seconds_count{{model="{MAIN_MODEL}"}}'
-    prometheus.wait_for_query(ttft, lambda r: bool(r) and float(r[0]["value"][1]) >= 3, timeout=30)
+    prometheus.wait_for_query(
+        ttft, lambda r: bool(r) and float(r[0]["value"][1]) >= ttft_before + 3, timeout=30
+    )
     selector = f'{{model="{MAIN_MODEL}"}}'
     mean = prometheus.query_value(
         f"llmchat_ttft_seconds_sum{selector} / llmchat_ttft_seconds_count{selector}"
@@ -264,19 +283,26 @@ async def test_prometheus_scrapes_every_service(
     )
     assert p50 is not None and 0 < p50 < 10, p50
 
-    tokens = f'sum(llmchat_worker_generated_tokens_total{{model="{MAIN_MODEL}"}})'
     prometheus.wait_for_query(
-        tokens, lambda r: bool(r) and float(r[0]["value"][1]) >= (tokens_before or 0) + 3 * 16, timeout=30
+        tokens, lambda r: bool(r) and float(r[0]["value"][1]) >= tokens_before + 3 * 16, timeout=30
     )
     # The engine's own statistics are in the worker's scrape too.
     assert prometheus.query(f'vllm:kv_cache_usage_perc{{model_name="{MAIN_MODEL}"}}')
-    # Every consumer catches up: its lag returns to 0.
-    lag = prometheus.wait_for_query(
-        "llmchat_consumer_pending",
-        lambda r: len(r) >= 2 and all(float(s["value"][1]) == 0 for s in r),
+    # The projections took these requests' events (their counters moved)...
+    prometheus.wait_for_query(
+        projected,
+        lambda r: (
+            len(r) == 2 and all(float(s["value"][1]) >= events_before[s["metric"]["consumer"]] + 3 for s in r)
+        ),
         timeout=60,
     )
-    assert {s["metric"]["job"] for s in lag} >= {"history", "metrics"}, lag
+    # ...and every consumer catches up: its backlog and its lag return to 0 (the lag was set by
+    # the batches just counted; it reads 0 again only once JetStream reports nothing pending).
+    for gauge in ("llmchat_consumer_pending", "llmchat_consumer_lag_seconds"):
+        caught_up = prometheus.wait_for_query(
+            gauge, lambda r: len(r) >= 4 and all(float(s["value"][1]) == 0 for s in r), timeout=60
+        )
+        assert {s["metric"]["job"] for s in caught_up} == {"history", "metrics"}, caught_up
 
 
 def every_expression() -> list[tuple[str, str]]:

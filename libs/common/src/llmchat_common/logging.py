@@ -8,7 +8,8 @@ passed to loggers; callers log ids only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import atexit
+import contextlib
 import io
 import json
 import logging
@@ -19,7 +20,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
@@ -116,15 +116,14 @@ def configure_vllm_logging(service: str, settings: LogSettings | None = None) ->
         },
         "loggers": {"vllm": {"handlers": ["json"], "level": settings.level.upper(), "propagate": False}},
     }
-    text = json.dumps(config, sort_keys=True)
-    # One file per distinct config (not one per start): the engine's processes read it at start.
-    path = (
-        Path(tempfile.gettempdir())
-        / f"llmchat-vllm-logging-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-    )
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
+    # A private file of this process (mode 0600): vLLM's processes import factories named in it.
+    fd, path = tempfile.mkstemp(prefix="llmchat-vllm-logging-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f)
+    atexit.register(_unlink, path)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +28,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 
@@ -76,8 +77,12 @@ def setup_telemetry(service: str) -> Telemetry:
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        exporter = TypeOnlyErrors(OTLPSpanExporter(endpoint=endpoint))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    # W3C trace context only: a caller's `baggage` header would otherwise ride on every message
+    # of its request (each token event included) into every service.
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
     _installed = Telemetry(provider, exporting=bool(endpoint))
     log.info("telemetry ready", extra={"traces_endpoint": endpoint or "off"})
     return _installed
@@ -86,6 +91,61 @@ def setup_telemetry(service: str) -> Telemetry:
 def shutdown_telemetry() -> None:
     if _installed is not None:
         _installed.shutdown()
+
+
+def flush_telemetry(timeout_ms: int = 5000) -> None:
+    """Exports the spans still buffered: for a process that may die right after (uvicorn
+    re-raises the signal that stopped it once its lifespan has ended)."""
+    if _installed is not None:
+        _installed.provider.force_flush(timeout_ms)
+
+
+class TypeOnlyErrors(SpanExporter):
+    """Exports spans with their errors reduced to the error's type. Instrumentations record an
+    exception's message and stack (e.g. asyncpg's, whose message quotes the offending row: an
+    email, a message's text); no span may carry those."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._inner.export([_type_only(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _type_only(span: ReadableSpan) -> ReadableSpan:
+    exceptions = [e for e in span.events if e.name == "exception"]
+    description = span.status.description
+    if not exceptions and not description:
+        return span
+    events = [
+        Event(
+            "exception", {"exception.type": str((e.attributes or {}).get("exception.type", ""))}, e.timestamp
+        )
+        if e.name == "exception"
+        else e
+        for e in span.events
+    ]
+    status = Status(span.status.status_code, description.split(":", 1)[0] if description else None)
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def tracer(name: str) -> trace.Tracer:
@@ -193,7 +253,19 @@ def serve_metrics(host: str, port: int) -> WSGIServer | None:
     """Serves the default registry at http://host:port/metrics from a thread; 0 = off."""
     if not port:
         return None
-    server = make_server(host, port, _metrics_app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    try:
+        server = make_server(host, port, _metrics_app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        # Metrics are not worth refusing to serve for (e.g. a second copy on one host).
+        log.error("metrics endpoint not served", extra={"port": port, "error": repr(exc)})
+        return None
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics endpoint", extra={"url": f"http://{host}:{server.server_port}/metrics"})
     return server
+
+
+def stop_metrics(server: WSGIServer | None) -> None:
+    """Blocking (up to the server's poll interval): call it from a thread in async code."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -28,7 +28,7 @@ from llmchat_auth.settings import AuthSettings
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import jetstream, make_broker, revocations_kv
-from llmchat_common.telemetry import serve_metrics
+from llmchat_common.telemetry import serve_metrics, stop_metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
         # Stops taking requests and waits (bounded) for those in flight, then drains.
         await app.broker.stop()
         await app.db.dispose()
-        if metrics is not None:
-            await asyncio.to_thread(metrics.shutdown)
-            metrics.server_close()
+        await asyncio.to_thread(stop_metrics, metrics)
         if started:
             log.info("auth stopped")
 

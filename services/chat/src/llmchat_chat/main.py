@@ -35,7 +35,13 @@ from llmchat_common.messaging import (
     registry_kv,
     revocations_kv,
 )
-from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry
+from llmchat_common.telemetry import (
+    flush_telemetry,
+    serve_metrics,
+    setup_telemetry,
+    shutdown_telemetry,
+    stop_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +90,14 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
             yield
         finally:
             workers_gauge.cancel()
-            if metrics_server is not None:
-                metrics_server.shutdown()
+            await asyncio.to_thread(stop_metrics, metrics_server)
             await webhooks.stop()
             await service.shutdown()
             await revocations.stop()
             await redis.aclose()
             await broker.stop()
+            # Before uvicorn re-raises the stopping signal (the process ends there).
+            flush_telemetry()
 
     app = FastAPI(title="llmchat", version="0.1.0", lifespan=lifespan)
     api_errors.install(app)

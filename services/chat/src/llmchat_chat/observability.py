@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from llmchat_chat.service import ModelRegistry
 
 log = logging.getLogger("llmchat.access")
+PROBES = ("/healthz", "/readyz")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -139,11 +140,12 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            elapsed = time.perf_counter() - started
-            HTTP_REQUESTS.labels(template, method, str(status)).inc()
-            HTTP_DURATION.labels(template, method).observe(elapsed)
-            if template not in ("/healthz", "/readyz"):
+            # Probes are neither traffic nor worth a line (they would pad every error ratio).
+            if template not in PROBES:
+                method = scope.get("method", "")
+                elapsed = time.perf_counter() - started
+                HTTP_REQUESTS.labels(template, method, str(status)).inc()
+                HTTP_DURATION.labels(template, method).observe(elapsed)
                 extra = {
                     "route": template,
                     "method": method,
@@ -163,12 +165,15 @@ class StreamTiming:
         self.model = model
         self.accepted_at = accepted_at
         self.last_text_at: float | None = None
+        self.attempt = 0
         self.done = False
         ACTIVE_STREAMS.labels(model).inc()
 
     def saw(self, event: AnyEvent) -> None:
-        if self.done:
+        # A superseded attempt's late events (a worker presumed dead) are not this request's.
+        if self.done or event.attempt < self.attempt:
             return
+        self.attempt = event.attempt
         now = time.time()
         if isinstance(event, Delta) and event.text:
             if self.last_text_at is None:
@@ -188,9 +193,12 @@ class StreamTiming:
 
 
 async def watch_workers(registry: ModelRegistry, interval_s: float = 5.0) -> None:
-    """Keeps `llmchat_model_workers` current for every served model (0 when none is live)."""
+    """Keeps `llmchat_model_workers` current for every model served or ever seen live (0 when
+    none is live, so "no live worker" alerts fire for models outside the catalog too)."""
+    seen = set(registry.catalog)
     while True:
         live = await registry.live()
-        for model in {*registry.catalog, *live}:
+        seen |= set(live)
+        for model in seen:
             MODEL_WORKERS.labels(model).set(len(live.get(model, [])))
         await asyncio.sleep(interval_s)

@@ -25,7 +25,7 @@ from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 from llmchat_common.projection import ProjectionConsumer
-from llmchat_common.telemetry import serve_metrics
+from llmchat_common.telemetry import serve_metrics, stop_metrics
 from llmchat_history.handlers import register_handlers
 from llmchat_history.models import SCHEMA
 from llmchat_history.projection import HistoryProjection, TitlePublisher
@@ -115,9 +115,7 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
                 await task
         await app.broker.stop()
         await app.engine.dispose()
-        if metrics is not None:
-            await asyncio.to_thread(metrics.shutdown)
-            metrics.server_close()
+        await asyncio.to_thread(stop_metrics, metrics)
         if started:
             log.info("history stopped")
 

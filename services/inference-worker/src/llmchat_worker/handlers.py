@@ -42,7 +42,7 @@ from llmchat_common.contracts import (
 from llmchat_common.logging import log_context
 from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registry_kv
 from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
-from llmchat_common.telemetry import attached, consumer_span, extract, inject, tracer
+from llmchat_common.telemetry import attached, consumer_span, extract, inject, record_error, tracer
 from llmchat_worker import metrics
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
@@ -357,6 +357,7 @@ class RequestConsumer:
                 attributes=generate_attributes(
                     request, model=self.alias, attempt=attempt, worker_id=self.settings.worker_id
                 ),
+                record_exception=False,
             ) as span,
         ):
             # The publisher's span is the parent of both; a request without trace context gets
@@ -454,9 +455,8 @@ class RequestConsumer:
                 await msg.nak()
             raise
         except Exception as exc:  # noqa: BLE001 - publish failures etc.
-            span.record_exception(exc)
+            record_error(span, exc)
             span.set_attribute("llmchat.outcome", "released")
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             self._count("released")
             await self._fail_unexpected(runner, msg, exc)
             return

@@ -13,14 +13,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
 import uvicorn
 from fastapi import FastAPI, Response
 
 from llmchat_common.logging import configure_vllm_logging, install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
-from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry
+from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry, stop_metrics
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.handlers import RequestConsumer, register_handlers
 from llmchat_worker.logs import JsonLines
@@ -53,7 +52,7 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
         try:
             await engine.probe()
             # After the engine: its vllm:* metrics are in the registry by now.
-            metrics_server = start_metrics(settings)
+            metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
             await broker.start()
             await ensure_streams(jetstream(broker), settings.nats)
             consumer = RequestConsumer(settings, engine, broker, profile.alias, lambda: app.state.fatal())
@@ -68,9 +67,7 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
             log.info("broker stopped")
             engine.shutdown()
             log.info("engine stopped")
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
+            await asyncio.to_thread(stop_metrics, metrics_server)
 
     app = FastAPI(title="llmchat inference worker", lifespan=lifespan)
     app.state.worker = state
@@ -95,19 +92,6 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
         return {"ready": consumer.ready, **consumer.info().model_dump(), "tracked": len(consumer.runners)}
 
     return app
-
-
-def start_metrics(settings: WorkerSettings) -> WSGIServer | None:
-    """The /metrics endpoint; a port already taken costs the metrics, not the worker (an
-    `up == 0` for the scrape job says so)."""
-    try:
-        return serve_metrics(settings.prometheus_host, settings.prometheus_port)
-    except OSError as exc:
-        log.error(
-            "metrics endpoint unavailable",
-            extra={"host": settings.prometheus_host, "port": settings.prometheus_port, "error": str(exc)},
-        )
-        return None
 
 
 def run() -> None:

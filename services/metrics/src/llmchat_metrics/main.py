@@ -34,7 +34,7 @@ from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker, nats_client
 from llmchat_common.projection import REQUESTS_SOURCE, LogConsumer, ProjectionConsumer
-from llmchat_common.telemetry import serve_metrics
+from llmchat_common.telemetry import serve_metrics, stop_metrics
 from llmchat_metrics.handlers import register_handlers
 from llmchat_metrics.jobs import JobEventsProjection, JobRequestsProjection
 from llmchat_metrics.models import SCHEMA
@@ -180,9 +180,7 @@ async def lifespan(app: MetricsApp) -> AsyncIterator[MetricsApp]:
         for task in app.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if server is not None:
-            await asyncio.to_thread(server.shutdown)
-            server.server_close()
+        await asyncio.to_thread(stop_metrics, server)
         if collector is not None:
             REGISTRY.unregister(collector)
         # Closed, not drained: the cancelled loop's pull subscription has nothing to finish

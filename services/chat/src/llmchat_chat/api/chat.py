@@ -3,12 +3,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from llmchat_chat.api.deps import Caller, CallerDep, ConversationsDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import ChunkWriter, completion_body
@@ -245,8 +246,9 @@ async def respond(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(request.request_id, body.model, created, include_usage, conversation)
-        return StreamingResponse(
+        return AbandonableStream(
             sse_frames(stream_chunks(service, handle, writer, first, admission, limiter)),
+            abandoned=lambda: client_left(service, handle, admission, limiter),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -337,9 +339,40 @@ async def stream_chunks(
             service.in_background(handle.close())
             service.in_background(limiter.release(admission))
         else:
-            if handle.request.disconnect == "cancel":
-                service.in_background(service.cancel(handle.request_id, "client"))
-            service.in_background(settle_after_client_left(handle, admission, limiter))
+            client_left(service, handle, admission, limiter)
+
+
+class AbandonableStream(StreamingResponse):
+    """A streamed answer whose body may never start: when the client leaves between the
+    response's start and its first chunk, Starlette cancels the body's task before the generator
+    runs, so the generator's own cleanup never does; `abandoned` runs instead."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, abandoned: Callable[[], None], **kwargs: Any
+    ) -> None:
+        self._begun = False
+        self._abandoned = abandoned
+        super().__init__(self._mark(content), **kwargs)
+
+    async def _mark(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        self._begun = True
+        async for chunk in content:
+            yield chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._begun:
+                self._abandoned()
+
+
+def client_left(service: ChatService, handle: Submitted, admission: Admission, limiter: Limiter) -> None:
+    """The client went away before the answer ended: cancel per its policy, and settle the
+    budget with what the request really used once it ends."""
+    if handle.request.disconnect == "cancel":
+        service.in_background(service.cancel(handle.request_id, "client"))
+    service.in_background(settle_after_client_left(handle, admission, limiter))
 
 
 async def settle_after_client_left(handle: Submitted, admission: Admission, limiter: Limiter) -> None:
