@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 TRACEPARENT = "traceparent"
+# W3C trace context only: a caller's `baggage` header would otherwise ride on every message of
+# its request (each token event included) into every service.
+PROPAGATOR = TraceContextTextMapPropagator()
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
@@ -80,9 +83,7 @@ def setup_telemetry(service: str) -> Telemetry:
         exporter = TypeOnlyErrors(OTLPSpanExporter(endpoint=endpoint))
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    # W3C trace context only: a caller's `baggage` header would otherwise ride on every message
-    # of its request (each token event included) into every service.
-    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    propagate.set_global_textmap(PROPAGATOR)  # for the instrumentations too
     _installed = Telemetry(provider, exporting=bool(endpoint))
     log.info("telemetry ready", extra={"traces_endpoint": endpoint or "off"})
     return _installed
@@ -154,13 +155,13 @@ def tracer(name: str) -> trace.Tracer:
 
 def inject(headers: dict[str, str], ctx: Context | None = None) -> dict[str, str]:
     """Adds the current (or given) trace context to outgoing message headers."""
-    propagate.inject(headers, context=ctx)
+    PROPAGATOR.inject(headers, context=ctx)
     return headers
 
 
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context a message carries (an empty context when it carries none)."""
-    return propagate.extract(dict(headers or {}))
+    return PROPAGATOR.extract(dict(headers or {}))
 
 
 def trace_id_of(span: Span | None = None) -> str:
@@ -171,7 +172,7 @@ def trace_id_of(span: Span | None = None) -> str:
 
 def traceparent_of(span: Span) -> str:
     headers: dict[str, str] = {}
-    propagate.inject(headers, context=trace.set_span_in_context(span))
+    PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
     return headers.get(TRACEPARENT, "")
 
 

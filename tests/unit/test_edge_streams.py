@@ -1,0 +1,63 @@
+"""A streamed answer whose client leaves before its body starts still cancels and settles:
+Starlette (ASGI 2.3, what uvicorn speaks) cancels the body's task before the generator runs, so
+the generator's own cleanup would never run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from llmchat_chat.api.chat import AbandonableStream
+
+pytestmark = pytest.mark.asyncio
+
+
+async def body(cleaned: list[str]) -> AsyncIterator[bytes]:
+    try:
+        yield b"data: one\n\n"
+        yield b"data: two\n\n"
+    finally:
+        cleaned.append("generator")
+
+
+async def serve(response: AbandonableStream, *, leave_at_once: bool) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    left = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not leave_at_once:
+            await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        await asyncio.sleep(0.01)  # the network: the disconnect is noticed meanwhile
+        if message.get("more_body") is False:
+            left.set()
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/"}
+    await response(scope, receive, send)
+    return sent
+
+
+async def test_a_client_gone_before_the_first_chunk_runs_the_abandoned_cleanup() -> None:
+    cleaned: list[str] = []
+    response = AbandonableStream(
+        body(cleaned), abandoned=lambda: cleaned.append("abandoned"), media_type="text/event-stream"
+    )
+    sent = await serve(response, leave_at_once=True)
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert cleaned == ["abandoned"]
+
+
+async def test_a_stream_that_ran_cleans_up_once_by_itself() -> None:
+    cleaned: list[str] = []
+    response = AbandonableStream(
+        body(cleaned), abandoned=lambda: cleaned.append("abandoned"), media_type="text/event-stream"
+    )
+    sent = await serve(response, leave_at_once=False)
+    assert b"".join(m.get("body", b"") for m in sent) == b"data: one\n\ndata: two\n\n"
+    assert cleaned == ["generator"]
