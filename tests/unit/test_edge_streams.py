@@ -5,7 +5,7 @@ the generator's own cleanup would never run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -23,8 +23,8 @@ async def body(cleaned: list[str]) -> AsyncIterator[bytes]:
         cleaned.append("generator")
 
 
-async def serve(response: AbandonableStream, *, leave_at_once: bool) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
+async def serve(response: AbandonableStream, *, leave_at_once: bool) -> list[MutableMapping[str, Any]]:
+    sent: list[MutableMapping[str, Any]] = []
     left = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
@@ -32,7 +32,7 @@ async def serve(response: AbandonableStream, *, leave_at_once: bool) -> list[dic
             await left.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
         await asyncio.sleep(0.01)  # the network: the disconnect is noticed meanwhile
         if message.get("more_body") is False:
