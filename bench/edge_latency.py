@@ -126,14 +126,18 @@ ROOMY_LIMITS = {
 }
 
 
-def start_platform() -> tuple[str, object]:
+def start_platform(traces: bool) -> tuple[str, object]:
     sys.path.insert(0, str(REPO))
+    from llmchat_common.testing.otlp import OtlpReceiver
     from llmchat_common.testing.services import start_auth, start_edge, start_worker
     from llmchat_common.testing.stack import LocalStack, StackPorts
 
-    stack = LocalStack(
-        Path(tempfile.mkdtemp(prefix="llmchat-bench-")), preferred=StackPorts(0, 0, 0, 0)
-    ).start()
+    stack = LocalStack(Path(tempfile.mkdtemp(prefix="llmchat-bench-")), preferred=StackPorts(0, 0, 0, 0))
+    receiver = OtlpReceiver().start() if traces else None
+    if receiver is not None:
+        # Every span of every service exported (sampling all), decoded by a real OTLP receiver.
+        stack.telemetry_env = receiver.env()
+    stack.start()
     worker, _ = start_worker(stack, models_dir=REPO / ".state" / "models")
     auth = start_auth(stack)
     edge, port = start_edge(stack, extra_env=ROOMY_LIMITS)
@@ -143,6 +147,9 @@ def start_platform() -> tuple[str, object]:
         auth.stop()
         worker.stop()
         stack.stop()
+        if receiver is not None:
+            print(f"spans exported: {len(receiver.all_spans())}", flush=True)
+            receiver.stop()
 
     return f"http://127.0.0.1:{port}", stop
 
@@ -161,11 +168,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--traces", action="store_true", help="the platform it starts exports every span (OTLP) to a receiver"
+    )
     args = parser.parse_args()
     stop = None
     url = args.url
     if url is None:
-        url, stop = start_platform()
+        url, stop = start_platform(args.traces)
     try:
         api_key = args.api_key or create_account(url).api_key
         print(
