@@ -311,11 +311,6 @@ async def test_resumed_ids_ending_inside_a_character_are_cut_back_to_its_start()
     assert cut_inside >= 3  # "é", "€", "😀"... : the case is covered
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request_log.progress_of marks a resume cut inside a stored delta as broken: a third "
-    "attempt starts over instead of continuing (needs a change in libs/common)",
-)
 async def test_a_third_attempt_folds_a_resume_cut_inside_a_delta() -> None:
     whole = await run_bytes()
     engine = ByteEngine()

@@ -93,16 +93,25 @@ class Progress:
     _pieces: list[tuple[list[int], str]] = field(default_factory=list)
     _next_seq: int = 0
 
-    def _truncate(self, tokens: int) -> None:
+    def _truncate(self, tokens: int, chars: int) -> None:
         kept: list[tuple[list[int], str]] = []
-        count = 0
+        count = length = 0
         for ids, text in self._pieces:
             if count + len(ids) > tokens:
+                # A cut inside a delta (the new attempt cut back the bytes of a character whose
+                # text was not out yet): that delta's first ids, and its text up to `chars`.
+                rest = chars - length
+                if count < tokens and 0 <= rest <= len(text):
+                    kept.append((ids[: tokens - count], text[:rest]))
+                    count, length = tokens, chars
                 break
             kept.append((ids, text))
             count += len(ids)
-        if count != tokens:
-            self.broken = f"a resumed attempt kept {tokens} tokens, not on a delta boundary"
+            length += len(text)
+        if count != tokens or length != chars:
+            self.broken = (
+                f"a resumed attempt kept {tokens} tokens and {chars} characters, not what was stored"
+            )
         self._pieces = kept
 
     def _apply(self, event: AnyEvent) -> None:
@@ -117,7 +126,7 @@ class Progress:
             elif isinstance(event, Reset):
                 self._pieces, self.broken = [], None
             elif isinstance(event, Started):
-                self._truncate(event.resumed_tokens)
+                self._truncate(event.resumed_tokens, event.resumed_chars)
             self.attempt = event.attempt
             self._next_seq = event.seq
         if isinstance(event, Started):
