@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,13 +47,13 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_task_dump()
+        # Bound at once, not after the engine's ~30 s start: a port chosen free by whoever
+        # started us could be taken meanwhile (vLLM's metrics join the registry when it starts).
+        metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
         engine = VllmEngine(profile, settings.models_dir)
-        engine.start()
-        metrics_server = None
         try:
+            engine.start()
             await engine.probe()
-            # After the engine: its vllm:* metrics are in the registry by now.
-            metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
             await broker.start()
             await ensure_streams(jetstream(broker), settings.nats)
             consumer = RequestConsumer(settings, engine, broker, profile.alias, lambda: app.state.fatal())
@@ -108,6 +109,9 @@ def run() -> None:
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
     )
+    # The HTTP port is bound now; uvicorn would bind it only after the lifespan (the engine's
+    # start), and a port chosen free by whoever started us could be taken meanwhile.
+    listening = socket.create_server((settings.host, settings.port))
 
     def fatal() -> None:
         state.fatal = True
@@ -119,7 +123,7 @@ def run() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     try:
-        asyncio.run(server.serve())
+        asyncio.run(server.serve(sockets=[listening]))
     finally:
         shutdown_telemetry()
         if stdio is not None:
