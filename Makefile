@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps run auth-cli history-cli metrics-cli replay test lint fmt bench clean
+.PHONY: setup system-deps web web-test run auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -39,7 +39,25 @@ $(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/infer
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
-run: setup
+# The web app (services/chat/web): npm packages from the lock file, then a build into dist/ that
+# the edge serves at `/` (rebuilt when a source changes; the built files are not committed).
+WEB := services/chat/web
+WEB_SRC := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html \
+	$(WEB)/vite.config.ts $(WEB)/tsconfig.json
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SRC)
+	cd $(WEB) && npm run --silent build
+
+web: system-deps $(WEB)/dist/index.html
+
+# The app's unit tests (Vitest); its browser tests run in the suite (tests/e2e/test_web_ui.py).
+web-test: web
+	cd $(WEB) && npm test --silent
+
+run: setup web
 	$(PY) infra/run.py
 
 # The auth service's operator commands against the platform `make run` started, e.g.
@@ -66,7 +84,7 @@ fmt: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint
+test: setup lint web-test
 	$(VENV)/bin/pytest
 
 bench: setup

@@ -5,6 +5,8 @@ import pytest
 from llmchat_common import subjects
 from llmchat_common.contracts import (
     SCHEMA_VERSION,
+    ChatMessage,
+    ChatRequested,
     Completed,
     Delta,
     Timings,
@@ -54,3 +56,15 @@ def test_subjects() -> None:
     for bad in ("a.b", "*", ">", "a b", ""):
         with pytest.raises(ValueError, match="subject token"):
             subjects.cancel_subject(bad)
+
+
+def test_a_regenerated_answer_does_not_repeat_the_user_message() -> None:
+    messages = [
+        ChatMessage(role="system", content="be brief"),
+        ChatMessage(role="user", content="hello"),
+    ]
+    first = ChatRequested(request_id="r1", model="m", messages=messages, created_at=0, deadline=1)
+    again = first.model_copy(update={"request_id": "r2", "regenerate": True})
+    assert first.facts()["user_message"] == "hello"
+    assert again.facts()["user_message"] is None
+    assert again.facts()["system_prompt"] == "be brief"

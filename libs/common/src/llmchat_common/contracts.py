@@ -57,6 +57,8 @@ class ChatRequested(_Contract):
     user_id: str | None = None
     api_key_id: str | None = None
     conversation_id: str | None = None
+    # Another answer to a user message the conversation already holds: not stored again.
+    regenerate: bool = False
     kind: RequestKind = "chat"
     priority: int = PRIORITY_DEFAULT
     # W3C trace id (32 hex digits) of the request: from the caller's `traceparent`, else new.
@@ -85,7 +87,9 @@ class ChatRequested(_Contract):
             "created_at": self.created_at,
             "source": self.source,
             "webhook_url": self.webhook_url,
-            "user_message": last.content if last is not None and last.role == "user" else None,
+            "user_message": (
+                last.content if last is not None and last.role == "user" and not self.regenerate else None
+            ),
             "system_prompt": first.content if first is not None and first.role == "system" else None,
         }
 

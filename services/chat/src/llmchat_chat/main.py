@@ -16,6 +16,7 @@ from llmchat_chat.api import build_router
 from llmchat_chat.api import errors as api_errors
 from llmchat_chat.api.limits import BodySizeLimit
 from llmchat_chat.api.security import SecurityHeaders
+from llmchat_chat.api.web import WebApp
 from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerifier
 from llmchat_chat.backends import history_client, usage_client
 from llmchat_chat.conversations import ConversationGuard
@@ -126,6 +127,8 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HttpMetrics)
     app.include_router(build_router())
+    # Last: everything no API route claimed is the web app's.
+    app.mount("/", WebApp(settings.web_dir), name="web")
     # Outermost: the server span covers everything above, the metrics and access log included.
     instrument(app)
     return app

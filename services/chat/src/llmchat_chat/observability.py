@@ -139,7 +139,8 @@ class HttpMetrics:
             await self.app(scope, receive, sending)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            # The web app's mount at `/` has the path "" (one label for all its files).
+            template = getattr(route, "path", None) or ("/" if route is not None else "unmatched")
             # Probes are neither traffic nor worth a line (they would pad every error ratio).
             if template not in PROBES:
                 method = scope.get("method", "")

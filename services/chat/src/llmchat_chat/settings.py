@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmchat_chat.webhooks import WebhookSettings
 from llmchat_common.settings import LogSettings, NatsSettings, RedisSettings, TokenSettings
+
+# services/chat/web/dist, next to this package's sources (the Docker image sets its own).
+WEB_DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
 
 
 class Limits(BaseModel):
@@ -75,6 +80,9 @@ class ChatSettings(BaseSettings):
     # Models this deployment serves; requests for them queue even while no worker is live.
     # Any model with a live worker in the registry is served too.
     models: list[str] = Field(default_factory=lambda: ["tiny-random"])
+
+    # The built web app (`make web`), served at `/`; missing, `/` says how to build it.
+    web_dir: Path = Field(default_factory=lambda: WEB_DIST)
 
     max_body_bytes: int = 2 * 1024 * 1024
     max_messages: int = 512

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from llmchat_chat.api.deps import AdminDep, AuthenticatorDep
+from llmchat_chat.api.deps import AdminDep, AuthenticatorDep, ServiceDep
+from llmchat_chat.api.models import model_entries
 from llmchat_chat.errors import InvalidRequest
 from llmchat_common.auth_contracts import ListUsersRequest, SetUserDisabledRequest, UserList, UserView
 
@@ -40,3 +41,16 @@ async def update_user(user_id: str, body: UserPatch, caller: AdminDep, auth: Aut
     else:
         auth.revocations.discard("user", user_id)
     return user
+
+
+@router.get("/v1/admin/workers")
+async def list_workers(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """Live workers (a heartbeat within the registry's time to live) with their capacity and
+    load, and the models with their totals."""
+    live = await service.registry.live()
+    workers = sorted((w for ws in live.values() for w in ws), key=lambda w: (w.model, w.worker_id))
+    return {
+        "object": "list",
+        "data": [w.model_dump(mode="json", exclude={"schema_version"}) for w in workers],
+        "models": model_entries(service.registry, live),
+    }

@@ -94,6 +94,7 @@ async def to_request(
         user_id=caller.user_id,
         api_key_id=caller.principal.api_key_id,
         conversation_id=conversation,
+        regenerate=body.regenerate,
         # The server span's trace: the caller's own when it sent a `traceparent`.
         trace_id=trace_id_of(),
         stream=body.stream and source == "chat",

@@ -3,15 +3,15 @@ from typing import Any
 from fastapi import APIRouter
 
 from llmchat_chat.api.deps import CallerDep, ServiceDep
+from llmchat_chat.service import ModelRegistry
+from llmchat_common.contracts import WorkerInfo
 
 router = APIRouter()
 
 
-@router.get("/v1/models")
-async def list_models(service: ServiceDep, _: CallerDep) -> dict[str, Any]:
-    """OpenAI's model list; `workers`, `capacity`, `running` and `max_model_len` are ours."""
-    live = await service.registry.live()
-    names = list(dict.fromkeys([*service.registry.catalog, *live]))
+def model_entries(registry: ModelRegistry, live: dict[str, list[WorkerInfo]]) -> list[dict[str, Any]]:
+    """OpenAI's model objects; `workers`, `capacity`, `running` and `max_model_len` are ours."""
+    names = list(dict.fromkeys([*registry.catalog, *live]))
     data = []
     for name in names:
         workers = live.get(name, [])
@@ -27,4 +27,11 @@ async def list_models(service: ServiceDep, _: CallerDep) -> dict[str, Any]:
                 "max_model_len": max((w.max_model_len for w in workers), default=None),
             }
         )
-    return {"object": "list", "data": data}
+    return data
+
+
+@router.get("/v1/models")
+async def list_models(service: ServiceDep, _: CallerDep) -> dict[str, Any]:
+    """OpenAI's model list; `workers`, `capacity`, `running` and `max_model_len` are ours."""
+    live = await service.registry.live()
+    return {"object": "list", "data": model_entries(service.registry, live)}

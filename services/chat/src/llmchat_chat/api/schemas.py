@@ -71,6 +71,9 @@ class ChatCompletionRequest(BaseModel):
     # The conversation this turn belongs to (history); without one a new conversation starts
     # and its id comes back (body field and `X-Conversation-Id` header).
     conversation_id: str | None = Field(default=None, max_length=64)
+    # Another answer to the conversation's last user message (Regenerate): history stores the
+    # new answer without storing that message a second time.
+    regenerate: bool = False
 
     @field_validator("n")
     @classmethod

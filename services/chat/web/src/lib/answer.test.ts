@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 
 import { applyEvent, newAnswer, type AnswerState } from "./answer";
-import { SseParser, type SseEvent } from "./sse";
+import { SseParser } from "./sse";
 
 const fixtures = join(__dirname, "fixtures");
 const chatBody = new Uint8Array(readFileSync(join(fixtures, "chat-stream.txt")));

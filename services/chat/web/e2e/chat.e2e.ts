@@ -1,0 +1,364 @@
+/**
+ * The web app in Debian's Chromium (driven by playwright-core, no browser download) against a
+ * real platform: tests/e2e/test_web_ui.py starts it and passes
+ *   LLMCHAT_E2E_URL, LLMCHAT_E2E_ADMIN_EMAIL, LLMCHAT_E2E_ADMIN_PASSWORD, LLMCHAT_E2E_SCREENSHOTS.
+ * The steps share one user and run in order.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+import { chromium, type Browser, type BrowserContext, type Page, type Request } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const BASE = required("LLMCHAT_E2E_URL");
+const ADMIN_EMAIL = required("LLMCHAT_E2E_ADMIN_EMAIL");
+const ADMIN_PASSWORD = required("LLMCHAT_E2E_ADMIN_PASSWORD");
+const SHOTS = process.env.LLMCHAT_E2E_SCREENSHOTS ?? "";
+const CHROMIUM = process.env.LLMCHAT_E2E_CHROMIUM ?? "/usr/bin/chromium";
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+
+const email = `e2e-${Date.now().toString(36)}@example.com`;
+const password = "e2e correct horse battery staple";
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (tests/e2e/test_web_ui.py sets it)`);
+  return value;
+}
+
+/** Records every answer element's text as it changes (the page's own code is not touched). */
+const RECORDER = `
+  window.__answers = {};
+  new MutationObserver(() => {
+    for (const el of document.querySelectorAll('[data-testid="answer"][data-streaming]')) {
+      const id = el.dataset.requestId;
+      if (!id) continue;
+      const rec = (window.__answers[id] ??= { lengths: [], final: null });
+      const text = el.querySelector(".body")?.innerText ?? "";
+      if (rec.lengths[rec.lengths.length - 1] !== text.length) rec.lengths.push(text.length);
+      if (el.dataset.streaming === "false" && rec.final === null) rec.final = text;
+    }
+  }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+`;
+
+interface Recorded {
+  lengths: number[];
+  final: string | null;
+}
+
+let browser: Browser;
+let context: BrowserContext;
+let page: Page;
+const requests: Request[] = [];
+const problems: string[] = [];
+/** Extra body fields for the app's chat requests: long answers (the tiny model may stop early). */
+let shape: Record<string, unknown> = {};
+let conversationId = "";
+
+async function newContext(viewport: { width: number; height: number }, colorScheme: "light" | "dark" = "light") {
+  const ctx = await browser.newContext({ baseURL: BASE, viewport, colorScheme, deviceScaleFactor: 1 });
+  await ctx.addInitScript(RECORDER);
+  await ctx.route("**/v1/chat/completions", async (route) => {
+    const body = JSON.parse(route.request().postData() ?? "{}") as Record<string, unknown>;
+    await route.continue({ postData: JSON.stringify({ ...body, ...shape }) });
+  });
+  ctx.on("request", (r) => requests.push(r));
+  ctx.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy|Refused to/i.test(m.text())) problems.push(m.text());
+  });
+  ctx.on("weberror", (e) => problems.push(String(e.error())));
+  return ctx;
+}
+
+async function recorded(p: Page, requestId: string): Promise<Recorded> {
+  return p.evaluate((id) => (window as unknown as { __answers: Record<string, Recorded> }).__answers[id] ?? { lengths: [], final: null }, requestId);
+}
+
+async function liveRequestId(p: Page): Promise<string> {
+  const row = p.locator('[data-testid="answer"][data-streaming="true"]');
+  await row.waitFor({ timeout: 60_000 });
+  await expect.poll(async () => (await row.getAttribute("data-request-id")) ?? "", { timeout: 60_000 }).not.toBe("");
+  return (await row.getAttribute("data-request-id")) ?? "";
+}
+
+async function waitForGrowth(p: Page, requestId: string, steps: number) {
+  await expect.poll(async () => (await recorded(p, requestId)).lengths.filter((n) => n > 0).length, { timeout: 60_000 }).toBeGreaterThanOrEqual(steps);
+}
+
+async function finalText(p: Page, requestId: string): Promise<string> {
+  await expect.poll(async () => (await recorded(p, requestId)).final, { timeout: 120_000 }).not.toBeNull();
+  return (await recorded(p, requestId)).final ?? "";
+}
+
+/** The stored answer as the page shows it once history has it (same Markdown rendering). */
+async function storedText(p: Page, requestId: string): Promise<string> {
+  const stored = p.locator(`[data-testid="answer"][data-request-id="${requestId}"]:not([data-streaming])`);
+  await stored.waitFor({ timeout: 30_000 });
+  return stored.locator(".body").innerText();
+}
+
+async function api<T>(path: string, token: string, init: RequestInit = {}): Promise<{ status: number; body: T }> {
+  const response = await fetch(BASE + path, { ...init, headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" } });
+  const text = await response.text();
+  return { status: response.status, body: (text ? JSON.parse(text) : null) as T };
+}
+
+async function userToken(who = email, secret = password): Promise<string> {
+  const response = await fetch(`${BASE}/v1/auth/login`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ email: who, password: secret }),
+  });
+  expect(response.status).toBe(200);
+  return ((await response.json()) as { access_token: string }).access_token;
+}
+
+async function shot(p: Page, name: string) {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  await p.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+async function signIn(p: Page, who: string, secret: string) {
+  await p.goto("/login");
+  await p.getByLabel("Email").fill(who);
+  await p.getByLabel("Password").fill(secret);
+  await p.getByRole("button", { name: "Sign in" }).click();
+  await p.getByRole("button", { name: "Sign out" }).waitFor();
+}
+
+async function send(p: Page, text: string) {
+  await p.getByLabel("Message").fill(text);
+  await p.getByLabel("Message").press("Enter");
+}
+
+beforeAll(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  context = await newContext(DESKTOP);
+  page = await context.newPage();
+});
+
+afterAll(async () => {
+  await browser?.close();
+});
+
+describe("the web app", () => {
+  it("registers a new account and lands in an empty chat", async () => {
+    await page.goto("/register");
+    await page.getByLabel("Email").fill(email);
+    await page.getByLabel("Password").fill(password);
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByLabel("Message").waitFor();
+    expect(new URL(page.url()).pathname).toBe("/");
+    await expect.poll(() => page.locator("#model option").count()).toBeGreaterThan(0);
+    expect(await page.locator("#model").inputValue()).not.toBe("");
+  });
+
+  it("streams an answer progressively and stops it", async () => {
+    shape = { ignore_eos: true, max_tokens: 1500 };
+    await send(page, "Write a long story about a lighthouse keeper.");
+    await page.getByText("Write a long story about a lighthouse keeper.").waitFor();
+    const id = await liveRequestId(page);
+    await waitForGrowth(page, id, 5);
+    await page.waitForURL(/\/c\/[0-9a-f-]+$/);
+    conversationId = new URL(page.url()).pathname.split("/").pop() ?? "";
+    await page.getByRole("button", { name: "Stop" }).click();
+    const shown = await finalText(page, id);
+    await page.getByText("Stopped").first().waitFor();
+    expect(shown.length).toBeGreaterThan(0);
+    expect(await storedText(page, id)).toBe(shown);
+    const { body } = await api<{ messages: { role: string; status: string; request_id: string }[] }>(`/v1/conversations/${conversationId}`, await userToken());
+    expect(body.messages.map((m) => [m.role, m.status])).toEqual([["user", "completed"], ["assistant", "cancelled"]]);
+    // Ended well before its 1,500 tokens.
+    expect((await recorded(page, id)).lengths.length).toBeLessThan(1500);
+  });
+
+  it("resumes an answer after a reload in the middle, without duplicated or missing text", async () => {
+    shape = { ignore_eos: true, max_tokens: 1200 };
+    await send(page, "Second question: tell me more.");
+    const id = await liveRequestId(page);
+    await waitForGrowth(page, id, 3);
+    const before = await page.locator(`[data-request-id="${id}"] .body`).innerText();
+    const resumes = requests.length;
+    await page.reload();
+    const shown = await finalText(page, id);
+    expect(shown.length).toBeGreaterThan(before.length);
+    // It re-attached with Last-Event-ID (not from the start).
+    const reattached = requests.slice(resumes).filter((r) => r.url().includes(`/v1/jobs/${id}/events`));
+    expect(reattached.length).toBeGreaterThan(0);
+    expect(Number(await reattached[0]!.headerValue("last-event-id"))).toBeGreaterThan(1);
+    expect(await storedText(page, id)).toBe(shown);
+    const token = await userToken();
+    const { body } = await api<{ messages: { role: string; status: string; content: string; request_id: string }[] }>(`/v1/conversations/${conversationId}`, token);
+    expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant", "user", "assistant"]);
+    expect(body.messages[3]).toMatchObject({ request_id: id, status: "completed" });
+    // The answer as the log holds it: 1,200 tokens, one copy.
+    const job = await api<{ usage: { completion_tokens: number } }>(`/v1/jobs/${id}`, token);
+    expect(job.body.usage.completion_tokens).toBe(1200);
+    await shot(page, "chat-desktop");
+  });
+
+  it("keeps going through a lost network, saying it is reconnecting", async () => {
+    shape = { ignore_eos: true, max_tokens: 600 };
+    await send(page, "Third: and then?");
+    const id = await liveRequestId(page);
+    await waitForGrowth(page, id, 3);
+    await context.setOffline(true);
+    await page.getByText("Connection lost — reconnecting…").waitFor({ timeout: 30_000 });
+    await new Promise((r) => setTimeout(r, 1500));
+    await context.setOffline(false);
+    const shown = await finalText(page, id);
+    expect(await storedText(page, id)).toBe(shown);
+    await expect.poll(() => page.getByText("Connection lost — reconnecting…").count()).toBe(0);
+  });
+
+  it("regenerates the last answer without storing the question twice", async () => {
+    shape = { max_tokens: 40 };
+    const first = await page.locator('[data-testid="answer"]').last().getAttribute("data-request-id");
+    await page.getByRole("button", { name: "Regenerate" }).click();
+    const id = await liveRequestId(page);
+    expect(id).not.toBe(first);
+    await finalText(page, id);
+    await storedText(page, id);
+    await expect.poll(() => page.getByText("Earlier answer").count()).toBe(1);
+    const { body } = await api<{ messages: { role: string }[] }>(`/v1/conversations/${conversationId}`, await userToken());
+    expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant", "user", "assistant", "user", "assistant", "assistant"]);
+  });
+
+  it("shows a 429 with when to retry and a 503 as a busy model", async () => {
+    await page.route("**/v1/chat/completions", (route) =>
+      route.fulfill({
+        status: 429,
+        headers: { "Retry-After": "7", "Content-Type": "application/json" },
+        body: JSON.stringify({ error: { message: "requests per minute exceeded", type: "rate_limit_error", code: "rate_limit_exceeded" } }),
+      }),
+    );
+    await send(page, "Too fast?");
+    await page.getByRole("alert").filter({ hasText: "Try again in 7 s" }).waitFor();
+    await page.unroute("**/v1/chat/completions");
+    await page.route("**/v1/chat/completions", (route) =>
+      route.fulfill({
+        status: 503,
+        headers: { "Retry-After": "5", "Content-Type": "application/json" },
+        body: JSON.stringify({ error: { message: "64 requests waiting", type: "server_error", code: "model_overloaded" } }),
+      }),
+    );
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.getByRole("alert").filter({ hasText: "The model is busy" }).waitFor();
+    await page.unroute("**/v1/chat/completions");
+    // The message is kept for another try.
+    expect(await page.getByLabel("Message").inputValue()).toBe("Too fast?");
+    await page.getByLabel("Message").fill("");
+  });
+
+  it("finds the conversation in the sidebar after a reload, renames it and searches for it", async () => {
+    await page.reload();
+    const item = page.locator('[data-testid="conversation-item"]', { has: page.locator(`a[href="/c/${conversationId}"]`) });
+    await item.waitFor();
+    const title = `Lighthouse notes ${Date.now().toString(36)}`;
+    await item.getByRole("button", { name: /^Rename/ }).click();
+    await page.getByLabel("New title").fill(title);
+    await page.getByLabel("New title").press("Enter");
+    await page.locator('[data-testid="conversation-item"]', { hasText: title }).waitFor();
+    await page.reload();
+    await page.locator('[data-testid="conversation-item"]', { hasText: title }).waitFor();
+    await page.getByLabel("Search conversations").fill("lighthouse notes");
+    await page.locator('[data-testid="conversation-item"]', { hasText: title }).waitFor();
+    await page.getByLabel("Search conversations").fill("zebra quasar nothing");
+    await page.getByText("Nothing found.").waitFor();
+    await page.getByLabel("Search conversations").fill("");
+  });
+
+  it("shows non-zero token usage", async () => {
+    await page.getByRole("link", { name: "Usage" }).click();
+    await expect
+      .poll(
+        async () => {
+          await page.reload();
+          const totals = page.getByTestId("usage-totals");
+          await totals.waitFor();
+          const text = await totals.innerText();
+          return Math.max(0, ...(text.replace(/[,\u202f\u00a0.]/g, "").match(/\d+/g) ?? ["0"]).map(Number));
+        },
+        { timeout: 60_000, interval: 2_000 },
+      )
+      .toBeGreaterThan(1000);
+    await page.locator("figure svg").first().waitFor();
+    await shot(page, "usage-desktop");
+  });
+
+  it("creates an API key shown once, lists it by prefix and revokes it", async () => {
+    await page.getByRole("link", { name: "API keys" }).click();
+    await page.getByRole("button", { name: /create/i }).click();
+    const key = (await page.getByTestId("new-key").locator("code").innerText()).trim();
+    expect(key).toMatch(/^sk-llmchat-/);
+    const row = page.getByTestId("key-row").first();
+    await row.waitFor();
+    const rowText = await row.innerText();
+    expect(rowText).not.toContain(key);
+    expect(rowText).toContain(key.slice(0, 14));
+    expect((await api("/v1/models", key)).status).toBe(200);
+    page.once("dialog", (d) => void d.accept());
+    await row.getByRole("button", { name: /revoke/i }).click();
+    await expect.poll(async () => (await page.getByTestId("key-row").first().innerText()).toLowerCase()).toContain("revoked");
+    await expect.poll(async () => (await api("/v1/models", key)).status, { timeout: 15_000 }).toBe(401);
+  });
+
+  it("works on a phone-sized screen and in the dark theme", async () => {
+    const phone = await newContext(PHONE, "dark");
+    const p = await phone.newPage();
+    await signIn(p, email, password);
+    await p.goto(`/c/${conversationId}`);
+    await p.locator('[data-testid="answer"]').first().waitFor();
+    expect(await p.evaluate(() => document.documentElement.dataset.theme)).toBe("dark");
+    // The conversation list is a drawer on a phone.
+    expect(await p.getByLabel("Search conversations").isVisible()).toBe(false);
+    await p.getByRole("button", { name: "Open conversations" }).click();
+    expect(await p.getByLabel("Search conversations").isVisible()).toBe(true);
+    await p.getByRole("button", { name: "Close conversations" }).click();
+    expect(await p.getByLabel("Search conversations").isVisible()).toBe(false);
+    await shot(p, "chat-phone");
+    await p.getByRole("link", { name: "Usage" }).click();
+    await p.getByTestId("usage-totals").waitFor();
+    await p.locator("figure svg").first().waitFor();
+    await shot(p, "usage-phone");
+    // No horizontal scrolling on a phone.
+    expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(PHONE.width);
+    await phone.close();
+  });
+
+  it("lets an admin see the live worker, and only an admin", async () => {
+    await page.goto("/admin");
+    await page.getByText("Administrators only").waitFor();
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByRole("button", { name: "Sign in" }).waitFor();
+    await signIn(page, ADMIN_EMAIL, ADMIN_PASSWORD);
+    await page.getByRole("link", { name: "Admin" }).click();
+    const worker = page.getByTestId("worker-row").first();
+    await worker.waitFor({ timeout: 30_000 });
+    expect(await worker.innerText()).toContain("tiny-random");
+    await page.getByText(email).first().waitFor();
+    await shot(page, "admin-desktop");
+    const phone = await newContext(PHONE);
+    const p = await phone.newPage();
+    await signIn(p, ADMIN_EMAIL, ADMIN_PASSWORD);
+    await p.goto("/admin");
+    await p.getByTestId("worker-row").first().waitFor();
+    await shot(p, "admin-phone");
+    await phone.close();
+  });
+
+  it("asked no host but the edge, and broke no content security rule", () => {
+    const origin = new URL(BASE).origin;
+    const elsewhere = requests.map((r) => r.url()).filter((u) => !u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:"));
+    expect(elsewhere).toEqual([]);
+    // No token ever went into a URL.
+    expect(requests.map((r) => r.url()).filter((u) => /token|sk-llmchat|eyJ/i.test(u))).toEqual([]);
+    expect(problems).toEqual([]);
+  });
+});

@@ -1,0 +1,380 @@
+import { useCallback, useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
+import { useNavigate, useParams } from "react-router";
+
+import { Markdown } from "../components/Markdown";
+import { Sidebar } from "../components/Sidebar";
+import { isFinished, newAnswer } from "../lib/answer";
+import { ApiError, session } from "../lib/api";
+import { resumeAnswer, savedAnswer, startAnswer, stopAnswer, type StreamCallbacks } from "../lib/chatStream";
+import { live, useLive, type Live } from "../lib/live";
+import type { Conversation, Model, StoredMessage } from "../lib/types";
+
+const MODEL_KEY = "llmchat.model";
+/** A turn found running in history is followed if it is younger than the longest deadline. */
+const FOLLOW_WITHIN_MS = 3600_000;
+
+const callbacks: StreamCallbacks = {
+  update: (state) => live.patch({ state }),
+  reconnecting: (down) => live.patch({ reconnecting: down }),
+};
+
+/** Follows an answer to its end, from a fresh request or from where a reload left it. */
+async function run(entry: Live, start: Record<string, unknown> | null, navigate: (to: string) => void): Promise<void> {
+  live.set(entry);
+  const signal = new AbortController().signal;
+  if (start === null) {
+    await resumeAnswer(entry.state, entry.model, entry.userText ?? "", callbacks, signal);
+    return;
+  }
+  const { state, done } = await startAnswer(start, entry.userText ?? "", callbacks, signal);
+  live.patch({ state });
+  if (live.get()?.stopWanted) void stopAnswer(state.requestId);
+  if (start.conversation_id === undefined && state.conversationId !== null) {
+    navigate(`/c/${state.conversationId}`);
+  }
+  await done;
+}
+
+let resumedAfterLoad = false;
+
+export default function ChatPage() {
+  const { conversationId = null } = useParams();
+  const navigate = useNavigate();
+  const current = useLive();
+  const [conversation, setConversation] = useState<Conversation | null>(null);
+  const [loadError, setLoadError] = useState<string | null>(null);
+  const [models, setModels] = useState<Model[]>([]);
+  const [model, setModel] = useState(() => localStorage.getItem(MODEL_KEY) ?? "");
+  const [system, setSystem] = useState("");
+  const [showSystem, setShowSystem] = useState(false);
+  const [draft, setDraft] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  const [sidebarOpen, setSidebarOpen] = useState(false);
+  const [version, setVersion] = useState(0);
+  const scroller = useRef<HTMLDivElement>(null);
+  const stick = useRef(true);
+  const composer = useRef<HTMLTextAreaElement>(null);
+
+  const go = useCallback((to: string) => navigate(to, { replace: true }), [navigate]);
+
+  // Models, with which have live workers (refreshed while the page is open).
+  useEffect(() => {
+    let stopped = false;
+    const load = async () => {
+      try {
+        const list = await session.json<{ data: Model[] }>("/v1/models");
+        if (!stopped) setModels(list.data);
+      } catch {
+        // the picker keeps its last list
+      }
+    };
+    void load();
+    const timer = setInterval(() => void load(), 15_000);
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+  }, []);
+  useEffect(() => {
+    if (models.length === 0 || models.some((m) => m.id === model)) return;
+    setModel((models.find((m) => m.workers > 0) ?? models[0])?.id ?? "");
+  }, [models, model]);
+
+  const loadConversation = useCallback(async (id: string): Promise<Conversation | null> => {
+    try {
+      const found = await session.json<Conversation>(`/v1/conversations/${id}`);
+      setConversation(found);
+      setLoadError(null);
+      return found;
+    } catch (caught) {
+      setLoadError(caught instanceof ApiError && caught.status === 404 ? "This conversation does not exist." : caught instanceof ApiError ? caught.describe() : "Could not load the conversation.");
+      return null;
+    }
+  }, []);
+
+  useEffect(() => {
+    setConversation(null);
+    setLoadError(null);
+    stick.current = true;
+    if (conversationId === null) {
+      setSystem("");
+      return;
+    }
+    void loadConversation(conversationId).then((found) => {
+      if (found === null) return;
+      setSystem(found.system_prompt ?? "");
+      if (found.model) setModel(found.model);
+      followRunningTurn(found);
+    });
+  }, [conversationId, loadConversation]);
+
+  // After a reload: the answer this tab was showing goes on from its last event.
+  useEffect(() => {
+    if (resumedAfterLoad) return;
+    resumedAfterLoad = true;
+    const saved = savedAnswer();
+    if (saved === null || live.get() !== null || isFinished(saved.state) || saved.state.requestId === "") return;
+    void run({ userText: saved.userText, model: saved.model, state: saved.state, reconnecting: false, stopWanted: false }, null, go);
+  }, [go]);
+
+  // A finished answer gives way to the stored one once history has it.
+  useEffect(() => {
+    if (current === null || !isFinished(current.state) || conversationId === null) return;
+    if (current.state.conversationId !== conversationId) return;
+    let tries = 0;
+    let stopped = false;
+    const poll = async () => {
+      const found = await loadConversation(conversationId);
+      if (stopped) return;
+      if (found?.messages.some((m) => m.role === "assistant" && m.request_id === current.state.requestId)) {
+        if (live.get()?.state.requestId === current.state.requestId) live.set(null);
+        setVersion((v) => v + 1);
+      } else if (++tries < 20) {
+        setTimeout(() => void poll(), 300);
+      }
+    };
+    void poll();
+    return () => {
+      stopped = true;
+    };
+  }, [current, conversationId, loadConversation]);
+
+  const here = current !== null && current.state.conversationId === conversationId ? current : null;
+  const streaming = here !== null && !isFinished(here.state);
+  const messages = conversation?.messages ?? [];
+  const liveStored = here !== null && messages.some((m) => m.role === "assistant" && m.request_id === here.state.requestId);
+  const showLive = here !== null && !liveStored;
+  const showLiveUser =
+    showLive && here.userText !== null && !messages.some((m) => m.role === "user" && m.request_id === here.state.requestId);
+
+  // Auto-scroll while the reader is at the bottom; scrolling up stops it until they return.
+  useLayoutEffect(() => {
+    const box = scroller.current;
+    if (box !== null && stick.current) box.scrollTop = box.scrollHeight;
+  });
+  const onScroll = () => {
+    const box = scroller.current;
+    if (box !== null) stick.current = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  };
+
+  const send = async (messagesToSend: { role: string; content: string }[], userText: string | null, regenerate: boolean) => {
+    setError(null);
+    stick.current = true;
+    const body: Record<string, unknown> = { model, messages: messagesToSend };
+    if (conversationId !== null) body.conversation_id = conversationId;
+    if (regenerate) body.regenerate = true;
+    const entry: Live = {
+      userText,
+      model,
+      state: newAnswer("", conversationId),
+      reconnecting: false,
+      stopWanted: false,
+    };
+    try {
+      await run(entry, body, go);
+    } catch (caught) {
+      live.set(null);
+      setError(caught instanceof ApiError ? caught.describe() : "The message could not be sent.");
+      if (userText !== null) setDraft(userText);
+    }
+    setVersion((v) => v + 1);
+  };
+
+  const submit = (event?: FormEvent) => {
+    event?.preventDefault();
+    const text = draft.trim();
+    if (text === "" || streaming || model === "") return;
+    setDraft("");
+    void send([...dialogue(messages, system), { role: "user", content: text }], text, false);
+  };
+
+  const regenerate = () => {
+    const lastUser = messages.map((m) => m.role).lastIndexOf("user");
+    if (lastUser < 0 || streaming) return;
+    void send(dialogue(messages.slice(0, lastUser + 1), system), null, true);
+  };
+
+  const stop = () => {
+    if (here === null) return;
+    if (here.state.requestId === "") live.patch({ stopWanted: true });
+    else void stopAnswer(here.state.requestId).catch((caught: unknown) => setError(caught instanceof ApiError ? caught.describe() : "Could not stop."));
+  };
+
+  const onKeyDown = (event: KeyboardEvent<HTMLTextAreaElement>) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.nativeEvent.isComposing) {
+      event.preventDefault();
+      submit();
+    }
+  };
+
+  function followRunningTurn(found: Conversation) {
+    // A turn that started but has no answer yet (another tab, or a reload that lost its saved
+    // state): follow it from its first event.
+    const last = found.messages[found.messages.length - 1];
+    if (last === undefined || last.role !== "user" || live.get() !== null) return;
+    if (Date.now() - Date.parse(last.created_at) > FOLLOW_WITHIN_MS) return;
+    void run(
+      { userText: null, model: last.model ?? model, state: newAnswer(last.request_id, found.id), reconnecting: false, stopWanted: false },
+      null,
+      go,
+    );
+  }
+
+  const selected = models.find((m) => m.id === model);
+  const lastAssistant = messages.map((m) => m.role).lastIndexOf("assistant");
+  return (
+    <div className="chat">
+      <Sidebar current={conversationId} open={sidebarOpen} version={version} onNavigate={() => setSidebarOpen(false)} onClose={() => setSidebarOpen(false)} />
+      <section className="conversation" aria-label="Chat">
+        <div className="conv-head">
+          <button type="button" className="drawer-toggle" aria-label="Open conversations" aria-expanded={sidebarOpen} onClick={() => setSidebarOpen((o) => !o)}>
+            ☰
+          </button>
+          <h2>{conversation?.title ?? "New chat"}</h2>
+          <label className="sr-only" htmlFor="model">
+            Model
+          </label>
+          <select id="model" value={model} onChange={(e) => {
+            setModel(e.target.value);
+            localStorage.setItem(MODEL_KEY, e.target.value);
+          }}>
+            {models.map((m) => (
+              <option key={m.id} value={m.id}>
+                {m.id} — {m.workers > 0 ? `${m.workers} live worker${m.workers > 1 ? "s" : ""}` : "no live worker"}
+              </option>
+            ))}
+          </select>
+          <button type="button" onClick={() => setShowSystem((s) => !s)} aria-expanded={showSystem}>
+            System prompt
+          </button>
+        </div>
+        <div className="messages" ref={scroller} onScroll={onScroll} aria-live="polite">
+          <div className="inner">
+            {loadError !== null && <p className="notice error" role="alert">{loadError}</p>}
+            {messages.length === 0 && !showLive && loadError === null && (
+              <p className="empty">{conversationId === null ? "Ask anything. Enter sends, Shift+Enter starts a new line." : "Loading…"}</p>
+            )}
+            {messages.map((m, i) => (
+              <StoredRow
+                key={`${m.request_id}-${m.role}`}
+                message={m}
+                earlier={m.role === "assistant" && messages[i + 1]?.role === "assistant"}
+                onRegenerate={i === lastAssistant && !streaming && i === messages.length - 1 ? regenerate : null}
+              />
+            ))}
+            {showLiveUser && (
+              <div className="msg user">
+                <span className="who">You</span>
+                <div className="body">{here.userText}</div>
+              </div>
+            )}
+            {showLive && <LiveRow entry={here} />}
+          </div>
+        </div>
+        <form className="composer" onSubmit={submit}>
+          <div className="inner">
+            {showSystem && (
+              <label className="system-prompt">
+                System prompt (for this conversation's next messages)
+                <textarea value={system} onChange={(e) => setSystem(e.target.value)} placeholder="You are a helpful assistant." />
+              </label>
+            )}
+            {selected !== undefined && selected.workers === 0 && (
+              <p className="notice warn" role="status">No worker serves {selected.id} right now: a message will wait until one starts.</p>
+            )}
+            {error !== null && <p className="notice error" role="alert">{error}</p>}
+            <div className="row">
+              <textarea
+                ref={composer}
+                aria-label="Message"
+                placeholder="Message (Enter to send, Shift+Enter for a new line)"
+                value={draft}
+                rows={Math.min(8, draft.split("\n").length)}
+                onChange={(e) => setDraft(e.target.value)}
+                onKeyDown={onKeyDown}
+              />
+              {streaming ? (
+                <button type="button" className="danger" onClick={stop} disabled={here.stopWanted}>
+                  Stop
+                </button>
+              ) : (
+                <button type="submit" className="primary" disabled={draft.trim() === "" || model === ""}>
+                  Send
+                </button>
+              )}
+            </div>
+          </div>
+        </form>
+      </section>
+    </div>
+  );
+}
+
+/** The dialogue sent to the model: the system prompt, then each turn with its newest answer. */
+function dialogue(messages: StoredMessage[], system: string): { role: string; content: string }[] {
+  const out: { role: string; content: string }[] = system.trim() !== "" ? [{ role: "system", content: system }] : [];
+  for (const m of messages) {
+    if (m.role === "user") out.push({ role: "user", content: m.content });
+    else if (m.content !== "") {
+      if (out[out.length - 1]?.role === "assistant") out.pop(); // a regenerated answer replaces the earlier one
+      out.push({ role: "assistant", content: m.content });
+    }
+  }
+  return out;
+}
+
+function StoredRow({ message, earlier, onRegenerate }: { message: StoredMessage; earlier: boolean; onRegenerate: (() => void) | null }) {
+  if (message.role === "user") {
+    return (
+      <div className="msg user">
+        <span className="who">You</span>
+        <div className="body">{message.content}</div>
+      </div>
+    );
+  }
+  return (
+    <div className={`msg assistant${earlier ? " earlier" : ""}`} data-testid="answer" data-request-id={message.request_id} data-status={message.status}>
+      <span className="who">{earlier ? "Earlier answer" : "Assistant"}</span>
+      <div className="body">
+        <Markdown text={message.content} />
+      </div>
+      <div className="meta">
+        {message.status !== "completed" && <span className="notice warn">{message.status === "cancelled" ? "Stopped" : `Failed: ${message.error ?? "error"}`}</span>}
+        {message.model && <span>{message.model}</span>}
+        {message.usage && <span>{message.usage.completion_tokens} tokens</span>}
+        {onRegenerate !== null && (
+          <button type="button" onClick={onRegenerate}>
+            Regenerate
+          </button>
+        )}
+      </div>
+    </div>
+  );
+}
+
+function LiveRow({ entry }: { entry: Live }) {
+  const { state } = entry;
+  const running = !isFinished(state);
+  return (
+    <div className="msg assistant" data-testid="answer" data-streaming={running ? "true" : "false"} data-request-id={state.requestId}>
+      <span className="who">Assistant</span>
+      {entry.reconnecting && (
+        <p className="notice warn" role="status">
+          Connection lost — reconnecting…
+        </p>
+      )}
+      {state.status === "waiting" && <p className="muted">{entry.stopWanted ? "Stopping…" : "Waiting for a worker…"}</p>}
+      <div className={`body${running ? " cursor" : ""}`}>
+        <Markdown text={state.text} />
+      </div>
+      <div className="meta">
+        {state.status === "cancelled" && <span className="notice warn">Stopped</span>}
+        {state.status === "failed" && (
+          <span className="notice error" role="alert">
+            {state.error?.message ?? "The answer failed."}
+          </span>
+        )}
+      </div>
+    </div>
+  );
+}
