@@ -42,6 +42,13 @@ async def test_cors_allowlist(cors_edge: str, auth_headers: dict[str, str]) -> N
         assert models.status_code == 200 and "access-control-allow-origin" not in models.headers
         models = await http.get("/v1/models", headers={"Origin": ALLOWED, **auth_headers})
         assert models.headers["access-control-allow-origin"] == ALLOWED
+        # What a browser app needs to read to back off from a 429 (or pace itself before one).
+        exposed = {h.strip().lower() for h in models.headers["access-control-expose-headers"].split(",")}
+        assert exposed >= {"retry-after", "x-request-id"} | {
+            f"x-ratelimit-{what}-{dimension}"
+            for what in ("limit", "remaining", "reset")
+            for dimension in ("requests", "tokens")
+        }
 
 
 async def test_security_headers_on_every_answer(edge_url: str, auth_headers: dict[str, str]) -> None:

@@ -66,6 +66,29 @@ def assert_429(resp: httpx.Response) -> None:
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "rate_limit_exceeded"
 
 
+def assert_limit_429(resp: httpx.Response, which: str) -> dict[str, int]:
+    """A chat completion refused by a limit: Retry-After plus OpenAI's x-ratelimit-* headers of
+    the refusing scope. Returns the remaining requests and tokens they state."""
+    assert_429(resp)
+    assert resp.json()["error"]["type"] == which
+    headers = resp.headers
+    assert headers["x-ratelimit-limit-requests"] == str(RPM)
+    assert headers["x-ratelimit-limit-tokens"] == str(TPM)
+    for dimension in ("requests", "tokens"):
+        reset = headers[f"x-ratelimit-reset-{dimension}"]
+        assert reset.endswith("s") and 1 <= int(reset[:-1]) <= 60, reset
+    remaining = {
+        "requests": int(headers["x-ratelimit-remaining-requests"]),
+        "tokens": int(headers["x-ratelimit-remaining-tokens"]),
+    }
+    assert 0 <= remaining["requests"] <= RPM and 0 <= remaining["tokens"] <= TPM
+    if which == "concurrent":
+        assert headers["retry-after"] == "1"  # a slot frees when a request ends
+    else:
+        assert headers["retry-after"] == headers[f"x-ratelimit-reset-{which}"][:-1]
+    return remaining
+
+
 async def test_requests_per_minute(user: tuple[httpx.AsyncClient, Account]) -> None:
     http, _ = user
     await fresh_window()
@@ -77,16 +100,16 @@ async def test_requests_per_minute(user: tuple[httpx.AsyncClient, Account]) -> N
         remaining.append(int(resp.headers["x-ratelimit-remaining-requests"]))
     assert remaining == list(range(RPM - 1, -1, -1))
     refused = await http.post("/v1/chat/completions", json=chat())
-    assert_429(refused)
     assert int(refused.headers["retry-after"]) <= 60
-    assert refused.json()["error"]["type"] == "requests"
+    assert assert_limit_429(refused, "requests")["requests"] == 0
 
 
 async def test_tokens_per_minute_count_real_usage(user: tuple[httpx.AsyncClient, Account]) -> None:
     http, _ = user
     await fresh_window()
-    # A reservation larger than the whole budget can never run.
-    assert_429(await http.post("/v1/chat/completions", json=chat(max_tokens=TPM)))
+    # A reservation larger than the whole budget can never run; nothing is spent yet.
+    too_big = await http.post("/v1/chat/completions", json=chat(max_tokens=TPM))
+    assert assert_limit_429(too_big, "tokens") == {"requests": RPM, "tokens": TPM}
     body = chat(max_tokens=400, ignore_eos=True)
     first = await http.post("/v1/chat/completions", json=body)
     second = await http.post("/v1/chat/completions", json=body)
@@ -107,7 +130,8 @@ async def test_tokens_per_minute_count_real_usage(user: tuple[httpx.AsyncClient,
         assert resp.status_code == 200, resp.text
         spent += resp.json()["usage"]["total_tokens"]
         assert spent <= TPM + 50  # the prompt estimate may be a few tokens short
-    assert resp.json()["error"]["type"] == "tokens"
+    # The refusal states what the real usage left, which is less than the next reservation.
+    assert assert_limit_429(resp, "tokens")["tokens"] == max(0, TPM - spent)
     assert spent + 500 > TPM
 
 
@@ -126,8 +150,8 @@ async def test_concurrent_requests(stack: LocalStack, user: tuple[httpx.AsyncCli
     try:
         await eventually(slots_taken, timeout=10, what="the held requests to take their slots")
         resp = await http.post("/v1/chat/completions", json=chat())
-        assert_429(resp)
-        assert resp.json()["error"]["type"] == "concurrent"
+        # The held requests were counted; the refused one was not.
+        assert assert_limit_429(resp, "concurrent")["requests"] == RPM - CONCURRENT
     finally:
         holders[0].cancel()  # that client leaves: its slot frees
         await client.aclose()
@@ -173,7 +197,8 @@ async def test_redis_down_limits_from_memory_then_recovery(
         for _ in range(RPM):
             resp = await http.post("/v1/chat/completions", json=chat())
             assert resp.status_code == 200, resp.text
-        assert_429(await http.post("/v1/chat/completions", json=chat()))
+        refused = await http.post("/v1/chat/completions", json=chat())
+        assert assert_limit_429(refused, "requests")["requests"] == 0
     finally:
         stack.processes.remove(redis_proc)
         stack.start_redis(port=stack.ports.redis)  # same port: the edges' URL stays valid

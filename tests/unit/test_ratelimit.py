@@ -35,7 +35,17 @@ async def test_requests_per_minute(limiter: Limiter) -> None:
     with pytest.raises(RateLimited) as refused:
         await limiter.admit(scopes, "r3", 10, hold)
     assert refused.value.type == "requests"
-    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    headers = refused.value.headers
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    # OpenAI's headers on the refusal too: the budget as it stands (the refused one not counted).
+    reset = f"{headers['Retry-After']}s"
+    assert headers["x-ratelimit-reset-requests"] == headers["x-ratelimit-reset-tokens"] == reset
+    assert {k: v for k, v in headers.items() if k.startswith("x-ratelimit-") and "reset" not in k} == {
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": str(1000 - 2 * 10),
+    }
 
 
 async def test_tokens_are_settled_to_real_usage(limiter: Limiter) -> None:

@@ -39,9 +39,9 @@ for i = 1, n do
   local t = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
   redis.call('ZREMRANGEBYSCORE', KEYS[3 * i], '-inf', now)
   local c = redis.call('ZCARD', KEYS[3 * i])
-  if r + 1 > rpm then return {0, i, 'requests'} end
-  if t + reserve > tpm then return {0, i, 'tokens'} end
-  if c + 1 > conc then return {0, i, 'concurrent'} end
+  if r + 1 > rpm then return {0, i, 'requests', r, t} end
+  if t + reserve > tpm then return {0, i, 'tokens', r, t} end
+  if c + 1 > conc then return {0, i, 'concurrent', r, t} end
   seen[#seen + 1] = r
   seen[#seen + 1] = t
 end
@@ -107,16 +107,8 @@ def _reset_in(now: float, window: int) -> int:
     return max(1, math.ceil((window + 1) * WINDOW_S - now))
 
 
-def _headers(scopes: list[Scope], seen: list[int], reserve: int, reset_s: int) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers, for the tightest scope."""
-    req = min(
-        (s.limits.requests_per_minute - r - 1, s.limits.requests_per_minute)
-        for s, r in zip(scopes, seen[0::2], strict=True)
-    )
-    tok = min(
-        (s.limits.tokens_per_minute - t - reserve, s.limits.tokens_per_minute)
-        for s, t in zip(scopes, seen[1::2], strict=True)
-    )
+def _ratelimit_headers(req: tuple[int, int], tok: tuple[int, int], reset_s: int) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers from (remaining, limit) pairs."""
     return {
         "x-ratelimit-limit-requests": str(req[1]),
         "x-ratelimit-remaining-requests": str(max(0, req[0])),
@@ -127,8 +119,29 @@ def _headers(scopes: list[Scope], seen: list[int], reserve: int, reset_s: int) -
     }
 
 
-def _refusal(scope: Scope, which: str, reset_s: int, reserve: int) -> RateLimited:
+def _headers(scopes: list[Scope], seen: list[int], reserve: int, reset_s: int) -> dict[str, str]:
+    """An admitted request's headers, for the tightest scope, this request counted."""
+    req = min(
+        (s.limits.requests_per_minute - r - 1, s.limits.requests_per_minute)
+        for s, r in zip(scopes, seen[0::2], strict=True)
+    )
+    tok = min(
+        (s.limits.tokens_per_minute - t - reserve, s.limits.tokens_per_minute)
+        for s, t in zip(scopes, seen[1::2], strict=True)
+    )
+    return _ratelimit_headers(req, tok, reset_s)
+
+
+def _refusal(scope: Scope, which: str, reset_s: int, reserve: int, used: tuple[int, int]) -> RateLimited:
+    """A 429 with Retry-After and the refusing scope's x-ratelimit-* headers (nothing was
+    counted, so `remaining` is what is left now; scopes after the refusing one were not read).
+    `used` is that scope's (requests, tokens) in the current window."""
     limits = scope.limits
+    headers = _ratelimit_headers(
+        (limits.requests_per_minute - used[0], limits.requests_per_minute),
+        (limits.tokens_per_minute - used[1], limits.tokens_per_minute),
+        reset_s,
+    )
     owner = "API key" if scope.name.startswith("key:") else "account"
     if which == "requests":
         message = f"rate limit reached: {limits.requests_per_minute} requests per minute for this {owner}"
@@ -139,8 +152,8 @@ def _refusal(scope: Scope, which: str, reset_s: int, reserve: int) -> RateLimite
         )
     else:
         message = f"too many concurrent requests: at most {limits.concurrent} for this {owner}"
-        reset_s = 1
-    error = RateLimited(message, headers={"Retry-After": str(reset_s)})
+        reset_s = 1  # a slot frees when a request ends; the x-ratelimit-reset-* keep the window's
+    error = RateLimited(message, headers={"Retry-After": str(reset_s), **headers})
     error.type = which
     return error
 
@@ -217,7 +230,8 @@ class Limiter:
         reset_s = _reset_in(now, window)
         if int(result[0]) != 1:
             which = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
-            raise _refusal(scopes[int(result[1]) - 1], which, reset_s, reserve)
+            used = (int(result[3]), int(result[4]))
+            raise _refusal(scopes[int(result[1]) - 1], which, reset_s, reserve, used)
         headers = _headers(scopes, [int(v) for v in result[3:]], reserve, reset_s)
         return Admission(request_id, scopes, window, reserve, headers, in_redis=in_redis)
 
@@ -231,11 +245,11 @@ class Limiter:
             rk, tk, ck = _keys(scope, window)
             r, t, slots = mem.get(rk, now), mem.get(tk, now), mem.live_slots(ck, now)
             if r + 1 > scope.limits.requests_per_minute:
-                return [0, i, "requests"]
+                return [0, i, "requests", r, t]
             if t + reserve > scope.limits.tokens_per_minute:
-                return [0, i, "tokens"]
+                return [0, i, "tokens", r, t]
             if len(slots) + 1 > scope.limits.concurrent:
-                return [0, i, "concurrent"]
+                return [0, i, "concurrent", r, t]
             seen += [r, t]
         for scope in scopes:
             rk, tk, ck = _keys(scope, window)
