@@ -71,6 +71,52 @@ async def test_concurrency_slots_free_on_release_or_expiry(limiter: Limiter) -> 
     await limiter.admit(scopes, "c", 1, time.time() + 60)
 
 
+async def test_an_api_keys_own_limit_and_its_users_both_apply(limiter: Limiter) -> None:
+    """A request through a key counts against the key and its user: the key's lower limit trips
+    first, for that key only; the user's limit covers all their keys and sessions together."""
+    limiter.settings.user.user = Limits(requests_per_minute=3, tokens_per_minute=1000, concurrent=10)
+    limiter.settings.api_key.user = Limits(requests_per_minute=1, tokens_per_minute=1000, concurrent=10)
+    hold = time.time() + 60
+    await limiter.admit(limiter.scopes("u1", "user", "k1"), "r1", 1, hold)
+    with pytest.raises(RateLimited) as by_key:
+        await limiter.admit(limiter.scopes("u1", "user", "k1"), "r2", 1, hold)
+    assert "for this API key" in by_key.value.message
+    assert by_key.value.headers["x-ratelimit-limit-requests"] == "1"
+    await limiter.admit(limiter.scopes("u1", "user", "k2"), "r3", 1, hold)  # another key of u1
+    await limiter.admit(limiter.scopes("u1", "user", None), "r4", 1, hold)  # u1 with a JWT
+    with pytest.raises(RateLimited) as by_user:
+        await limiter.admit(limiter.scopes("u1", "user", "k3"), "r5", 1, hold)
+    assert "for this account" in by_user.value.message
+    assert by_user.value.headers["x-ratelimit-limit-requests"] == "3"
+    await limiter.admit(limiter.scopes("u2", "user", "k4"), "r6", 1, hold)  # other users unaffected
+
+
+async def test_limits_follow_the_role(limiter: Limiter) -> None:
+    settings = limiter.settings
+    settings.user.user = Limits(requests_per_minute=1, tokens_per_minute=1000, concurrent=10)
+    settings.user.admin = Limits(requests_per_minute=3, tokens_per_minute=1000, concurrent=10)
+    settings.api_key.user = Limits(requests_per_minute=5, tokens_per_minute=1000, concurrent=10)
+    settings.api_key.admin = Limits(requests_per_minute=2, tokens_per_minute=1000, concurrent=10)
+    hold = time.time() + 60
+    await limiter.admit(limiter.scopes("plain", "user", None), "p1", 1, hold)
+    with pytest.raises(RateLimited):
+        await limiter.admit(limiter.scopes("plain", "user", None), "p2", 1, hold)
+    # An admin's user budget is the admin one: admitted where a user is refused, up to 3.
+    for i in range(3):
+        admitted = await limiter.admit(limiter.scopes("boss", "admin", None), f"a{i}", 1, hold)
+        assert admitted.headers["x-ratelimit-limit-requests"] == "3"
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(limiter.scopes("boss", "admin", None), "a3", 1, hold)
+    assert "for this account" in refused.value.message
+    # And an admin's key gets the admin key budget (2, below the user-role key's 5).
+    for i in range(2):
+        await limiter.admit(limiter.scopes("boss2", "admin", "kb"), f"b{i}", 1, hold)
+    with pytest.raises(RateLimited) as by_key:
+        await limiter.admit(limiter.scopes("boss2", "admin", "kb"), "b2", 1, hold)
+    assert "for this API key" in by_key.value.message
+    assert by_key.value.headers["x-ratelimit-limit-requests"] == "2"
+
+
 async def test_throttle(limiter: Limiter) -> None:
     for _ in range(3):
         await limiter.throttle("login:x", 3, 300, "login attempts")
