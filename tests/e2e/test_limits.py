@@ -4,6 +4,7 @@ what happens while Redis is down (limits kept in the edge's memory) and after it
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -183,6 +184,52 @@ async def test_login_throttle_and_equal_answers(limited_edge: str) -> None:
             "/v1/auth/login", json={"email": account.email, "password": account.password}
         )
         assert_429(throttled)
+
+
+def loopback_addresses() -> tuple[str, str]:
+    """Two loopback addresses of the caller's own (not 127.0.0.1): the edge sees them as the
+    client address, so their per-address counters (shared in Redis by every edge of the run)
+    are this test's."""
+    a, b = secrets.token_bytes(2)
+    return f"127.{a}.{b}.2", f"127.{a}.{b}.3"
+
+
+async def test_login_throttle_per_client_address(
+    stack: LocalStack, user: tuple[httpx.AsyncClient, Account]
+) -> None:
+    """Per address, whatever the account: after its budget, an address is refused even the right
+    password of an account with budget left, while another address still logs in. On an edge of
+    its own with a small budget (the limited edge's would apply to 127.0.0.1, where the rest of
+    the run logs in)."""
+    _, account = user  # registered through the limited edge
+    proc, port = start_edge(
+        stack, extra_env={"LLMCHAT_CHAT_LIMITS__LOGIN_PER_ADDRESS": "3"}, name="chat-addr"
+    )
+    url = f"http://127.0.0.1:{port}"
+    here, elsewhere = loopback_addresses()
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=address)
+        return httpx.AsyncClient(base_url=url, transport=transport, timeout=30)
+
+    right = {"email": account.email, "password": account.password}
+    try:
+        async with client(here) as http:
+            for i in range(3):  # three different accounts: no per-account budget is spent
+                wrong = {
+                    "email": f"nobody-{i}-{secrets.token_hex(4)}@example.com",
+                    "password": "whatever-123",
+                }
+                assert (await http.post("/v1/auth/login", json=wrong)).status_code == 401
+            throttled = await http.post("/v1/auth/login", json=right)
+            assert_429(throttled)
+            assert "login attempts" in throttled.json()["error"]["message"]
+            assert 1 <= int(throttled.headers["retry-after"]) <= 300
+            assert not [h for h in throttled.headers if h.startswith("x-ratelimit-")]
+        async with client(elsewhere) as http:
+            assert (await http.post("/v1/auth/login", json=right)).status_code == 200
+    finally:
+        proc.stop()
 
 
 async def test_redis_down_limits_from_memory_then_recovery(
