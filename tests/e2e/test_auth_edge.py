@@ -19,7 +19,11 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from llmchat_common import subjects
+from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.testing.services import rpc_ping, start_auth
 from llmchat_common.testing.stack import LocalStack
+from tests.conftest import paused
 from tests.helpers import (
     CANARY_PASSWORD,
     Account,
@@ -125,6 +129,34 @@ async def test_session_flow_register_login_refresh_logout(
     assert_401(await http.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}))
     # The logged-out access token is denylisted until it expires.
     assert_401(await http.post("/v1/chat/completions", json=CHAT, headers=bearer(pair["access_token"])))
+
+
+async def test_closed_registration_is_refused_clearly(
+    http: httpx.AsyncClient, stack: LocalStack, auth_service: ManagedProcess, account: Account
+) -> None:
+    """Open registration off: registering answers 403 `registration_closed` with a message that
+    says so, and makes no account; existing accounts still log in. The session's auth service is
+    paused meanwhile, so the closed one alone answers (replicas share the queue group)."""
+    email = f"closed-{uuid.uuid4().hex[:10]}@example.com"
+    with paused(auth_service, lambda: rpc_ping(stack, subjects.auth_subject("ping"))):
+        closed = start_auth(stack, extra_env={"LLMCHAT_AUTH_OPEN_REGISTRATION": "false"}, name="auth-closed")
+        try:
+            refused = await http.post("/v1/auth/register", json={"email": email, "password": CANARY_PASSWORD})
+            login = await http.post(
+                "/v1/auth/login", json={"email": account.email, "password": account.password}
+            )
+        finally:
+            closed.stop()
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "registration_closed", error
+    assert "registration is closed" in error["message"]
+    assert login.status_code == 200, login.text
+    conn = await db(stack)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM auth.users WHERE email = $1", email) == 0
+    finally:
+        await conn.close()
 
 
 async def test_reused_refresh_token_revokes_the_family(http: httpx.AsyncClient, edge_url: str) -> None:
