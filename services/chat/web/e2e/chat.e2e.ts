@@ -8,7 +8,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 import { chromium, type Browser, type BrowserContext, type Page, type Request } from "playwright-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 const BASE = required("LLMCHAT_E2E_URL");
 const ADMIN_EMAIL = required("LLMCHAT_E2E_ADMIN_EMAIL");
@@ -141,6 +141,14 @@ beforeAll(async () => {
   });
   context = await newContext(DESKTOP);
   page = await context.newPage();
+});
+
+afterEach(async (ctx) => {
+  // What the page showed when a step failed, next to the screenshots (or in the temp folder).
+  if (ctx.task.result?.state !== "fail" || page === undefined) return;
+  const folder = SHOTS || "/tmp";
+  mkdirSync(folder, { recursive: true });
+  await page.screenshot({ path: join(folder, `failed-${ctx.task.name.replace(/\W+/g, "-")}.png`) }).catch(() => undefined);
 });
 
 afterAll(async () => {
@@ -303,8 +311,8 @@ describe("the web app", () => {
     expect(rowText).not.toContain(key);
     expect(rowText).toContain(key.slice(0, 14));
     expect((await api("/v1/models", key)).status).toBe(200);
-    page.once("dialog", (d) => void d.accept());
-    await row.getByRole("button", { name: /revoke/i }).click();
+    await row.getByRole("button", { name: /^Revoke/ }).click();
+    await row.getByRole("button", { name: "Yes, revoke" }).click();
     await expect.poll(async () => (await page.getByTestId("key-row").first().innerText()).toLowerCase()).toContain("revoked");
     await expect.poll(async () => (await api("/v1/models", key)).status, { timeout: 15_000 }).toBe(401);
   });

@@ -1,0 +1,299 @@
+import { useEffect, useMemo, useRef, useState, type FormEvent } from "react";
+
+import { session } from "../lib/api";
+import type { ApiKey, ApiKeyCreated } from "../lib/types";
+import { describeError, fmtDateTime, isoOf, useJson } from "./usageData";
+
+/** Active keys first, newest first within each group. */
+function ordered(keys: ApiKey[]): ApiKey[] {
+  return [...keys].sort((a, b) => {
+    const revoked = Number(a.revoked_at !== null) - Number(b.revoked_at !== null);
+    return revoked !== 0 ? revoked : Date.parse(b.created_at) - Date.parse(a.created_at);
+  });
+}
+
+function When({ value, empty }: { value: string | null; empty: string }) {
+  if (value === null) return <span className="muted">{empty}</span>;
+  return (
+    <time dateTime={isoOf(value)} title={fmtDateTime(value, "full")}>
+      {fmtDateTime(value)}
+    </time>
+  );
+}
+
+export default function KeysPage() {
+  const list = useJson<{ keys: ApiKey[] }>("/v1/auth/api-keys");
+  const [name, setName] = useState("");
+  const [creating, setCreating] = useState(false);
+  const [createError, setCreateError] = useState<string | null>(null);
+  const [created, setCreated] = useState<ApiKeyCreated | null>(null);
+  const [confirming, setConfirming] = useState<string | null>(null);
+  const [revoking, setRevoking] = useState<string | null>(null);
+  const [actionError, setActionError] = useState<string | null>(null);
+  const [status, setStatus] = useState("");
+  /** After "Cancel", focus goes back to that row's Revoke button. */
+  const [refocus, setRefocus] = useState<string | null>(null);
+  const keys = useMemo(() => ordered(list.data?.keys ?? []), [list.data]);
+  const active = keys.filter((k) => k.revoked_at === null).length;
+
+  const create = async (event: FormEvent) => {
+    event.preventDefault();
+    setCreating(true);
+    setCreateError(null);
+    setStatus("");
+    try {
+      const key = await session.json<ApiKeyCreated>("/v1/auth/api-keys", {
+        method: "POST",
+        body: JSON.stringify({ name: name.trim() }),
+      });
+      setCreated(key);
+      setName("");
+      list.reload();
+    } catch (caught) {
+      setCreateError(describeError(caught));
+    } finally {
+      setCreating(false);
+    }
+  };
+
+  const revoke = async (key: ApiKey) => {
+    setRevoking(key.id);
+    setActionError(null);
+    try {
+      await session.fetch(`/v1/auth/api-keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
+      setConfirming(null);
+      if (created?.id === key.id) setCreated(null);
+      setStatus(`Key ${key.name || `${key.prefix}…`} revoked.`);
+      list.reload();
+    } catch (caught) {
+      setActionError(describeError(caught));
+    } finally {
+      setRevoking(null);
+    }
+  };
+
+  return (
+    <main className="page keys-page">
+      <div className="inner">
+        <h1>API keys</h1>
+        <p className="muted">
+          API keys let programs call the OpenAI-compatible API as you: send one as <code>Authorization: Bearer …</code> to{" "}
+          <code>{`${window.location.origin}/v1`}</code>. Revoke a key as soon as you no longer need it or it may have leaked.
+        </p>
+
+        <section aria-labelledby="keys-create">
+          <h2 id="keys-create">Create a key</h2>
+          <form className="keys-form" onSubmit={(e) => void create(e)}>
+            <label>
+              <span>
+                Name <span className="muted">(optional)</span>
+              </span>
+              <input
+                type="text"
+                name="name"
+                value={name}
+                maxLength={100}
+                placeholder="e.g. laptop scripts"
+                autoComplete="off"
+                onChange={(e) => setName(e.target.value)}
+              />
+            </label>
+            <button type="submit" className="primary" disabled={creating}>
+              {creating ? "Creating…" : "Create key"}
+            </button>
+          </form>
+          {createError !== null && (
+            <p className="notice error" role="alert">
+              {createError}
+            </p>
+          )}
+          {created !== null && <NewKey created={created} onDone={() => setCreated(null)} />}
+        </section>
+
+        <section aria-labelledby="keys-list" aria-busy={list.loading}>
+          <h2 id="keys-list">
+            Your keys
+            {list.data !== null && <span className="muted keys-count"> ({active} active)</span>}
+          </h2>
+          <p className="sr-only" role="status" aria-live="polite">
+            {status}
+          </p>
+          {list.error !== null && (
+            <div className="notice error usage-error" role="alert">
+              <span>Your keys could not be loaded: {list.error}</span>
+              <button type="button" onClick={list.reload}>
+                Try again
+              </button>
+            </div>
+          )}
+          {actionError !== null && (
+            <p className="notice error" role="alert">
+              {actionError}
+            </p>
+          )}
+          {list.data === null && list.error === null && (
+            <p className="muted" role="status">
+              Loading keys…
+            </p>
+          )}
+          {list.data !== null && keys.length === 0 && <p className="muted">You have no API keys yet.</p>}
+          {keys.length > 0 && (
+            <table className="data-table stack keys-table" role="table">
+              <caption className="sr-only">Your API keys</caption>
+              <thead role="rowgroup">
+                <tr role="row">
+                  <th scope="col" role="columnheader">Name</th>
+                  <th scope="col" role="columnheader">Key</th>
+                  <th scope="col" role="columnheader">Created</th>
+                  <th scope="col" role="columnheader">Last used</th>
+                  <th scope="col" role="columnheader">Status</th>
+                  <th scope="col" role="columnheader">
+                    <span className="sr-only">Actions</span>
+                  </th>
+                </tr>
+              </thead>
+              <tbody role="rowgroup">
+                {keys.map((key) => {
+                  const revoked = key.revoked_at !== null;
+                  const label = key.name || `${key.prefix}…`;
+                  return (
+                    <tr key={key.id} role="row" data-testid="key-row" className={revoked ? "is-revoked" : undefined}>
+                      <td role="cell" data-label="Name">
+                        {key.name !== "" ? key.name : <span className="muted">Unnamed</span>}
+                      </td>
+                      <td role="cell" data-label="Key">
+                        <code>{key.prefix}…</code>
+                      </td>
+                      <td role="cell" data-label="Created">
+                        <When value={key.created_at} empty="" />
+                      </td>
+                      <td role="cell" data-label="Last used">
+                        <When value={key.last_used_at} empty="Never" />
+                      </td>
+                      <td role="cell" data-label="Status">
+                        {revoked ? (
+                          <span className="badge off" title={`Revoked ${fmtDateTime(key.revoked_at)}`}>
+                            Revoked
+                          </span>
+                        ) : (
+                          <span className="badge ok">Active</span>
+                        )}
+                      </td>
+                      <td role="cell" data-label="" className="actions">
+                        {!revoked &&
+                          (confirming === key.id ? (
+                            <span className="inline-confirm" role="group" aria-label={`Confirm revoking ${label}`}>
+                              <span>Revoke? Programs using it stop working.</span>
+                              <button
+                                type="button"
+                                className="danger"
+                                disabled={revoking === key.id}
+                                onClick={() => void revoke(key)}
+                                autoFocus
+                              >
+                                {revoking === key.id ? "Revoking…" : "Yes, revoke"}
+                              </button>
+                              <button
+                                type="button"
+                                onClick={() => {
+                                  setConfirming(null);
+                                  setRefocus(key.id);
+                                }}
+                                disabled={revoking === key.id}
+                              >
+                                Cancel
+                              </button>
+                            </span>
+                          ) : (
+                            <button
+                              type="button"
+                              className="danger"
+                              aria-label={`Revoke ${label}`}
+                              autoFocus={refocus === key.id}
+                              onClick={() => {
+                                setActionError(null);
+                                setConfirming(key.id);
+                              }}
+                            >
+                              Revoke
+                            </button>
+                          ))}
+                      </td>
+                    </tr>
+                  );
+                })}
+              </tbody>
+            </table>
+          )}
+        </section>
+      </div>
+    </main>
+  );
+}
+
+/** The new key, shown this once, with a Copy button. */
+function NewKey({ created, onDone }: { created: ApiKeyCreated; onDone: () => void }) {
+  const box = useRef<HTMLDivElement>(null);
+  const code = useRef<HTMLElement>(null);
+  const [copy, setCopy] = useState<"idle" | "copied" | "failed">("idle");
+
+  // Bring the key into view and focus for keyboard and screen-reader users.
+  useEffect(() => {
+    box.current?.focus();
+    setCopy("idle");
+  }, [created.id]);
+
+  useEffect(() => {
+    if (copy !== "copied") return;
+    const timer = setTimeout(() => setCopy("idle"), 4000);
+    return () => clearTimeout(timer);
+  }, [copy]);
+
+  const selectKey = () => {
+    const node = code.current;
+    const selection = window.getSelection();
+    if (node === null || selection === null) return;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    selection.removeAllRanges();
+    selection.addRange(range);
+  };
+
+  const doCopy = async () => {
+    try {
+      if (navigator.clipboard === undefined) throw new Error("no clipboard");
+      await navigator.clipboard.writeText(created.key);
+      setCopy("copied");
+    } catch {
+      // Without the clipboard API (plain http) the key is selected for Ctrl+C / long-press.
+      selectKey();
+      setCopy("failed");
+    }
+  };
+
+  return (
+    <div className="new-key" data-testid="new-key" ref={box} tabIndex={-1} aria-labelledby="new-key-title">
+      <h3 id="new-key-title">
+        New key{created.name !== "" ? `: ${created.name}` : ""}
+      </h3>
+      <p className="new-key-warning">
+        <strong>Copy this key now.</strong> It won't be shown again; if you lose it, revoke it and create a new one.
+      </p>
+      <div className="new-key-value">
+        <code ref={code}>
+          {created.key}
+        </code>
+        <button type="button" className="primary" onClick={() => void doCopy()}>
+          {copy === "copied" ? "Copied" : "Copy"}
+        </button>
+      </div>
+      <p className="muted new-key-status" role="status" aria-live="polite">
+        {copy === "copied" && "Copied to the clipboard."}
+        {copy === "failed" && "Copying is not available here: the key is selected, copy it with Ctrl+C (⌘C)."}
+      </p>
+      <button type="button" onClick={onDone}>
+        I've saved it
+      </button>
+    </div>
+  );
+}

@@ -1,0 +1,299 @@
+/**
+ * Shared by the usage, API keys and admin pages: date ranges (UTC days, as the edge counts
+ * them), filling a per-day report's gaps, number and date formatting in the reader's locale,
+ * and a small hook that loads one JSON resource with the session's token.
+ */
+import { useCallback, useEffect, useState } from "react";
+
+import { ApiError, session } from "../lib/api";
+import type { UsageBucket } from "../lib/types";
+
+/** The edge refuses longer ranges (inclusive). */
+export const MAX_RANGE_DAYS = 366;
+export const DEFAULT_DAYS = 30;
+
+export interface DateRange {
+  since: string;
+  until: string;
+}
+
+const DAY_MS = 86_400_000;
+const ISO_DAY = /^\d{4}-\d{2}-\d{2}$/;
+
+/** Today as the edge sees it: a UTC date, `YYYY-MM-DD`. */
+export function utcToday(): string {
+  return new Date().toISOString().slice(0, 10);
+}
+
+/** Milliseconds of a `YYYY-MM-DD` day at 00:00 UTC, or null when it is not a real date. */
+export function parseDay(day: string): number | null {
+  if (!ISO_DAY.test(day)) return null;
+  const time = Date.parse(`${day}T00:00:00Z`);
+  if (Number.isNaN(time) || new Date(time).toISOString().slice(0, 10) !== day) return null;
+  return time;
+}
+
+export function addDays(day: string, days: number): string {
+  const time = parseDay(day);
+  if (time === null) return day;
+  return new Date(time + days * DAY_MS).toISOString().slice(0, 10);
+}
+
+/** The last `days` UTC days, today included (the edge's default is 30). */
+export function lastDays(days: number = DEFAULT_DAYS): DateRange {
+  const until = utcToday();
+  return { since: addDays(until, -(days - 1)), until };
+}
+
+/** How many days an (already valid) range covers, both ends included. */
+export function daysIn(range: DateRange): number {
+  const since = parseDay(range.since);
+  const until = parseDay(range.until);
+  if (since === null || until === null) return 0;
+  return Math.round((until - since) / DAY_MS) + 1;
+}
+
+/** What is wrong with a range, for a person; null when the edge will accept it. */
+export function rangeError(range: DateRange): string | null {
+  if (range.since === "" || range.until === "") return "Enter both a start and an end date.";
+  const since = parseDay(range.since);
+  const until = parseDay(range.until);
+  if (since === null) return "The start date is not a valid date.";
+  if (until === null) return "The end date is not a valid date.";
+  if (since > until) return "The start date must be on or before the end date.";
+  if (daysIn(range) > MAX_RANGE_DAYS) return `A range can cover at most ${MAX_RANGE_DAYS} days.`;
+  return null;
+}
+
+export type UsageGroup = "day" | "model" | "user";
+
+/** The query string of a usage report. */
+export function usagePath(
+  base: "/v1/usage" | "/v1/admin/usage",
+  range: DateRange,
+  groupBy: UsageGroup,
+  extra: Record<string, string> = {},
+): string {
+  const params = new URLSearchParams({ since: range.since, until: range.until, group_by: groupBy, ...extra });
+  return `${base}?${params.toString()}`;
+}
+
+export function totalTokens(bucket: UsageBucket): number {
+  return bucket.total_tokens ?? bucket.prompt_tokens + bucket.completion_tokens;
+}
+
+/** One day of a per-day chart; every day of the range has one, zeros where nothing happened. */
+export interface DayPoint {
+  day: string;
+  requests: number;
+  completed: number;
+  failed: number;
+  cancelled: number;
+  /** Requests in a status other than the three above (none today; kept so bars add up). */
+  other: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** A per-day report's buckets over every day of `range`, in order, missing days as zeros. */
+export function fillDays(buckets: readonly UsageBucket[], range: DateRange): DayPoint[] {
+  const byDay = new Map<string, UsageBucket>();
+  for (const bucket of buckets) if (bucket.day !== null) byDay.set(bucket.day.slice(0, 10), bucket);
+  const points: DayPoint[] = [];
+  const count = Math.min(daysIn(range), MAX_RANGE_DAYS + 1);
+  for (let i = 0; i < count; i++) {
+    const day = addDays(range.since, i);
+    const bucket = byDay.get(day);
+    if (bucket === undefined) {
+      points.push({
+        day,
+        requests: 0,
+        completed: 0,
+        failed: 0,
+        cancelled: 0,
+        other: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: 0,
+      });
+      continue;
+    }
+    points.push({
+      day,
+      requests: bucket.requests,
+      completed: bucket.completed,
+      failed: bucket.failed,
+      cancelled: bucket.cancelled,
+      other: Math.max(0, bucket.requests - bucket.completed - bucket.failed - bucket.cancelled),
+      prompt_tokens: bucket.prompt_tokens,
+      completion_tokens: bucket.completion_tokens,
+      total_tokens: totalTokens(bucket),
+    });
+  }
+  return points;
+}
+
+// -- formatting, in the reader's locale ---------------------------------------------------------
+
+export function fmtInt(value: number): string {
+  return value.toLocaleString();
+}
+
+const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+
+/** Short numbers for chart axes: 1.2K, 3.4M. */
+export function fmtCompact(value: number): string {
+  return compact.format(value);
+}
+
+export function fmtPercent(part: number, whole: number): string {
+  if (whole <= 0) return "0%";
+  return (part / whole).toLocaleString(undefined, { style: "percent", maximumFractionDigits: 0 });
+}
+
+const dayShort = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
+const dayLong = new Intl.DateTimeFormat(undefined, {
+  weekday: "short",
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+  timeZone: "UTC",
+});
+
+/** A UTC day (`YYYY-MM-DD`) in the reader's words; short for axes, long for tables and tooltips. */
+export function fmtDay(day: string, style: "short" | "long" = "long"): string {
+  const time = parseDay(day.slice(0, 10));
+  if (time === null) return day;
+  return (style === "short" ? dayShort : dayLong).format(time);
+}
+
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const dateTimeFull = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+
+/** An ISO timestamp (or unix seconds) in the reader's locale and time zone. */
+export function fmtDateTime(value: string | number | null | undefined, style: "medium" | "full" = "medium"): string {
+  if (value === null || value === undefined || value === "") return "";
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  if (Number.isNaN(date.getTime())) return String(value);
+  return (style === "full" ? dateTimeFull : dateTime).format(date);
+}
+
+/** An ISO timestamp as `YYYY-MM-DDTHH:MM:SSZ`, for `<time dateTime>`. */
+export function isoOf(value: string | number): string {
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return Number.isNaN(date.getTime()) ? "" : date.toISOString();
+}
+
+/** "4s ago", "3 min ago", "2 h ago". */
+export function fmtAgo(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86_400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86_400)} d ago`;
+}
+
+/** An uptime: "45 s", "12 min", "3 h 5 min", "2 d 4 h". */
+export function fmtDuration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s} s`;
+  const minutes = Math.floor(s / 60);
+  if (minutes < 60) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return `${hours} h ${minutes % 60} min`;
+  return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+}
+
+// -- loading ------------------------------------------------------------------------------------
+
+/** What to tell a person about a failed call. */
+export function describeError(error: unknown): string {
+  if (error instanceof ApiError) return error.describe();
+  return "Something went wrong. Please try again.";
+}
+
+export interface Loaded<T> {
+  data: T | null;
+  error: string | null;
+  /** True while a request is in flight (a first load or a reload). */
+  loading: boolean;
+  /** Loads again (keeping the current data on screen meanwhile). */
+  reload: () => void;
+}
+
+interface LoadState<T> {
+  data: T | null;
+  /** The path `data` came from: a failure of the same path keeps it, of another drops it. */
+  from: string | null;
+  error: string | null;
+  loading: boolean;
+}
+
+/** GETs `path` with the session's token whenever it changes (null: nothing to load). */
+export function useJson<T>(path: string | null): Loaded<T> {
+  const [state, setState] = useState<LoadState<T>>({ data: null, from: null, error: null, loading: path !== null });
+  const [nonce, setNonce] = useState(0);
+
+  useEffect(() => {
+    if (path === null) return;
+    const controller = new AbortController();
+    setState((s) => ({ ...s, loading: true }));
+    session.json<T>(path, { signal: controller.signal }).then(
+      (data) => {
+        if (!controller.signal.aborted) setState({ data, from: path, error: null, loading: false });
+      },
+      (error: unknown) => {
+        if (controller.signal.aborted) return;
+        setState((s) => ({
+          data: s.from === path ? s.data : null,
+          from: s.from === path ? s.from : null,
+          error: describeError(error),
+          loading: false,
+        }));
+      },
+    );
+    return () => controller.abort();
+  }, [path, nonce]);
+
+  const reload = useCallback(() => setNonce((n) => n + 1), []);
+  return { data: state.data, error: state.error, loading: state.loading, reload };
+}
+
+/** A date range being edited, and the last valid one (applied after a short pause in typing). */
+export interface RangeState {
+  draft: DateRange;
+  setDraft: (range: DateRange) => void;
+  /** The range the page shows: the draft once valid and unchanged for a moment. */
+  applied: DateRange;
+  error: string | null;
+  /** Shows `range` at once (a preset, not typing). */
+  choose: (range: DateRange) => void;
+}
+
+export function useDateRange(initial: DateRange, onApply?: (range: DateRange) => void): RangeState {
+  const [draft, setDraft] = useState(initial);
+  const [applied, setApplied] = useState(initial);
+  const error = rangeError(draft);
+
+  useEffect(() => {
+    if (error !== null) return;
+    if (draft.since === applied.since && draft.until === applied.until) return;
+    const timer = setTimeout(() => {
+      setApplied(draft);
+      onApply?.(draft);
+    }, 350);
+    return () => clearTimeout(timer);
+  }, [draft, applied, error, onApply]);
+
+  const choose = useCallback(
+    (range: DateRange) => {
+      setDraft(range);
+      setApplied(range);
+      onApply?.(range);
+    },
+    [onApply],
+  );
+
+  return { draft, setDraft, applied, error, choose };
+}
