@@ -141,9 +141,13 @@ export default function ChatPage() {
 
   const here = current !== null && current.state.conversationId === conversationId ? current : null;
   const streaming = here !== null && !isFinished(here.state);
-  const messages = conversation?.messages ?? [];
-  const liveStored = here !== null && messages.some((m) => m.role === "assistant" && m.request_id === here.state.requestId);
-  const showLive = here !== null && !liveStored;
+  // While an answer is followed, its row is the live one (history may already hold it when a
+  // reload re-attaches late); the stored copy takes over once the live one has ended.
+  const stored = conversation?.messages ?? [];
+  const messages = stored.filter(
+    (m) => here === null || m.role !== "assistant" || m.request_id !== here.state.requestId,
+  );
+  const showLive = here !== null;
   const showLiveUser =
     showLive && here.userText !== null && !messages.some((m) => m.role === "user" && m.request_id === here.state.requestId);
 
@@ -185,13 +189,13 @@ export default function ChatPage() {
     const text = draft.trim();
     if (text === "" || streaming || model === "") return;
     setDraft("");
-    void send([...dialogue(messages, system), { role: "user", content: text }], text, false);
+    void send([...dialogue(stored, system), { role: "user", content: text }], text, false);
   };
 
   const regenerate = () => {
-    const lastUser = messages.map((m) => m.role).lastIndexOf("user");
+    const lastUser = stored.map((m) => m.role).lastIndexOf("user");
     if (lastUser < 0 || streaming) return;
-    void send(dialogue(messages.slice(0, lastUser + 1), system), null, true);
+    void send(dialogue(stored.slice(0, lastUser + 1), system), null, true);
   };
 
   const stop = () => {
@@ -356,7 +360,13 @@ function LiveRow({ entry }: { entry: Live }) {
   const { state } = entry;
   const running = !isFinished(state);
   return (
-    <div className="msg assistant" data-testid="answer" data-streaming={running ? "true" : "false"} data-request-id={state.requestId}>
+    <div
+      className="msg assistant"
+      data-testid="answer"
+      data-streaming={running ? "true" : "false"}
+      data-request-id={state.requestId}
+      data-chars={state.text.length}
+    >
       <span className="who">Assistant</span>
       {entry.reconnecting && (
         <p className="notice warn" role="status">
