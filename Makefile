@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps web web-test run auth-cli history-cli metrics-cli replay test lint fmt bench clean
+.PHONY: setup system-deps web web-test screenshots run auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -56,6 +56,10 @@ web: system-deps $(WEB)/dist/index.html
 # The app's unit tests (Vitest); its browser tests run in the suite (tests/e2e/test_web_ui.py).
 web-test: web
 	cd $(WEB) && npm test --silent
+
+# The README's screenshots (docs/screenshots), taken by the browser test on a platform it starts.
+screenshots: setup web
+	LLMCHAT_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(VENV)/bin/pytest tests/e2e/test_web_ui.py -k chromium
 
 run: setup web
 	$(PY) infra/run.py

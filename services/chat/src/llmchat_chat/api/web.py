@@ -23,6 +23,8 @@ class WebApp(StaticFiles):
         super().__init__(directory=directory, html=True, check_dir=False)
 
     async def get_response(self, path: str, scope: Scope) -> Response:
+        if is_api("/" + path):
+            raise HTTPException(404)  # the API's JSON 404 (no route matched)
         if not self.index.is_file():
             return PlainTextResponse(
                 "The web app is not built: run `make web` (make run and make test build it).", 404
