@@ -211,6 +211,25 @@ afterAll(async () => {
 });
 
 describe("the web app", () => {
+  it("says plainly when a sign-in is refused: wrong password, too many attempts", async () => {
+    await page.goto("/");
+    await page.waitForURL(/\/login$/);
+    await page.getByLabel("Email").fill(`nobody-${Date.now()}@example.com`);
+    await page.getByLabel("Password").fill("not the password at all");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Wrong email or password." }).waitFor();
+    await page.route("**/v1/auth/login", (route) =>
+      route.fulfill({
+        status: 429,
+        headers: { "Retry-After": "120", "Content-Type": "application/json" },
+        body: JSON.stringify({ error: { message: "too many login attempts", type: "rate_limit_error", code: "rate_limit_exceeded" } }),
+      }),
+    );
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Try again in 2 min" }).waitFor();
+    await page.unroute("**/v1/auth/login");
+  });
+
   it("registers a new account and lands in an empty chat", async () => {
     await page.goto("/register");
     await page.getByLabel("Email").fill(email);
@@ -436,6 +455,21 @@ describe("the web app", () => {
     await p.getByTestId("worker-row").first().waitFor();
     await shot(p, "admin-phone");
     await phone.close();
+  });
+
+  it("sends an expired session back to the sign-in page, saying so", async () => {
+    const ctx = await newContext(DESKTOP);
+    try {
+      const p = await ctx.newPage();
+      await signIn(p, email, password);
+      // The refresh token no longer works (as after it expired, or was revoked elsewhere).
+      await p.evaluate(() => localStorage.setItem("llmchat.refresh", "expired-or-revoked"));
+      await p.reload();
+      await p.getByText("Your session has expired. Please sign in again.").waitFor();
+      expect(new URL(p.url()).pathname).toBe("/login");
+    } finally {
+      await ctx.close();
+    }
   });
 
   it("asked no host but the edge, and broke no content security rule", () => {

@@ -193,10 +193,15 @@ class Saver {
   private pending: AnswerState | null = null;
   private timer: ReturnType<typeof setTimeout> | null = null;
 
+  // A reload or a closed tab saves the newest state first (not up to 200 ms behind).
+  private readonly onHide = () => this.flush();
+
   constructor(
     private readonly model: string,
     private readonly userText: string,
-  ) {}
+  ) {
+    window.addEventListener("pagehide", this.onHide);
+  }
 
   /** Saves the text with the id of the last event in it (always together), at most every 200 ms. */
   save(state: AnswerState, now: boolean): void {
@@ -219,6 +224,7 @@ class Saver {
   }
 
   clear(requestId: string): void {
+    window.removeEventListener("pagehide", this.onHide);
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     this.pending = null;
