@@ -17,7 +17,7 @@ export default defineConfig({
     proxy: { "/v1": edge, "/.well-known": edge },
   },
   test: {
-    include: ["src/**/*.test.ts"],
+    include: ["src/**/*.test.ts", "src/**/*.test.tsx"],
     environment: "node",
   },
 });

@@ -4,7 +4,7 @@
  *   LLMCHAT_E2E_URL, LLMCHAT_E2E_ADMIN_EMAIL, LLMCHAT_E2E_ADMIN_PASSWORD, LLMCHAT_E2E_SCREENSHOTS.
  * The steps share one user and run in order.
  */
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 
@@ -110,6 +110,7 @@ const problems: string[] = [];
 /** Extra body fields for the app's chat requests: long answers (the tiny model may stop early). */
 let shape: Record<string, unknown> = {};
 let conversationId = "";
+let networkConversation = "";
 
 async function newContext(viewport: { width: number; height: number }, colorScheme: "light" | "dark" = "light", baseURL = BASE) {
   const ctx = await browser.newContext({ baseURL, viewport, colorScheme, deviceScaleFactor: 1 });
@@ -247,6 +248,15 @@ describe("the web app", () => {
     await page.getByText("Write a long story about a lighthouse keeper.").waitFor();
     const id = await liveRequestId(page);
     await waitForGrowth(page, id, 5);
+    // Scrolled up, the reader stays where they are while the answer grows.
+    const box = page.locator(".messages");
+    await expect.poll(() => box.evaluate((el) => el.scrollHeight > el.clientHeight + 200), { timeout: 60_000 }).toBe(true);
+    await box.evaluate((el) => {
+      el.scrollTop = 0;
+    });
+    const grown = (await recorded(page, id)).lengths.length;
+    await waitForGrowth(page, id, grown + 3);
+    expect(await box.evaluate((el) => el.scrollTop)).toBe(0);
     await page.waitForURL(/\/c\/[0-9a-f-]+$/);
     conversationId = new URL(page.url()).pathname.split("/").pop() ?? "";
     await page.getByRole("button", { name: "Stop" }).click();
@@ -309,6 +319,7 @@ describe("the web app", () => {
       expect(await storedText(p, id)).toBe(shown);
       await expect.poll(() => p.getByText("Connection lost — reconnecting…").count()).toBe(0);
       const third = new URL(p.url()).pathname.split("/").pop() ?? "";
+      networkConversation = third;
       const { body } = await api<{ messages: { content: string }[] }>(`/v1/conversations/${third}`, await userToken());
       // Nothing twice, nothing lost: the page's answer is the stored one.
       expect((await recorded(p, id)).chars).toBe(body.messages[1]!.content.length);
@@ -332,6 +343,16 @@ describe("the web app", () => {
     const here = new URL(page.url()).pathname.split("/").pop() ?? "";
     const { body } = await api<{ messages: { role: string }[] }>(`/v1/conversations/${here}`, await userToken());
     expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant", "assistant"]);
+  });
+
+  it("starts a new line with Shift+Enter instead of sending", async () => {
+    const box = page.getByLabel("Message");
+    await box.fill("first line");
+    await box.press("Shift+Enter");
+    await box.pressSequentially("second line");
+    expect(await box.inputValue()).toBe("first line\nsecond line");
+    expect(await page.locator('[data-testid="answer"][data-streaming]').count()).toBe(0);
+    await box.fill("");
   });
 
   it("shows a 429 with when to retry and a 503 as a busy model", async () => {
@@ -376,6 +397,15 @@ describe("the web app", () => {
     await page.getByLabel("Search conversations").fill("zebra quasar nothing");
     await page.getByText("Nothing found.").waitFor();
     await page.getByLabel("Search conversations").fill("");
+    // Deleting asks first; a dismissed question deletes nothing.
+    const victim = page.locator('[data-testid="conversation-item"]', { has: page.locator(`a[href="/c/${networkConversation}"]`) });
+    page.once("dialog", (d) => void d.dismiss());
+    await victim.getByRole("button", { name: /^Delete/ }).click();
+    await expect.poll(() => victim.count()).toBe(1);
+    page.once("dialog", (d) => void d.accept());
+    await victim.getByRole("button", { name: /^Delete/ }).click();
+    await expect.poll(() => victim.count()).toBe(0);
+    expect((await api(`/v1/conversations/${networkConversation}`, await userToken())).status).toBe(404);
   });
 
   it("shows non-zero token usage", async () => {
@@ -393,6 +423,11 @@ describe("the web app", () => {
       )
       .toBeGreaterThan(1000);
     await page.locator("figure svg").first().waitFor();
+    const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download CSV" }).click()]);
+    expect(download.suggestedFilename()).toMatch(/^usage-.*\.csv$/);
+    const csv = readFileSync((await download.path())!, "utf8").trim().split("\n");
+    expect(csv[0]).toContain("prompt_tokens");
+    expect(csv.length).toBeGreaterThan(1);
     await shot(page, "usage-desktop");
   });
 
