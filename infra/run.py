@@ -86,10 +86,11 @@ def main() -> int:
         wait_for_worker(worker, worker_port, timeout=900)
         print(
             f"\nllmchat is ready in {time.monotonic() - t0:.0f}s\n"
+            f"  web app:                 http://127.0.0.1:{port}/\n"
             f"  API (OpenAI-compatible): http://127.0.0.1:{port}/v1\n"
             f"  models:                  http://127.0.0.1:{port}/v1/models\n"
             f"  API docs:                http://127.0.0.1:{port}/docs\n"
-            "  accounts: POST /v1/auth/register, then /v1/auth/login; the first admin:\n"
+            "  accounts: sign up in the web app (or POST /v1/auth/register); the first admin:\n"
             '    make auth-cli ARGS="create-admin --email you@example.com"\n'
             "Ctrl-C stops everything; data stays in the state folder.",
             flush=True,

@@ -59,6 +59,9 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
             time.sleep(0.5)
         assert answer is not None, (tmp_path / "run.log").read_text()[-3000:]
         assert answer["usage"]["completion_tokens"] == 4
+        # The web app is served too.
+        page = httpx.get(f"{base}/", timeout=10)
+        assert page.status_code == 200 and '<div id="root">' in page.text
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 6  # nats, postgres, redis, worker (+ engine), auth, edge
 
@@ -69,6 +72,7 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
         output = (tmp_path / "run.log").read_text()
         assert "llmchat is ready" in output
         assert f"http://127.0.0.1:{port}/v1" in output
+        assert f"web app:                 http://127.0.0.1:{port}/" in output
     finally:
         if proc.poll() is None:
             proc.kill()
