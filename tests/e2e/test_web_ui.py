@@ -9,12 +9,15 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
+from llmchat_common.testing.services import start_edge
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import MAIN_MODEL
+from tests.conftest import MAIN_MODEL, ROOMY_LIMITS, Edge
 from tests.helpers import make_admin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +25,24 @@ WEB = REPO / "services" / "chat" / "web"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def test_web_app_in_chromium(stack: LocalStack, edge_url: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def web_edge(stack: LocalStack, edge_service: Edge) -> Iterator[str]:
+    """An edge of its own (beside the session's, whose services it uses): a person signs in a
+    few times, and the per-address login budget is shared in Redis with the rest of the run,
+    which logs in from the same 127.0.0.1."""
+    logins = {
+        "LLMCHAT_CHAT_LIMITS__LOGIN_PER_ACCOUNT": "1000",
+        "LLMCHAT_CHAT_LIMITS__LOGIN_PER_ADDRESS": "100000",
+    }
+    proc, port = start_edge(stack, models=[MAIN_MODEL], extra_env=ROOMY_LIMITS | logins, name="chat-web")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+def test_web_app_in_chromium(stack: LocalStack, web_edge: str, tmp_path: Path) -> None:
+    edge_url = web_edge
     assert (WEB / "dist" / "index.html").is_file(), "the web app is not built: run `make web`"
     assert (WEB / "node_modules" / "playwright-core").is_dir(), "run `make web` (npm ci)"
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: make system-deps installs it"

@@ -160,7 +160,16 @@ async function api<T>(path: string, token: string, init: RequestInit = {}): Prom
   return { status: response.status, body: (text ? JSON.parse(text) : null) as T };
 }
 
-async function userToken(who = email, secret = password): Promise<string> {
+let cachedToken: { token: string; at: number } | null = null;
+
+/** The user's access token for API checks, reused (logins are throttled per account). */
+async function userToken(fresh = false): Promise<string> {
+  if (!fresh && cachedToken !== null && Date.now() - cachedToken.at < 600_000) return cachedToken.token;
+  cachedToken = { token: await login(email, password), at: Date.now() };
+  return cachedToken.token;
+}
+
+async function login(who: string, secret: string): Promise<string> {
   const response = await fetch(`${BASE}/v1/auth/login`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -482,6 +491,20 @@ describe("the web app", () => {
     await worker.waitFor({ timeout: 30_000 });
     expect(await worker.innerText()).toContain("tiny-random");
     await page.getByText(email).first().waitFor();
+    // Disabling the user stops their sign-in at once; enabling restores it.
+    const user = page.getByTestId("user-row").filter({ hasText: email });
+    await user.getByRole("button", { name: /^Disable/ }).click();
+    await user.getByRole("button", { name: "Yes, disable" }).click();
+    await expect.poll(async () => (await user.innerText()).includes("Disabled")).toBe(true);
+    const refused = await fetch(`${BASE}/v1/auth/login`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ email, password }),
+    });
+    expect([401, 403]).toContain(refused.status);
+    await user.getByRole("button", { name: /^Enable/ }).click();
+    await expect.poll(async () => (await user.innerText()).includes("Active")).toBe(true);
+    await userToken(true);
     await shot(page, "admin-desktop");
     const phone = await newContext(PHONE);
     const p = await phone.newPage();

@@ -1,8 +1,20 @@
 import { useEffect, useMemo, useRef, useState, type FormEvent } from "react";
 
+import { ConfirmButton, useConfirmRows, type ConfirmWords } from "../components/ConfirmButton";
+import { ErrorNotice, LoadStatus } from "../components/Notices";
+import { StackTable } from "../components/StackTable";
 import { session } from "../lib/api";
 import type { ApiKey, ApiKeyCreated } from "../lib/types";
-import { describeError, fmtDateTime, isoOf, useJson } from "./usageData";
+import { fmtDateTime, useAction, useJson } from "./usageData";
+import { When } from "./When";
+
+const REVOKE: ConfirmWords = {
+  action: "Revoke",
+  asking: "Confirm revoking",
+  question: "Revoke? Programs using it stop working.",
+  yes: "Yes, revoke",
+  busy: "Revoking…",
+};
 
 /** Active keys first, newest first within each group. */
 function ordered(keys: ApiKey[]): ApiKey[] {
@@ -12,36 +24,27 @@ function ordered(keys: ApiKey[]): ApiKey[] {
   });
 }
 
-function When({ value, empty }: { value: string | null; empty: string }) {
-  if (value === null) return <span className="muted">{empty}</span>;
-  return (
-    <time dateTime={isoOf(value)} title={fmtDateTime(value, "full")}>
-      {fmtDateTime(value)}
-    </time>
-  );
+/** A key's name, or its prefix when it has none. */
+function labelOf(key: ApiKey): string {
+  return key.name || `${key.prefix}…`;
 }
 
 export default function KeysPage() {
   const list = useJson<{ keys: ApiKey[] }>("/v1/auth/api-keys");
   const [name, setName] = useState("");
-  const [creating, setCreating] = useState(false);
-  const [createError, setCreateError] = useState<string | null>(null);
+  const creation = useAction<true>();
   const [created, setCreated] = useState<ApiKeyCreated | null>(null);
-  const [confirming, setConfirming] = useState<string | null>(null);
-  const [revoking, setRevoking] = useState<string | null>(null);
-  const [actionError, setActionError] = useState<string | null>(null);
+  const revocation = useAction<string>();
+  const confirm = useConfirmRows(revocation.clearError);
   const [status, setStatus] = useState("");
-  /** After "Cancel", focus goes back to that row's Revoke button. */
-  const [refocus, setRefocus] = useState<string | null>(null);
+  const creating = creation.running !== null;
   const keys = useMemo(() => ordered(list.data?.keys ?? []), [list.data]);
   const active = keys.filter((k) => k.revoked_at === null).length;
 
-  const create = async (event: FormEvent) => {
+  const create = (event: FormEvent) => {
     event.preventDefault();
-    setCreating(true);
-    setCreateError(null);
     setStatus("");
-    try {
+    return creation.run(true, async () => {
       const key = await session.json<ApiKeyCreated>("/v1/auth/api-keys", {
         method: "POST",
         body: JSON.stringify({ name: name.trim() }),
@@ -49,28 +52,17 @@ export default function KeysPage() {
       setCreated(key);
       setName("");
       list.reload();
-    } catch (caught) {
-      setCreateError(describeError(caught));
-    } finally {
-      setCreating(false);
-    }
+    });
   };
 
-  const revoke = async (key: ApiKey) => {
-    setRevoking(key.id);
-    setActionError(null);
-    try {
+  const revoke = (key: ApiKey) =>
+    revocation.run(key.id, async () => {
       await session.fetch(`/v1/auth/api-keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
-      setConfirming(null);
+      confirm.close();
       if (created?.id === key.id) setCreated(null);
-      setStatus(`Key ${key.name || `${key.prefix}…`} revoked.`);
+      setStatus(`Key ${labelOf(key)} revoked.`);
       list.reload();
-    } catch (caught) {
-      setActionError(describeError(caught));
-    } finally {
-      setRevoking(null);
-    }
-  };
+    });
 
   return (
     <main className="page keys-page">
@@ -102,11 +94,7 @@ export default function KeysPage() {
               {creating ? "Creating…" : "Create key"}
             </button>
           </form>
-          {createError !== null && (
-            <p className="notice error" role="alert">
-              {createError}
-            </p>
-          )}
+          <ErrorNotice error={creation.error} />
           {created !== null && <NewKey created={created} onDone={() => setCreated(null)} />}
         </section>
 
@@ -118,112 +106,51 @@ export default function KeysPage() {
           <p className="sr-only" role="status" aria-live="polite">
             {status}
           </p>
-          {list.error !== null && (
-            <div className="notice error usage-error" role="alert">
-              <span>Your keys could not be loaded: {list.error}</span>
-              <button type="button" onClick={list.reload}>
-                Try again
-              </button>
-            </div>
-          )}
-          {actionError !== null && (
-            <p className="notice error" role="alert">
-              {actionError}
-            </p>
-          )}
-          {list.data === null && list.error === null && (
-            <p className="muted" role="status">
-              Loading keys…
-            </p>
-          )}
+          <LoadStatus load={list} failed="Your keys could not be loaded" loading="Loading keys…" />
+          <ErrorNotice error={revocation.error} />
           {list.data !== null && keys.length === 0 && <p className="muted">You have no API keys yet.</p>}
           {keys.length > 0 && (
-            <table className="data-table stack keys-table" role="table">
-              <caption className="sr-only">Your API keys</caption>
-              <thead role="rowgroup">
-                <tr role="row">
-                  <th scope="col" role="columnheader">Name</th>
-                  <th scope="col" role="columnheader">Key</th>
-                  <th scope="col" role="columnheader">Created</th>
-                  <th scope="col" role="columnheader">Last used</th>
-                  <th scope="col" role="columnheader">Status</th>
-                  <th scope="col" role="columnheader">
-                    <span className="sr-only">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody role="rowgroup">
-                {keys.map((key) => {
-                  const revoked = key.revoked_at !== null;
-                  const label = key.name || `${key.prefix}…`;
-                  return (
-                    <tr key={key.id} role="row" data-testid="key-row" className={revoked ? "is-revoked" : undefined}>
-                      <td role="cell" data-label="Name">
-                        {key.name !== "" ? key.name : <span className="muted">Unnamed</span>}
-                      </td>
-                      <td role="cell" data-label="Key">
-                        <code>{key.prefix}…</code>
-                      </td>
-                      <td role="cell" data-label="Created">
-                        <When value={key.created_at} empty="" />
-                      </td>
-                      <td role="cell" data-label="Last used">
-                        <When value={key.last_used_at} empty="Never" />
-                      </td>
-                      <td role="cell" data-label="Status">
-                        {revoked ? (
-                          <span className="badge off" title={`Revoked ${fmtDateTime(key.revoked_at)}`}>
-                            Revoked
-                          </span>
-                        ) : (
-                          <span className="badge ok">Active</span>
-                        )}
-                      </td>
-                      <td role="cell" data-label="" className="actions">
-                        {!revoked &&
-                          (confirming === key.id ? (
-                            <span className="inline-confirm" role="group" aria-label={`Confirm revoking ${label}`}>
-                              <span>Revoke? Programs using it stop working.</span>
-                              <button
-                                type="button"
-                                className="danger"
-                                disabled={revoking === key.id}
-                                onClick={() => void revoke(key)}
-                                autoFocus
-                              >
-                                {revoking === key.id ? "Revoking…" : "Yes, revoke"}
-                              </button>
-                              <button
-                                type="button"
-                                onClick={() => {
-                                  setConfirming(null);
-                                  setRefocus(key.id);
-                                }}
-                                disabled={revoking === key.id}
-                              >
-                                Cancel
-                              </button>
-                            </span>
-                          ) : (
-                            <button
-                              type="button"
-                              className="danger"
-                              aria-label={`Revoke ${label}`}
-                              autoFocus={refocus === key.id}
-                              onClick={() => {
-                                setActionError(null);
-                                setConfirming(key.id);
-                              }}
-                            >
-                              Revoke
-                            </button>
-                          ))}
-                      </td>
-                    </tr>
-                  );
-                })}
-              </tbody>
-            </table>
+            <StackTable className="keys-table" caption="Your API keys" columns={["Name", "Key", "Created", "Last used", "Status"]}>
+              {keys.map((key) => {
+                const revoked = key.revoked_at !== null;
+                return (
+                  <tr key={key.id} role="row" data-testid="key-row" className={revoked ? "is-revoked" : undefined}>
+                    <td role="cell" data-label="Name">
+                      {key.name !== "" ? key.name : <span className="muted">Unnamed</span>}
+                    </td>
+                    <td role="cell" data-label="Key">
+                      <code>{key.prefix}…</code>
+                    </td>
+                    <td role="cell" data-label="Created">
+                      <When value={key.created_at} empty="" />
+                    </td>
+                    <td role="cell" data-label="Last used">
+                      <When value={key.last_used_at} empty="Never" />
+                    </td>
+                    <td role="cell" data-label="Status">
+                      {revoked ? (
+                        <span className="badge off" title={`Revoked ${fmtDateTime(key.revoked_at)}`}>
+                          Revoked
+                        </span>
+                      ) : (
+                        <span className="badge ok">Active</span>
+                      )}
+                    </td>
+                    <td role="cell" data-label="" className="actions">
+                      {!revoked && (
+                        <ConfirmButton
+                          {...confirm.row(key.id)}
+                          words={REVOKE}
+                          target={labelOf(key)}
+                          busy={revocation.running === key.id}
+                          onConfirm={() => void revoke(key)}
+                        />
+                      )}
+                    </td>
+                  </tr>
+                );
+              })}
+            </StackTable>
           )}
         </section>
       </div>

@@ -1,19 +1,13 @@
 import { useCallback, useMemo, useState } from "react";
 import { useSearchParams } from "react-router";
 
+import { LoadStatus } from "../components/Notices";
 import type { UsageReport } from "../lib/types";
-import {
-  BreakdownChart,
-  BreakdownTable,
-  DailyTable,
-  RequestsPerDayChart,
-  TokensPerDayChart,
-  UsageDownload,
-  UsageRangePicker,
-  UsageTotals,
-  type BreakdownRow,
-} from "./usageCharts";
-import { fillDays, fmtDay, lastDays, rangeError, useDateRange, useJson, usagePath, type DateRange } from "./usageData";
+import { BreakdownChart, RequestsPerDayChart, TokensPerDayChart } from "./usageCharts";
+import { UsageDownload } from "./UsageDownload";
+import { RangeSummary, UsageRangePicker } from "./UsageRangePicker";
+import { BreakdownTable, DailyTable, UsageTotals } from "./usageTables";
+import { lastDays, rangeError, useDailyUsage, useDateRange, useJson, usagePath, type BreakdownRow, type DateRange } from "./usageData";
 
 /** The range in the address (`?since=&until=`) when valid, so a reload or a shared link keeps it. */
 function rangeFromParams(params: URLSearchParams): DateRange {
@@ -31,10 +25,8 @@ export default function UsagePage() {
   const rangeState = useDateRange(initial, onApply);
   const range = rangeState.applied;
 
-  const byDay = useJson<UsageReport>(usagePath("/v1/usage", range, "day"));
+  const { byDay, points } = useDailyUsage("/v1/usage", range);
   const byModel = useJson<UsageReport>(usagePath("/v1/usage", range, "model"));
-
-  const points = useMemo(() => (byDay.data === null ? [] : fillDays(byDay.data.data, range)), [byDay.data, range]);
   const models = useMemo<BreakdownRow[]>(
     () =>
       (byModel.data?.data ?? []).map((bucket) => ({
@@ -44,7 +36,6 @@ export default function UsagePage() {
       })),
     [byModel.data],
   );
-  const rangeText = `${fmtDay(range.since)} – ${fmtDay(range.until)}`;
   const empty = byDay.data !== null && byDay.data.total.requests === 0;
 
   return (
@@ -62,25 +53,10 @@ export default function UsagePage() {
           <h2 id="usage-overview" className="sr-only">
             Overview
           </h2>
-          {byDay.error !== null && (
-            <div className="notice error usage-error" role="alert">
-              <span>Usage could not be loaded: {byDay.error}</span>
-              <button type="button" onClick={byDay.reload}>
-                Try again
-              </button>
-            </div>
-          )}
-          {byDay.data === null && byDay.error === null && (
-            <p className="muted" role="status">
-              Loading usage…
-            </p>
-          )}
+          <LoadStatus load={byDay} failed="Usage could not be loaded" loading="Loading usage…" />
           {byDay.data !== null && (
             <>
-              <p className="usage-range-text" aria-live="polite">
-                {rangeText}
-                {byDay.loading && <span className="muted"> · updating…</span>}
-              </p>
+              <RangeSummary range={range} updating={byDay.loading} live />
               <UsageTotals total={byDay.data.total} />
               {empty && (
                 <p className="notice info" role="status">
@@ -98,19 +74,7 @@ export default function UsagePage() {
 
         <section aria-labelledby="usage-models" aria-busy={byModel.loading}>
           <h2 id="usage-models">By model</h2>
-          {byModel.error !== null && (
-            <div className="notice error usage-error" role="alert">
-              <span>The per-model breakdown could not be loaded: {byModel.error}</span>
-              <button type="button" onClick={byModel.reload}>
-                Try again
-              </button>
-            </div>
-          )}
-          {byModel.data === null && byModel.error === null && (
-            <p className="muted" role="status">
-              Loading…
-            </p>
-          )}
+          <LoadStatus load={byModel} failed="The per-model breakdown could not be loaded" loading="Loading…" />
           {byModel.data !== null &&
             (models.length === 0 ? (
               <p className="muted">No model was used in this range.</p>

@@ -1,12 +1,13 @@
 /**
  * Shared by the usage, API keys and admin pages: date ranges (UTC days, as the edge counts
  * them), filling a per-day report's gaps, number and date formatting in the reader's locale,
- * and a small hook that loads one JSON resource with the session's token.
+ * a small hook that loads one JSON resource with the session's token, and one that runs a
+ * button's call.
  */
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useMemo, useState } from "react";
 
 import { ApiError, session } from "../lib/api";
-import type { UsageBucket } from "../lib/types";
+import type { UsageBucket, UsageReport } from "../lib/types";
 
 /** The edge refuses longer ranges (inclusive). */
 export const MAX_RANGE_DAYS = 366;
@@ -66,14 +67,11 @@ export function rangeError(range: DateRange): string | null {
 }
 
 export type UsageGroup = "day" | "model" | "user";
+/** A person's own usage, or the whole platform's (admins). */
+export type UsageBase = "/v1/usage" | "/v1/admin/usage";
 
 /** The query string of a usage report. */
-export function usagePath(
-  base: "/v1/usage" | "/v1/admin/usage",
-  range: DateRange,
-  groupBy: UsageGroup,
-  extra: Record<string, string> = {},
-): string {
+export function usagePath(base: UsageBase, range: DateRange, groupBy: UsageGroup, extra: Record<string, string> = {}): string {
   const params = new URLSearchParams({ since: range.since, until: range.until, group_by: groupBy, ...extra });
   return `${base}?${params.toString()}`;
 }
@@ -94,6 +92,14 @@ export interface DayPoint {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+}
+
+/** One row of a per-model or per-user breakdown. */
+export interface BreakdownRow {
+  key: string;
+  /** What a person reads (a model id, an email). */
+  label: string;
+  bucket: UsageBucket;
 }
 
 /** A per-day report's buckets over every day of `range`, in order, missing days as zeros. */
@@ -258,6 +264,38 @@ export function useJson<T>(path: string | null): Loaded<T> {
 
   const reload = useCallback(() => setNonce((n) => n + 1), []);
   return { data: state.data, error: state.error, loading: state.loading, reload };
+}
+
+/** The per-day report over `range`, and its points with every day of the range filled in. */
+export function useDailyUsage(base: UsageBase, range: DateRange) {
+  const byDay = useJson<UsageReport>(usagePath(base, range, "day"));
+  const points = useMemo(() => (byDay.data === null ? [] : fillDays(byDay.data.data, range)), [byDay.data, range]);
+  return { byDay, points };
+}
+
+/** A call that buttons start: which one runs (a row's id, or `true` for a lone button) and why the last failed. */
+export interface Action<K> {
+  running: K | null;
+  error: string | null;
+  clearError: () => void;
+  run: (key: K, call: () => Promise<void>) => Promise<void>;
+}
+
+export function useAction<K>(): Action<K> {
+  const [running, setRunning] = useState<K | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const run = async (key: K, call: () => Promise<void>) => {
+    setRunning(key);
+    setError(null);
+    try {
+      await call();
+    } catch (caught) {
+      setError(describeError(caught));
+    } finally {
+      setRunning(null);
+    }
+  };
+  return { running, error, clearError: () => setError(null), run };
 }
 
 /** A date range being edited, and the last valid one (applied after a short pause in typing). */
