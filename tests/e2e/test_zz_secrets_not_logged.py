@@ -3,7 +3,8 @@ is named to run last), every log of every service and of the infrastructure, and
 services exported, is searched for the shared account's password, API key (whole, and its
 secret part), access and refresh tokens, for `Authorization` header values, and for the
 credentials and prompt this test sends itself down the failure paths (a wrong password, an
-unknown API key, malformed and unsigned JWTs, a bogus refresh token).
+unknown API key, malformed and unsigned JWTs, a bogus refresh token), and for the model's answer
+to its prompt (prompts and answers are not logged by default).
 
 So that it cannot pass on empty or stale logs, the logs must exist, grow while this test runs,
 and name the account's user id or the id of the request this test makes.
@@ -32,6 +33,10 @@ BEARER_VALUE = re.compile(rb"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/-]{8,}")
 # A signing key in PEM form (auth keeps them in Postgres, never in a log).
 PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 LOG_WAIT_S = 15.0
+# The model's answer is searched for in pieces this long, each with this many distinct characters.
+ANSWER_WINDOW = 40
+ANSWER_MIN_DISTINCT = 12
+ANSWER_ATTEMPTS = 5
 
 
 def b64url(data: bytes) -> str:
@@ -74,6 +79,25 @@ def find_secrets(logs: dict[Path, bytes], secrets: dict[str, str]) -> list[Hit]:
                 masked = line.replace(value, f"<{name}>".encode())
                 hits.append(Hit(name, path, number, masked[:300].decode(errors="replace")))
     return hits
+
+
+def answer_windows(text: str) -> dict[str, str]:
+    """Pieces of a model answer to search the logs for: every ANSWER_WINDOW characters of each
+    line at half-window steps (a log holding any 60 characters of a line in a row holds a whole
+    piece), skipping low-variety ones the random model can produce (`!!!!…`) that could occur
+    by chance. Each also as JSON escapes it (our structured logs: the tiny model's byte-level
+    text often holds U+FFFD). Empty if no line is long enough."""
+    pieces: dict[str, str] = {}
+    for line in text.splitlines():
+        for start in range(0, len(line) - ANSWER_WINDOW + 1, ANSWER_WINDOW // 2):
+            piece = line[start : start + ANSWER_WINDOW]
+            if len(set(piece)) < ANSWER_MIN_DISTINCT:
+                continue
+            pieces[f"the model's answer (characters {start}-{start + ANSWER_WINDOW})"] = piece
+            escaped = json.dumps(piece)[1:-1]
+            if escaped != piece:
+                pieces[f"the model's answer (characters {start}-{start + ANSWER_WINDOW}, JSON)"] = escaped
+    return pieces
 
 
 def total_size(stack: LocalStack) -> int:
@@ -119,14 +143,26 @@ def test_no_secrets_in_logs(stack: LocalStack, edge_url: str, account: Account, 
         refresh = http.post("/v1/auth/refresh", json={"refresh_token": bogus_refresh})
         assert refresh.status_code == 401, refresh.text
 
-        # The happy path with the shared account's own credentials.
+        # The happy path with the shared account's own credentials; the answer must be long
+        # enough to search for (the random model's text is searched in 40-character pieces).
         auth = {"Authorization": f"Bearer {account.api_key}"}
-        chat = http.post(
-            "/v1/chat/completions",
-            json={"model": MAIN_MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4},
-            headers=auth,
-        )
-        assert chat.status_code == 200, chat.text
+        answer_pieces: dict[str, str] = {}
+        for _ in range(ANSWER_ATTEMPTS):
+            chat = http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MAIN_MODEL,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": 64,
+                    "ignore_eos": True,
+                },
+                headers=auth,
+            )
+            assert chat.status_code == 200, chat.text
+            answer_pieces = answer_windows(chat.json()["choices"][0]["message"]["content"])
+            if answer_pieces:
+                break
+        assert answer_pieces, f"no distinctive {ANSWER_WINDOW}-character piece in: {chat.text}"
         request_id = chat.headers["x-request-id"]
         me = http.get("/v1/auth/me", headers=auth)
         assert me.status_code == 200 and me.json()["id"] == account.user_id, me.text
@@ -167,6 +203,7 @@ def test_no_secrets_in_logs(stack: LocalStack, edge_url: str, account: Account, 
         "a malformed JWT": malformed_jwt,
         "a bogus refresh token": bogus_refresh,
         "a prompt": prompt,
+        **answer_pieces,
     }
     # The services' NATS passwords, where the stack has per-service credentials.
     nats_passwords = getattr(stack, "nats_passwords", None)
