@@ -131,11 +131,32 @@ async function recorded(p: Page, requestId: string): Promise<Recorded> {
   return p.evaluate((id) => (window as unknown as { __answers: Record<string, Recorded> }).__answers[id] ?? { lengths: [], final: null, chars: null }, requestId);
 }
 
+/** The answers each page had shown before its latest send (the recorder's ids). */
+const seen = new WeakMap<Page, string[]>();
+
+async function answerIds(p: Page): Promise<string[]> {
+  return p.evaluate(() => Object.keys((window as unknown as { __answers: Record<string, unknown> }).__answers));
+}
+
+/** Call before an action that starts an answer; `liveRequestId` then finds that answer. */
+async function expectAnswer(p: Page) {
+  seen.set(p, await answerIds(p));
+}
+
+/** The id of the answer started since `expectAnswer` (found even if it has already ended). */
 async function liveRequestId(p: Page): Promise<string> {
-  const row = p.locator('[data-testid="answer"][data-streaming="true"]');
-  await row.waitFor({ timeout: 60_000 });
-  await expect.poll(async () => (await row.getAttribute("data-request-id")) ?? "", { timeout: 60_000 }).not.toBe("");
-  return (await row.getAttribute("data-request-id")) ?? "";
+  const before = seen.get(p) ?? [];
+  let found = "";
+  await expect
+    .poll(
+      async () => {
+        found = (await answerIds(p)).find((id) => !before.includes(id)) ?? "";
+        return found;
+      },
+      { timeout: 60_000 },
+    )
+    .not.toBe("");
+  return found;
 }
 
 async function waitForGrowth(p: Page, requestId: string, steps: number) {
@@ -194,6 +215,7 @@ async function signIn(p: Page, who: string, secret: string) {
 }
 
 async function send(p: Page, text: string) {
+  await expectAnswer(p);
   await p.getByLabel("Message").fill(text);
   await p.getByLabel("Message").press("Enter");
 }
@@ -343,6 +365,7 @@ describe("the web app", () => {
   it("regenerates the last answer without storing the question twice", async () => {
     shape = { max_tokens: 40 };
     const first = await page.locator('[data-testid="answer"]').last().getAttribute("data-request-id");
+    await expectAnswer(page);
     await page.getByRole("button", { name: "Regenerate" }).click();
     const id = await liveRequestId(page);
     expect(id).not.toBe(first);

@@ -15,9 +15,13 @@ export interface Live {
   reconnecting: boolean;
   /** Stop was pressed before the edge said the request's id. */
   stopWanted: boolean;
+  /** Which `live.start` this is: a stream started earlier and still running elsewhere (the
+   * reader moved to another conversation) must not write over a newer one. */
+  run: number;
 }
 
 let current: Live | null = null;
+let runs = 0;
 const listeners = new Set<() => void>();
 
 export const live = {
@@ -28,6 +32,16 @@ export const live = {
   },
   patch(change: Partial<Live>): void {
     if (current !== null) live.set({ ...current, ...change });
+  },
+  /** Makes `entry` the live answer; returns its run number. */
+  start(entry: Omit<Live, "run">): number {
+    runs += 1;
+    live.set({ ...entry, run: runs });
+    return runs;
+  },
+  /** Patches the live answer only while it is still run `run`. */
+  patchRun(run: number, change: Partial<Live>): void {
+    if (current?.run === run) live.patch(change);
   },
   subscribe(listener: () => void): () => void {
     listeners.add(listener);

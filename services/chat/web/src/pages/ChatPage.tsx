@@ -13,24 +13,27 @@ const MODEL_KEY = "llmchat.model";
 /** A turn found running in history is followed if it is younger than the longest deadline. */
 const FOLLOW_WITHIN_MS = 3600_000;
 
-const callbacks: StreamCallbacks = {
-  update: (state) => live.patch({ state }),
-  reconnecting: (down) => live.patch({ reconnecting: down }),
-};
+type NewLive = Omit<Live, "run">;
 
 /** Follows an answer to its end, from a fresh request or from where a reload left it. */
-async function run(entry: Live, start: Record<string, unknown> | null, navigate: (to: string) => void): Promise<void> {
-  live.set(entry);
+async function run(entry: NewLive, start: Record<string, unknown> | null, navigate: (to: string) => void): Promise<void> {
+  const id = live.start(entry);
+  const callbacks: StreamCallbacks = {
+    update: (state) => live.patchRun(id, { state }),
+    reconnecting: (down) => live.patchRun(id, { reconnecting: down }),
+  };
   const signal = new AbortController().signal;
   if (start === null) {
     await resumeAnswer(entry.state, entry.model, entry.userText ?? "", callbacks, signal);
     return;
   }
   const { state, done } = await startAnswer(start, entry.userText ?? "", callbacks, signal);
-  live.patch({ state });
-  if (live.get()?.stopWanted) void stopAnswer(state.requestId);
-  if (start.conversation_id === undefined && state.conversationId !== null) {
-    navigate(`/c/${state.conversationId}`);
+  live.patchRun(id, { state });
+  if (live.get()?.run === id) {
+    if (live.get()?.stopWanted) void stopAnswer(state.requestId);
+    if (start.conversation_id === undefined && state.conversationId !== null) {
+      navigate(`/c/${state.conversationId}`);
+    }
   }
   await done;
 }
@@ -53,6 +56,8 @@ export default function ChatPage() {
   const [version, setVersion] = useState(0);
   const scroller = useRef<HTMLDivElement>(null);
   const stick = useRef(true);
+  // Where the last automatic scroll left the view: above it means the reader scrolled up.
+  const autoTop = useRef(0);
   const composer = useRef<HTMLTextAreaElement>(null);
 
   const go = useCallback((to: string) => navigate(to, { replace: true }), [navigate]);
@@ -96,6 +101,7 @@ export default function ChatPage() {
     setConversation(null);
     setLoadError(null);
     stick.current = true;
+    autoTop.current = 0;
     if (conversationId === null) {
       setSystem("");
       return;
@@ -152,22 +158,36 @@ export default function ChatPage() {
     showLive && here.userText !== null && !messages.some((m) => m.role === "user" && m.request_id === here.state.requestId);
 
   // Auto-scroll while the reader is at the bottom; scrolling up stops it until they return.
+  // A scroll event can come after the next render, so each render also checks whether the view
+  // moved up since its own last scroll.
   useLayoutEffect(() => {
     const box = scroller.current;
-    if (box !== null && stick.current) box.scrollTop = box.scrollHeight;
+    if (box === null) return;
+    if (box.scrollTop < autoTop.current - 2) stick.current = false;
+    if (stick.current) {
+      box.scrollTop = box.scrollHeight;
+      autoTop.current = box.scrollTop;
+    }
   });
   const onScroll = () => {
     const box = scroller.current;
-    if (box !== null) stick.current = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    if (box === null) return;
+    if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) {
+      stick.current = true;
+      autoTop.current = box.scrollTop;
+    } else if (box.scrollTop < autoTop.current - 2) {
+      stick.current = false;
+    }
   };
 
   const send = async (messagesToSend: { role: string; content: string }[], userText: string | null, regenerate: boolean) => {
     setError(null);
     stick.current = true;
+    autoTop.current = 0;
     const body: Record<string, unknown> = { model, messages: messagesToSend };
     if (conversationId !== null) body.conversation_id = conversationId;
     if (regenerate) body.regenerate = true;
-    const entry: Live = {
+    const entry: NewLive = {
       userText,
       model,
       state: newAnswer("", conversationId),
