@@ -3,6 +3,7 @@ Deliveries over real NATS and HTTP(S) are in tests/e2e/test_webhooks.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,6 +19,7 @@ from llmchat_chat.webhooks import (
     WebhookSettings,
     address_allowed,
     backoff_delay,
+    cancel_until_done,
     check_webhook_url,
     delivery_body,
     resolve_target,
@@ -255,3 +257,24 @@ def test_body_is_the_job_object_from_the_terminal_event() -> None:
     body = orjson.loads(delivery_body(failed))
     assert body["status"] == "failed" and body["error"]["code"] == "engine_error"
     assert body["partial_text"] == "hel" and body["result"] is None
+
+
+async def test_stop_ends_a_loop_that_swallowed_a_cancellation() -> None:
+    # As Python 3.11's wait_for can (inside nats-py's fetch): the first cancel is lost, the
+    # loop runs on; a single cancel and wait would hang for ever.
+    cancels = 0
+
+    async def loop() -> None:
+        nonlocal cancels
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels > 1:
+                    raise
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(cancel_until_done(task, every_s=0.1), timeout=5)
+    assert task.done() and cancels == 2

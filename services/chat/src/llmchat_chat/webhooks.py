@@ -400,8 +400,7 @@ class WebhookDispatcher:
 
     async def stop(self) -> None:
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+            await cancel_until_done(self._loop_task)
             self._loop_task = None
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=self._settings.stop_grace_s)
@@ -537,3 +536,14 @@ def _host_of(url: str | None) -> str | None:
         return urlsplit(url).hostname
     except ValueError:
         return None
+
+
+async def cancel_until_done(task: asyncio.Task[None], every_s: float = 1.0) -> None:
+    """Cancels `task` until it has ended. Python 3.11's `asyncio.wait_for` (inside nats-py's
+    fetch) can swallow a cancellation that lands as its timeout fires, and the loop would then
+    run on, so a single cancel could leave `stop` waiting for ever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every_s)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
