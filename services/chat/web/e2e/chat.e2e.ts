@@ -331,6 +331,30 @@ describe("the web app", () => {
     await shot(page, "chat-desktop");
   });
 
+  it("follows answers in two conversations at once", async () => {
+    await page.getByRole("button", { name: "+ New chat" }).click();
+    shape = { ignore_eos: true, max_tokens: 1200 };
+    await send(page, "The first of two questions.");
+    const first = await liveRequestId(page);
+    await waitForGrowth(page, first, 2);
+    await page.waitForURL(/\/c\/[0-9a-f-]+$/);
+    const firstConversation = new URL(page.url()).pathname.split("/").pop() ?? "";
+    // While the first answer streams, a second question in a new chat.
+    await page.getByRole("button", { name: "+ New chat" }).click();
+    await page.getByText("Ask anything.").waitFor();
+    shape = { max_tokens: 30 };
+    await send(page, "The second of two questions.");
+    const second = await liveRequestId(page);
+    expect(await storedText(page, second)).toBe(await finalText(page, second));
+    // Back to the first (in the app, no reload): its answer went on meanwhile and ends whole.
+    await page.locator(`a[href="/c/${firstConversation}"]`).click();
+    const shown = await finalText(page, first);
+    expect(await storedText(page, first)).toBe(shown);
+    const { body } = await api<{ messages: { role: string; content: string; request_id: string }[] }>(`/v1/conversations/${firstConversation}`, await userToken());
+    expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
+    expect((await recorded(page, first)).chars).toBe(body.messages[1]!.content.length);
+  });
+
   it("keeps going through a lost network, saying it is reconnecting", async () => {
     const relay = new Relay();
     const origin = await relay.start();

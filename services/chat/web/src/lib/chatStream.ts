@@ -10,7 +10,8 @@ import { ApiError, errorFrom, session } from "./api";
 import { applyEvent, isFinished, newAnswer, type AnswerState } from "./answer";
 import { SseParser } from "./sse";
 
-const SAVED = "llmchat.inflight";
+/** Each followed answer's saved state: `llmchat.inflight.<request id>`. */
+const SAVED = "llmchat.inflight.";
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000];
 const SAVE_EVERY_MS = 200;
 
@@ -27,18 +28,23 @@ export interface Saved {
   userText: string;
 }
 
-export function savedAnswer(): Saved | null {
-  const raw = sessionStorage.getItem(SAVED);
-  if (raw === null) return null;
-  try {
-    return JSON.parse(raw) as Saved;
-  } catch {
-    return null;
+/** The answers this tab was following when it was reloaded, not yet ended. */
+export function savedAnswers(): Saved[] {
+  const found: Saved[] = [];
+  for (let i = 0; i < sessionStorage.length; i++) {
+    const key = sessionStorage.key(i);
+    if (key === null || !key.startsWith(SAVED)) continue;
+    try {
+      found.push(JSON.parse(sessionStorage.getItem(key) ?? "") as Saved);
+    } catch {
+      sessionStorage.removeItem(key);
+    }
   }
+  return found;
 }
 
 export function forgetSaved(requestId: string): void {
-  if (savedAnswer()?.state.requestId === requestId) sessionStorage.removeItem(SAVED);
+  sessionStorage.removeItem(SAVED + requestId);
 }
 
 /** Starts an answer; resolves once the stream has started (or throws the edge's refusal). */
@@ -218,7 +224,7 @@ class Saver {
     this.timer = null;
     if (this.pending === null) return;
     const saved: Saved = { state: this.pending, model: this.model, userText: this.userText };
-    sessionStorage.setItem(SAVED, JSON.stringify(saved));
+    sessionStorage.setItem(SAVED + this.pending.requestId, JSON.stringify(saved));
     this.last = Date.now();
     this.pending = null;
   }

@@ -1,9 +1,10 @@
 /**
- * The answer being streamed, outside React's tree: it outlives the chat page's remounts (a new
- * conversation's first answer moves the page from `/` to `/c/<id>` mid-stream).
+ * The answers being streamed, outside React's tree: they outlive the chat page's remounts (a new
+ * conversation's first answer moves the page from `/` to `/c/<id>` mid-stream), and one per
+ * conversation can run while the reader is elsewhere.
  */
 
-import { useSyncExternalStore } from "react";
+import { useCallback, useSyncExternalStore } from "react";
 
 import type { AnswerState } from "./answer";
 
@@ -15,33 +16,44 @@ export interface Live {
   reconnecting: boolean;
   /** Stop was pressed before the edge said the request's id. */
   stopWanted: boolean;
-  /** Which `live.start` this is: a stream started earlier and still running elsewhere (the
-   * reader moved to another conversation) must not write over a newer one. */
+  /** This stream's key (from `live.start`). */
   run: number;
 }
 
-let current: Live | null = null;
+let entries: ReadonlyMap<number, Live> = new Map();
 let runs = 0;
 const listeners = new Set<() => void>();
 
+function publish(next: Map<number, Live>): void {
+  entries = next;
+  for (const listener of listeners) listener();
+}
+
 export const live = {
-  get: (): Live | null => current,
-  set(next: Live | null): void {
-    current = next;
-    for (const listener of listeners) listener();
+  all: (): Live[] => [...entries.values()],
+  get: (run: number): Live | undefined => entries.get(run),
+  /** The newest answer followed in a conversation (null: a new chat's, before it has an id). */
+  of(conversationId: string | null): Live | null {
+    let found: Live | null = null;
+    for (const entry of entries.values()) if (entry.state.conversationId === conversationId) found = entry;
+    return found;
   },
-  patch(change: Partial<Live>): void {
-    if (current !== null) live.set({ ...current, ...change });
-  },
-  /** Makes `entry` the live answer; returns its run number. */
+  following: (requestId: string): boolean => [...entries.values()].some((e) => e.state.requestId === requestId),
+  /** Starts following an answer; returns its key. */
   start(entry: Omit<Live, "run">): number {
     runs += 1;
-    live.set({ ...entry, run: runs });
+    publish(new Map(entries).set(runs, { ...entry, run: runs }));
     return runs;
   },
-  /** Patches the live answer only while it is still run `run`. */
-  patchRun(run: number, change: Partial<Live>): void {
-    if (current?.run === run) live.patch(change);
+  patch(run: number, change: Partial<Live>): void {
+    const entry = entries.get(run);
+    if (entry !== undefined) publish(new Map(entries).set(run, { ...entry, ...change }));
+  },
+  remove(run: number): void {
+    if (!entries.has(run)) return;
+    const next = new Map(entries);
+    next.delete(run);
+    publish(next);
   },
   subscribe(listener: () => void): () => void {
     listeners.add(listener);
@@ -49,6 +61,8 @@ export const live = {
   },
 };
 
-export function useLive(): Live | null {
-  return useSyncExternalStore(live.subscribe, live.get);
+/** The answer followed in this conversation, re-rendering as it changes. */
+export function useLive(conversationId: string | null): Live | null {
+  const read = useCallback(() => live.of(conversationId), [conversationId]);
+  return useSyncExternalStore(live.subscribe, read);
 }

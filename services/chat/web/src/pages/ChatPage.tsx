@@ -5,7 +5,7 @@ import { Markdown } from "../components/Markdown";
 import { Sidebar } from "../components/Sidebar";
 import { isFinished, newAnswer } from "../lib/answer";
 import { ApiError, session } from "../lib/api";
-import { resumeAnswer, savedAnswer, startAnswer, stopAnswer, type StreamCallbacks } from "../lib/chatStream";
+import { resumeAnswer, savedAnswers, startAnswer, stopAnswer, type StreamCallbacks } from "../lib/chatStream";
 import { live, useLive, type Live } from "../lib/live";
 import type { Conversation, Model, StoredMessage } from "../lib/types";
 
@@ -19,21 +19,28 @@ type NewLive = Omit<Live, "run">;
 async function run(entry: NewLive, start: Record<string, unknown> | null, navigate: (to: string) => void): Promise<void> {
   const id = live.start(entry);
   const callbacks: StreamCallbacks = {
-    update: (state) => live.patchRun(id, { state }),
-    reconnecting: (down) => live.patchRun(id, { reconnecting: down }),
+    update: (state) => live.patch(id, { state }),
+    reconnecting: (down) => live.patch(id, { reconnecting: down }),
   };
   const signal = new AbortController().signal;
   if (start === null) {
     await resumeAnswer(entry.state, entry.model, entry.userText ?? "", callbacks, signal);
     return;
   }
-  const { state, done } = await startAnswer(start, entry.userText ?? "", callbacks, signal);
-  live.patchRun(id, { state });
-  if (live.get()?.run === id) {
-    if (live.get()?.stopWanted) void stopAnswer(state.requestId);
-    if (start.conversation_id === undefined && state.conversationId !== null) {
-      navigate(`/c/${state.conversationId}`);
-    }
+  let started;
+  try {
+    started = await startAnswer(start, entry.userText ?? "", callbacks, signal);
+  } catch (error) {
+    live.remove(id); // refused: nothing to follow
+    throw error;
+  }
+  const { state, done } = started;
+  live.patch(id, { state });
+  if (live.get(id)?.stopWanted) void stopAnswer(state.requestId);
+  // A new chat gets its address once the edge named the conversation (if the reader is still
+  // on that new chat).
+  if (start.conversation_id === undefined && state.conversationId !== null && window.location.pathname === "/") {
+    navigate(`/c/${state.conversationId}`);
   }
   await done;
 }
@@ -43,7 +50,7 @@ let resumedAfterLoad = false;
 export default function ChatPage() {
   const { conversationId = null } = useParams();
   const navigate = useNavigate();
-  const current = useLive();
+  const here = useLive(conversationId);
   const [conversation, setConversation] = useState<Conversation | null>(null);
   const [loadError, setLoadError] = useState<string | null>(null);
   const [models, setModels] = useState<Model[]>([]);
@@ -108,6 +115,8 @@ export default function ChatPage() {
     }
     void loadConversation(conversationId).then((found) => {
       if (found === null) return;
+      // A conversation the list may not have yet (a new chat's, whose first answer still runs).
+      if (found.message_count <= 2) setVersion((v) => v + 1);
       setSystem(found.system_prompt ?? "");
       if (found.model) setModel(found.model);
       followRunningTurn(found);
@@ -118,22 +127,22 @@ export default function ChatPage() {
   useEffect(() => {
     if (resumedAfterLoad) return;
     resumedAfterLoad = true;
-    const saved = savedAnswer();
-    if (saved === null || live.get() !== null || isFinished(saved.state) || saved.state.requestId === "") return;
-    void run({ userText: saved.userText, model: saved.model, state: saved.state, reconnecting: false, stopWanted: false }, null, go);
+    for (const saved of savedAnswers()) {
+      if (isFinished(saved.state) || saved.state.requestId === "" || live.following(saved.state.requestId)) continue;
+      void run({ userText: saved.userText, model: saved.model, state: saved.state, reconnecting: false, stopWanted: false }, null, go);
+    }
   }, [go]);
 
   // A finished answer gives way to the stored one once history has it.
   useEffect(() => {
-    if (current === null || !isFinished(current.state) || conversationId === null) return;
-    if (current.state.conversationId !== conversationId) return;
+    if (here === null || !isFinished(here.state) || conversationId === null) return;
     let tries = 0;
     let stopped = false;
     const poll = async () => {
       const found = await loadConversation(conversationId);
       if (stopped) return;
-      if (found?.messages.some((m) => m.role === "assistant" && m.request_id === current.state.requestId)) {
-        if (live.get()?.state.requestId === current.state.requestId) live.set(null);
+      if (found?.messages.some((m) => m.role === "assistant" && m.request_id === here.state.requestId)) {
+        live.remove(here.run);
         setVersion((v) => v + 1);
       } else if (++tries < 20) {
         setTimeout(() => void poll(), 300);
@@ -143,9 +152,8 @@ export default function ChatPage() {
     return () => {
       stopped = true;
     };
-  }, [current, conversationId, loadConversation]);
+  }, [here, conversationId, loadConversation]);
 
-  const here = current !== null && current.state.conversationId === conversationId ? current : null;
   const streaming = here !== null && !isFinished(here.state);
   // While an answer is followed, its row is the live one (history may already hold it when a
   // reload re-attaches late); the stored copy takes over once the live one has ended.
@@ -197,7 +205,6 @@ export default function ChatPage() {
     try {
       await run(entry, body, go);
     } catch (caught) {
-      live.set(null);
       setError(caught instanceof ApiError ? caught.describe() : "The message could not be sent.");
       if (userText !== null) setDraft(userText);
     }
@@ -220,7 +227,7 @@ export default function ChatPage() {
 
   const stop = () => {
     if (here === null) return;
-    if (here.state.requestId === "") live.patch({ stopWanted: true });
+    if (here.state.requestId === "") live.patch(here.run, { stopWanted: true });
     else void stopAnswer(here.state.requestId).catch((caught: unknown) => setError(caught instanceof ApiError ? caught.describe() : "Could not stop."));
   };
 
@@ -235,7 +242,7 @@ export default function ChatPage() {
     // A turn that started but has no answer yet (another tab, or a reload that lost its saved
     // state): follow it from its first event.
     const last = found.messages[found.messages.length - 1];
-    if (last === undefined || last.role !== "user" || live.get() !== null) return;
+    if (last === undefined || last.role !== "user" || live.following(last.request_id) || live.of(found.id) !== null) return;
     if (Date.now() - Date.parse(last.created_at) > FOLLOW_WITHIN_MS) return;
     void run(
       { userText: null, model: last.model ?? model, state: newAnswer(last.request_id, found.id), reconnecting: false, stopWanted: false },
