@@ -279,15 +279,6 @@ describe("the web app", () => {
     await page.getByText("Write a long story about a lighthouse keeper.").waitFor();
     const id = await liveRequestId(page);
     await waitForGrowth(page, id, 5);
-    // Scrolled up, the reader stays where they are while the answer grows.
-    const box = page.locator(".messages");
-    await expect.poll(() => box.evaluate((el) => el.scrollHeight > el.clientHeight + 200), { timeout: 60_000 }).toBe(true);
-    await box.evaluate((el) => {
-      el.scrollTop = 0;
-    });
-    const grown = (await recorded(page, id)).lengths.filter((n) => n > 0).length;
-    await waitForGrowth(page, id, grown + 2);
-    expect(await box.evaluate((el) => el.scrollTop)).toBe(0);
     await page.waitForURL(/\/c\/[0-9a-f-]+$/);
     conversationId = new URL(page.url()).pathname.split("/").pop() ?? "";
     await page.getByRole("button", { name: "Stop" }).click();
@@ -299,6 +290,30 @@ describe("the web app", () => {
     expect(body.messages.map((m) => [m.role, m.status])).toEqual([["user", "completed"], ["assistant", "cancelled"]]);
     // Ended well before its 1,500 tokens.
     expect((await recorded(page, id)).lengths.length).toBeLessThan(1500);
+  });
+
+  it("stops following the answer down when the reader scrolls up", async () => {
+    // A small window, so the answer overflows it early, while most of it is still to come.
+    await page.setViewportSize({ width: 820, height: 420 });
+    try {
+      await page.getByRole("button", { name: "+ New chat" }).click();
+      shape = { ignore_eos: true, max_tokens: 1900 };
+      await send(page, "Tell me everything about tides.");
+      const id = await liveRequestId(page);
+      const box = page.locator(".messages");
+      await expect.poll(() => box.evaluate((el) => el.scrollHeight > el.clientHeight + 100), { timeout: 60_000 }).toBe(true);
+      // Following while at the bottom.
+      expect(await box.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight)).toBeLessThan(40);
+      await box.evaluate((el) => {
+        el.scrollTop = 0;
+      });
+      const grown = (await recorded(page, id)).lengths.filter((n) => n > 0).length;
+      await waitForGrowth(page, id, grown + 1);
+      expect(await box.evaluate((el) => el.scrollTop)).toBe(0);
+      await finalText(page, id);
+    } finally {
+      await page.setViewportSize(DESKTOP);
+    }
   });
 
   it("resumes an answer after a reload in the middle, without duplicated or missing text", async () => {
