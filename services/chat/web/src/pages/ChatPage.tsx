@@ -92,13 +92,20 @@ export default function ChatPage() {
     setModel((models.find((m) => m.workers > 0) ?? models[0])?.id ?? "");
   }, [models, model]);
 
+  // The conversation the page shows now: a load that answers after the reader moved on (to
+  // another conversation, or a new chat) must not put the old one back.
+  const shown = useRef(conversationId);
+  shown.current = conversationId;
+
   const loadConversation = useCallback(async (id: string): Promise<Conversation | null> => {
     try {
       const found = await session.json<Conversation>(`/v1/conversations/${id}`);
+      if (shown.current !== id) return found;
       setConversation(found);
       setLoadError(null);
       return found;
     } catch (caught) {
+      if (shown.current !== id) return null;
       setLoadError(caught instanceof ApiError && caught.status === 404 ? "This conversation does not exist." : caught instanceof ApiError ? caught.describe() : "Could not load the conversation.");
       return null;
     }
@@ -114,7 +121,7 @@ export default function ChatPage() {
       return;
     }
     void loadConversation(conversationId).then((found) => {
-      if (found === null) return;
+      if (found === null || shown.current !== conversationId) return;
       // A conversation the list may not have yet (a new chat's, whose first answer still runs).
       if (found.message_count <= 2) setVersion((v) => v + 1);
       setSystem(found.system_prompt ?? "");
