@@ -322,7 +322,7 @@ describe("the web app", () => {
     shape = { ignore_eos: true, max_tokens: 1500 };
     await send(page, "Second question: tell me more.");
     const id = await liveRequestId(page);
-    await waitForGrowth(page, id, 3);
+    await waitForGrowth(page, id, 1);
     const before = Number(await page.locator(`[data-request-id="${id}"]`).getAttribute("data-chars"));
     const resumes = requests.length;
     await page.reload();
@@ -382,7 +382,7 @@ describe("the web app", () => {
       shape = { ignore_eos: true, max_tokens: 1500 };
       await send(p, "Third: and then?");
       const id = await liveRequestId(p);
-      await waitForGrowth(p, id, 3);
+      await waitForGrowth(p, id, 1);
       relay.cut(2_000);
       await p.getByText("Connection lost — reconnecting…").waitFor({ timeout: 30_000 });
       const shown = await finalText(p, id);
