@@ -44,9 +44,16 @@ from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registr
 from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
 from llmchat_common.telemetry import attached, consumer_span, extract, inject, record_error, tracer
 from llmchat_worker import metrics
-from llmchat_worker.engine import VllmEngine
 from llmchat_worker.errors import EngineFailure
-from llmchat_worker.service import CoalesceConfig, Event, RequestRunner, Resume, Terminal, settle_resume
+from llmchat_worker.service import (
+    CoalesceConfig,
+    Event,
+    RequestRunner,
+    Resume,
+    ServingEngine,
+    Terminal,
+    settle_resume,
+)
 from llmchat_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -187,7 +194,7 @@ class RequestConsumer:
     def __init__(
         self,
         settings: WorkerSettings,
-        engine: VllmEngine,
+        engine: ServingEngine,
         broker: NatsBroker,
         alias: str,
         on_fatal: Callable[[], None],

@@ -24,8 +24,10 @@ from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_te
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.handlers import RequestConsumer, register_handlers
 from llmchat_worker.logs import JsonLines
-from llmchat_worker.profiles import load_profile
+from llmchat_worker.profiles import ModelProfile, load_profile
+from llmchat_worker.service import ServingEngine
 from llmchat_worker.settings import WorkerSettings
+from llmchat_worker.synthetic import SyntheticEngine
 
 log = logging.getLogger(__name__)
 SERVICE = "inference-worker"
@@ -35,6 +37,16 @@ SERVICE = "inference-worker"
 class WorkerState:
     fatal: bool = False
     consumer: RequestConsumer | None = None
+
+
+def make_engine(settings: WorkerSettings, profile: ModelProfile) -> ServingEngine:
+    if settings.engine == "synthetic":
+        log.warning(
+            "synthetic token source: answers are counting numbers (benchmarks only)",
+            extra={"tokens_per_s": settings.synthetic_tokens_per_s},
+        )
+        return SyntheticEngine(profile, settings.synthetic_tokens_per_s)
+    return VllmEngine(profile, settings.models_dir)
 
 
 def create_app(settings: WorkerSettings | None = None, state: WorkerState | None = None) -> FastAPI:
@@ -50,7 +62,7 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
         # Bound at once, not after the engine's ~30 s start: a port chosen free by whoever
         # started us could be taken meanwhile (vLLM's metrics join the registry when it starts).
         metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
-        engine = VllmEngine(profile, settings.models_dir)
+        engine = make_engine(settings, profile)
         try:
             engine.start()
             await engine.probe()

@@ -34,6 +34,7 @@ from llmchat_common.contracts import (
 )
 from llmchat_worker import metrics
 from llmchat_worker.errors import EngineFailure, RequestRejected
+from llmchat_worker.profiles import ModelProfile
 
 Terminal = Completed | Failed | Cancelled
 Event = Started | Delta | Reset | Released | Terminal
@@ -87,6 +88,24 @@ class EngineLike(Protocol):
         ...
 
     async def abort(self, key: str) -> None: ...
+
+
+class ServingEngine(EngineLike, Protocol):
+    """What the worker process serves with: vLLM (`engine.VllmEngine`), or for benchmarks of
+    the pipeline alone a fixed-rate token source (`synthetic.SyntheticEngine`)."""
+
+    profile: ModelProfile
+
+    def start(self) -> None: ...
+
+    async def probe(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def running(self) -> int: ...
+
+    @property
+    def dead(self) -> bool: ...
 
 
 class EventSink(Protocol):

@@ -4,6 +4,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,10 @@ class WorkerSettings(BaseSettings):
     models_dir: Path = Path(".state/models")
     worker_id: str = Field(default_factory=_default_worker_id)
     capacity: int | None = Field(default=None, ge=1)
+    # `synthetic`: a fixed-rate token source instead of vLLM, so a benchmark measures the
+    # pipeline alone (bench/capacity.py). Never for serving: its answers are counting numbers.
+    engine: Literal["vllm", "synthetic"] = "vllm"
+    synthetic_tokens_per_s: float = Field(default=50.0, gt=0)
 
     # Delta coalescing: one event per N tokens or per M milliseconds, whichever comes first.
     delta_max_tokens: int = Field(default=8, ge=1)
