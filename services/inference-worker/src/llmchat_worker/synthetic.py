@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 
 from llmchat_common.contracts import ChatMessage, GenerationParams
 from llmchat_worker.profiles import ModelProfile
@@ -70,7 +70,7 @@ class SyntheticEngine:
         max_tokens: int,
         priority: int = 0,
         trace_headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[TokenChunk]:
+    ) -> AsyncGenerator[TokenChunk, None]:
         loop = asyncio.get_running_loop()
         self._running.add(key)
         try:
