@@ -92,7 +92,8 @@ test: setup lint web-test
 	$(VENV)/bin/pytest
 
 bench: setup
-	$(PY) bench/edge_latency.py
+	$(PY) bench/compare.py
+	$(PY) bench/capacity.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
