@@ -192,17 +192,90 @@ async def test_dead_engine_propagates_without_terminal() -> None:
     assert not any(isinstance(e, Completed | Failed | Cancelled) for e in sink.events)
 
 
-def test_coalescer_flushes_on_time() -> None:
+def test_coalescer_holds_tokens_only_within_max_ms_of_the_last_event() -> None:
     now = [0.0]
     coalescer = DeltaCoalescer(CoalesceConfig(max_tokens=100, max_ms=10), clock=lambda: now[0])
     assert coalescer.add("a", [1])  # first token goes alone
     coalescer.take()
-    assert not coalescer.add("b", [2])
-    now[0] = 0.005
-    assert not coalescer.add("c", [3])
-    now[0] = 0.011
-    assert coalescer.add("d", [4])
-    assert coalescer.take() == ("bcd", [2, 3, 4])
+    now[0] = 0.020
+    assert coalescer.add("b", [2])  # the last event went out 20 ms ago: no reason to wait
+    coalescer.take()
+    now[0] = 0.025
+    assert not coalescer.add("c", [3])  # 5 ms after an event: held until 10 ms after it
+    assert coalescer.due_in() == pytest.approx(0.005)
+    now[0] = 0.027
+    assert not coalescer.add("d", [4])
+    now[0] = 0.030
+    assert coalescer.add("e", [5])
+    assert coalescer.take() == ("cde", [3, 4, 5])
+
+
+class PacedEngine(ScriptedEngine):
+    """Token i comes `gaps[i]` seconds after the one before; each yield records when."""
+
+    def __init__(self, gaps: list[float]) -> None:
+        super().__init__(n_tokens=len(gaps))
+        self.gaps = gaps
+
+    async def generate(
+        self,
+        key: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        max_tokens: int,
+        priority: int = 0,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[TokenChunk]:
+        for i, gap in enumerate(self.gaps):
+            await asyncio.sleep(gap)
+            last = i == len(self.gaps) - 1
+            yield TokenChunk(f"t{i} ", [100 + i], "stop" if last else None)
+
+
+class TimedSink(ListSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    async def emit(self, event: object) -> None:
+        self.times.append(time.monotonic())
+        await super().emit(event)
+
+
+def paced_runner(gaps: list[float], max_ms: float) -> tuple[RequestRunner, TimedSink]:
+    sink = TimedSink()
+    run = RequestRunner(
+        make_request(),
+        attempt=1,
+        worker_id="w1",
+        engine=PacedEngine(gaps),
+        sink=sink,
+        coalesce=CoalesceConfig(max_tokens=100, max_ms=max_ms),
+    )
+    return run, sink
+
+
+async def test_a_slow_stream_gets_one_event_per_token() -> None:
+    # Tokens 30 ms apart, coalescing window 10 ms: nothing to batch, so nothing waits for the
+    # next token (it used to: a token sat in the buffer until the one after it arrived).
+    run, sink = paced_runner([0.0, 0.03, 0.03, 0.03], max_ms=10)
+    terminal = await run.run()
+    deltas = [e for e in sink.events if isinstance(e, Delta)]
+    assert [len(d.token_ids) for d in deltas] == [1, 1, 1, 1]
+    check_invariants([*sink.events])
+    assert isinstance(terminal, Completed)
+
+
+async def test_held_tokens_go_out_when_the_window_ends_not_with_the_next_token() -> None:
+    # Three tokens at once, then a long pause: the two held back go out about 20 ms after the
+    # first event (a timer), long before the fourth token comes.
+    run, sink = paced_runner([0.0, 0.001, 0.001, 0.4], max_ms=20)
+    started = time.monotonic()
+    await run.run()
+    deltas = [(t, e) for t, e in zip(sink.times, sink.events, strict=False) if isinstance(e, Delta)]
+    assert [len(e.token_ids) for _, e in deltas] == [1, 2, 1]
+    assert deltas[1][0] - started < 0.2
+    check_invariants(sink.events)
 
 
 class SwallowingSink(ListSink):

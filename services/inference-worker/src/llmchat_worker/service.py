@@ -182,27 +182,33 @@ class CoalesceConfig:
 
 
 class DeltaCoalescer:
-    """Batches tokens into delta events; the very first token goes out alone (TTFT)."""
+    """Batches tokens into delta events without holding a slow stream back.
+
+    A token goes out at once unless this stream's last event went out less than `max_ms` ago;
+    then it waits until `max_ms` after that event (the runner arms a timer), or until
+    `max_tokens` are waiting. The very first token always goes out alone (TTFT). So a stream
+    whose tokens are further apart than `max_ms` gets one event per token, none delayed, and a
+    fast one at most one event per `max_ms`, no token held back longer than that.
+    """
 
     def __init__(self, config: CoalesceConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock
         self._text: list[str] = []
         self._ids: list[int] = []
-        self._since = 0.0
-        self._sent_any = False
+        self._last_sent: float | None = None
 
     def add(self, text: str, token_ids: list[int]) -> bool:
         """Buffer a chunk; True when the buffer should be flushed now."""
-        if not self._ids and not self._text:
-            self._since = self._clock()
         self._text.append(text)
         self._ids.extend(token_ids)
-        if not self._sent_any:
-            return True
-        if len(self._ids) >= self._config.max_tokens:
-            return True
-        return (self._clock() - self._since) * 1000.0 >= self._config.max_ms
+        return self._last_sent is None or len(self._ids) >= self._config.max_tokens or self.due_in() <= 0
+
+    def due_in(self) -> float:
+        """Seconds until what is buffered must go out."""
+        if self._last_sent is None:
+            return 0.0
+        return self._last_sent + self._config.max_ms / 1000.0 - self._clock()
 
     def pending(self) -> bool:
         return bool(self._ids or self._text)
@@ -210,7 +216,7 @@ class DeltaCoalescer:
     def take(self) -> tuple[str, list[int]]:
         text, ids = "".join(self._text), self._ids
         self._text, self._ids = [], []
-        self._sent_any = True
+        self._last_sent = self._clock()
         return text, ids
 
 
@@ -242,6 +248,11 @@ class RequestRunner:
         self.clock = clock
         self.cancel_reason: CancelReason | None = None
         self._coalescer = DeltaCoalescer(coalesce)
+        # Tokens held back by the coalescer go out when this timer fires (its flush runs as a
+        # task; `_flush` waits for it, so deltas keep their order and seq).
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._timer_flush: asyncio.Task[None] | None = None
+        self._sending = asyncio.Lock()
         self._gen_task: asyncio.Task[str] | None = None
         self._seq = 0
         self._prompt_tokens = 0
@@ -403,6 +414,16 @@ class RequestRunner:
         return wanted
 
     async def _generate(self, prompt_ids: list[int], max_tokens: int) -> str:
+        try:
+            return await self._generate_events(prompt_ids, max_tokens)
+        finally:
+            # What is still buffered goes out with the run's last flush, or not at all (an
+            # engine failure): never from a timer after the run has moved on.
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+
+    async def _generate_events(self, prompt_ids: list[int], max_tokens: int) -> str:
         finish_reason = "stop"
         request = self.request
         async for chunk in self.engine.generate(
@@ -423,6 +444,10 @@ class RequestRunner:
             self._text.append(chunk.text)
             if self._coalescer.add(chunk.text, chunk.token_ids):
                 await self._flush()
+            elif self._flush_timer is None:
+                self._flush_timer = asyncio.get_running_loop().call_later(
+                    max(0.0, self._coalescer.due_in()), self._on_flush_timer
+                )
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
             if self.cancel_reason is not None:
@@ -438,10 +463,33 @@ class RequestRunner:
         await self.sink.emit_terminal(Released(**self._base(), reason=reason))
         self._seq += 1
 
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        previous = self._timer_flush
+
+        async def send() -> None:
+            if previous is not None:
+                await previous
+            await self._send_pending()
+
+        self._timer_flush = asyncio.ensure_future(send())
+
     async def _flush(self) -> None:
-        if self._coalescer.pending():
-            text, ids = self._coalescer.take()
-            await self._emit(Delta(**self._base(), text=text, token_ids=ids))
+        """Everything buffered goes out now, after any timer flush under way (whose failure,
+        e.g. a publish error, is raised here)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._timer_flush is not None:
+            task, self._timer_flush = self._timer_flush, None
+            await task
+        await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        async with self._sending:
+            if self._coalescer.pending():
+                text, ids = self._coalescer.take()
+                await self._emit(Delta(**self._base(), text=text, token_ids=ids))
 
     async def _finish_cancelled(self, reason: CancelReason) -> Terminal:
         await self._flush()
