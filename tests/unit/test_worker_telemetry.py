@@ -34,6 +34,7 @@ from llmchat_common.logging import ContextFilter
 from llmchat_common.request_log import Progress
 from llmchat_worker import handlers
 from llmchat_worker.handlers import NatsEventSink, RequestConsumer, publish_time
+from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import TokenChunk
 from llmchat_worker.settings import WorkerSettings
 
@@ -89,15 +90,10 @@ class FakeJetStream:
     def __init__(self) -> None:
         self.published: list[Published] = []
 
-    async def publish_async(
-        self, subject: str, payload: bytes, headers: dict[str, str], wait_stall: float
-    ) -> asyncio.Future[None]:
-        self.published.append(Published(subject, payload, headers))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> None:
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], timeout: float | None = None
+    ) -> None:
+        """The connection's core publish and JetStream's acked one, as the publisher uses them."""
         self.published.append(Published(subject, payload, headers))
 
 
@@ -164,7 +160,7 @@ def harness(engine: ScriptedEngine | None = None) -> Harness:
     )
     consumer.tracer = provider.get_tracer("test")
     js = FakeJetStream()
-    consumer._sink = NatsEventSink(cast(Any, js))
+    consumer._sink = NatsEventSink(EventPublisher(cast(Any, js), cast(Any, js), linger_s=0.0))
     consumer._cancels = cast(Any, NoCancels())
     return Harness(consumer, js, engine, exporter, model)
 

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
@@ -45,6 +44,7 @@ from llmchat_common.request_log import LogUnavailable, Progress, progress_of, re
 from llmchat_common.telemetry import attached, consumer_span, extract, inject, record_error, tracer
 from llmchat_worker import metrics
 from llmchat_worker.errors import EngineFailure
+from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import (
     CoalesceConfig,
     Event,
@@ -61,18 +61,19 @@ VERSION = "0.1.0"
 
 
 class NatsEventSink:
-    """Deltas go out with `publish_async` (bounded in flight); the terminal event is awaited.
+    """Events go out through the worker's `EventPublisher`: batched writes, no per-event ack;
+    the terminal event is published after them and its ack awaited.
 
     Every event carries the trace context it was given (the request's `generate` span), so
     the consumers of the events (edge, history, metrics) join the request's trace."""
 
-    def __init__(self, js: JetStreamContext, trace_headers: Mapping[str, str] | None = None) -> None:
-        self._js = js
+    def __init__(self, publisher: EventPublisher, trace_headers: Mapping[str, str] | None = None) -> None:
+        self._publisher = publisher
         self._trace_headers = dict(trace_headers or {})
 
     def for_trace(self, trace_headers: Mapping[str, str]) -> NatsEventSink:
         """The same connection, publishing with one request's trace headers."""
-        return NatsEventSink(self._js, trace_headers)
+        return NatsEventSink(self._publisher, trace_headers)
 
     def _args(self, event: Event) -> tuple[str, bytes, dict[str, str]]:
         subject = subjects.event_subject(event.request_id, event.type)
@@ -83,20 +84,10 @@ class NatsEventSink:
         return subject, event.model_dump_json().encode(), headers
 
     async def emit(self, event: Event) -> None:
-        subject, payload, headers = self._args(event)
-        # Returns once the message is written to the connection (in order); the ack arrives
-        # later on the returned future.
-        future = await self._js.publish_async(subject, payload, headers=headers, wait_stall=5.0)
-        future.add_done_callback(_log_publish_failure)
+        self._publisher.publish(*self._args(event))
 
     async def emit_terminal(self, event: Terminal | Released) -> None:
-        subject, payload, headers = self._args(event)
-        await self._js.publish(subject, payload, headers=headers, timeout=10.0)
-
-
-def _log_publish_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("event publish failed", extra={"error": repr(future.exception())})
+        await self._publisher.publish_acked(*self._args(event))
 
 
 def publish_time(msg: Msg) -> float | None:
@@ -216,6 +207,7 @@ class RequestConsumer:
         self._cancels: KeyValue | None = None
         self._registry: KeyValue | None = None
         self._sink: NatsEventSink | None = None
+        self._publisher: EventPublisher | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
         self._fatal = False
         self.ready = False
@@ -224,7 +216,9 @@ class RequestConsumer:
 
     async def start(self) -> None:
         js = jetstream(self.broker)
-        self._sink = NatsEventSink(js)
+        linger_s = self.settings.publish_linger_ms / 1000.0
+        self._publisher = EventPublisher(nats_client(self.broker), js, linger_s)
+        self._sink = NatsEventSink(self._publisher)
         self._cancels = await cancels_kv(js)
         self._registry = await registry_kv(js)
         durable = subjects.worker_consumer(self.token)
@@ -264,6 +258,9 @@ class RequestConsumer:
                 task.cancel()  # not acked: JetStream redelivers them to another worker
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.close()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -35,6 +35,9 @@ class WorkerSettings(BaseSettings):
     # Delta coalescing: one event per N tokens or per M milliseconds, whichever comes first.
     delta_max_tokens: int = Field(default=8, ge=1)
     delta_max_ms: float = Field(default=10.0, ge=0)
+    # Events of all requests are written to NATS together: at most one write per this many
+    # milliseconds while busy, at once when quiet (llmchat_worker.publisher). 0: every event.
+    publish_linger_ms: float = Field(default=2.0, ge=0)
 
     ack_wait_s: float = 30.0
     in_progress_interval_s: float = 10.0
