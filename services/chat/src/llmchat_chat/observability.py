@@ -168,6 +168,8 @@ class StreamTiming:
         self.last_text_at: float | None = None
         self.attempt = 0
         self.done = False
+        # Looked up once: `saw` runs for every event of every stream.
+        self._inter_token = INTER_TOKEN.labels(model)
         ACTIVE_STREAMS.labels(model).inc()
 
     def saw(self, event: AnyEvent) -> None:
@@ -180,7 +182,7 @@ class StreamTiming:
             if self.last_text_at is None:
                 TTFT.labels(self.model).observe(max(0.0, now - self.accepted_at))
             else:
-                INTER_TOKEN.labels(self.model).observe(now - self.last_text_at)
+                self._inter_token.observe(now - self.last_text_at)
             self.last_text_at = now
         elif isinstance(event, Completed | Failed | Cancelled):
             E2E.labels(self.model).observe(max(0.0, now - self.accepted_at))

@@ -32,6 +32,7 @@ from llmchat_common.contracts import (
     CancelRequest,
     ChatRequested,
     Completed,
+    Delta,
     Failed,
     Released,
     Usage,
@@ -75,8 +76,14 @@ class NatsEventSink:
         """The same connection, publishing with one request's trace headers."""
         return NatsEventSink(self._publisher, trace_headers)
 
-    def _args(self, event: Event) -> tuple[str, bytes, dict[str, str]]:
+    def _args(self, event: Event) -> tuple[str, bytes, dict[str, str] | None]:
         subject = subjects.event_subject(event.request_id, event.type)
+        if isinstance(event, Delta):
+            # Deltas, one per token or few, go bare: they are never published twice (no id to
+            # de-duplicate by; a new attempt has ids of its own), no reader makes spans of
+            # them (the request's trace is on its other events), and headers cost the broker
+            # and every reader a parse per token.
+            return subject, event.model_dump_json().encode(), None
         headers = {
             **self._trace_headers,
             "Nats-Msg-Id": subjects.msg_id_for_event(event.request_id, event.attempt, event.seq),

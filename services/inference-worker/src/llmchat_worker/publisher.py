@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
-Message = tuple[str, bytes, dict[str, str]]
+Message = tuple[str, bytes, dict[str, str] | None]
 
 
 class EventPublisher:
@@ -43,7 +43,7 @@ class EventPublisher:
         self._flushes: set[asyncio.Task[None]] = set()
         self._last_write = float("-inf")
 
-    def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+    def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
         """Queue an event; it is written with the next batch (at once if the connection has
         been quiet for `linger_s`)."""
         self._queue.append((subject, payload, headers))
@@ -54,7 +54,7 @@ class EventPublisher:
             delay = max(0.0, self._last_write + self._linger_s - loop.time())
             self._timer = loop.call_later(delay, self._flush_soon)
 
-    async def publish_acked(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+    async def publish_acked(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
         """Everything queued goes out first, then this message, whose ack is awaited."""
         await self.flush()
         await self._js.publish(subject, payload, headers=headers, timeout=self.ack_timeout_s)
