@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import LoopLag, Sample, chat_body, pct, run_streams
+from profiles import Profiler, report
 from systems import REPO, System, cpu_snapshot, start_llmchat
 
 sys.path.insert(0, str(REPO))
@@ -63,7 +64,14 @@ def delivered_rate(samples: list[Sample]) -> float:
     return tokens / (end - begin)
 
 
-def step(system: System, streams: int, tokens: int, rate: float, ramp_s: float) -> dict[str, Any]:
+def step(
+    system: System,
+    streams: int,
+    tokens: int,
+    rate: float,
+    ramp_s: float,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
     expected = synthetic_text(tokens)
 
     def body(i: int) -> dict[str, Any]:
@@ -77,7 +85,14 @@ def step(system: System, streams: int, tokens: int, rate: float, ramp_s: float) 
         return samples, wall, lag.lags
 
     before = cpu_snapshot(system)
-    samples, wall, lags = asyncio.run(go())
+    if profile_dir is None:
+        samples, wall, lags = asyncio.run(go())
+    else:
+        # The services on the hot path, sampled while every stream runs.
+        pids = {name: system.pids[name][0] for name in ("chat", "worker", "history", "metrics")}
+        with Profiler(pids, tokens / rate, profile_dir / f"{streams}-streams") as profiler:
+            samples, wall, lags = asyncio.run(go())
+        print(report(profiler), flush=True)
     after = cpu_snapshot(system)
     errors = [s.error for s in samples if s.error is not None]
     broken = [s for s in samples if s.error is None and s.text != expected]
@@ -140,6 +155,10 @@ def main() -> int:
     )
     parser.add_argument("--threshold-ms", type=float, default=20.0)
     parser.add_argument("--keep-going", action="store_true", help="run every step even past the threshold")
+    parser.add_argument(
+        "--profile", type=int, nargs="*", default=[], help="py-spy the services at these stream counts"
+    )
+    parser.add_argument("--profile-dir", type=Path, default=REPO / "bench" / "results" / "profiles")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "capacity.json")
     args = parser.parse_args()
     tokens = round(args.rate * args.seconds)
@@ -164,7 +183,15 @@ def main() -> int:
             print(HEADER, flush=True)
             steps = []
             for streams in args.streams:
-                r = step(system, streams, tokens, args.rate, args.ramp_s)
+                profile_dir = args.profile_dir / f"coalesce-{max_tokens}-{max_ms}"
+                r = step(
+                    system,
+                    streams,
+                    tokens,
+                    args.rate,
+                    args.ramp_s,
+                    profile_dir if streams in args.profile else None,
+                )
                 steps.append(r)
                 print(row(r), flush=True)
                 ok = not r["errors"] and not r["lost_or_reordered"] and r["added_p99_ms"] <= args.threshold_ms
