@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 from loadgen import LoopLag, Sample, chat_body, pct, run_streams
 from profiles import Profiler, report
 from systems import REPO, System, cpu_snapshot, start_llmchat
@@ -84,7 +85,8 @@ def step(
             )
         return samples, wall, lag.lags
 
-    before = cpu_snapshot(system)
+    me = psutil.Process()
+    before = {**cpu_snapshot(system), "load client": sum(me.cpu_times()[:2])}
     if profile_dir is None:
         samples, wall, lags = asyncio.run(go())
     else:
@@ -93,7 +95,7 @@ def step(
         with Profiler(pids, tokens / rate, profile_dir / f"{streams}-streams") as profiler:
             samples, wall, lags = asyncio.run(go())
         print(report(profiler), flush=True)
-    after = cpu_snapshot(system)
+    after = {**cpu_snapshot(system), "load client": sum(me.cpu_times()[:2])}
     errors = [s.error for s in samples if s.error is not None]
     broken = [s for s in samples if s.error is None and s.text != expected]
     added = [a for s in samples if s.error is None for a in added_latencies(s, 1.0 / rate)]
@@ -124,7 +126,7 @@ def row(r: dict[str, Any]) -> str:
     top = ", ".join(
         f"{k} {v:.3f}"
         for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
-        if k in {"worker", "chat", "nats", "postgres", "history", "metrics", "redis", "auth"}
+        if k in {"worker", "chat", "nats", "postgres", "history", "metrics", "redis", "auth", "load client"}
     )
     return (
         f"| {r['streams']} | {r['errors']} | {r['lost_or_reordered']} | {r['added_p50_ms']:.1f} "

@@ -138,6 +138,13 @@ def main() -> int:
         "--systems", nargs="+", choices=["llmchat", "vllm", "litellm"], default=["llmchat", "vllm", "litellm"]
     )
     parser.add_argument(
+        "--worker-env",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="settings for llmchat's worker, e.g. LLMCHAT_WORKER_DELTA_MAX_MS=20",
+    )
+    parser.add_argument(
         "--traces",
         action="store_true",
         help="llmchat exports every span (OTLP, always sampled) to a receiver in this process",
@@ -161,7 +168,9 @@ def main() -> int:
             if args.traces:
                 receiver = OtlpReceiver().start()
                 started.append(System("otlp receiver", "", "", "", stop=receiver.stop))
-            started.append(start_llmchat(traces_env=receiver.env() if args.traces else None))
+            worker_env = dict(item.split("=", 1) for item in args.worker_env)
+            traces_env = receiver.env() if args.traces else None
+            started.append(start_llmchat(worker_env=worker_env, traces_env=traces_env))
         # vLLM's server may run only as LiteLLM's upstream; the receiver is no system.
         skip = {"otlp receiver"} | (set() if "vllm" in args.systems else {"vllm serve"})
         systems = [s for s in started if s.name not in skip]
