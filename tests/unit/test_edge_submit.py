@@ -99,3 +99,18 @@ async def test_a_request_nobody_can_follow_is_cancelled() -> None:
     await svc.shutdown()  # the cancel runs in the background
     assert recorder.puts == ["chatcmpl-submit"]
     assert recorder.published and recorder.published[0].endswith("chatcmpl-submit")
+
+
+async def test_a_submit_cancelled_while_publishing_closes_its_follower() -> None:
+    js, recorder = FakeJetStream(), Recorder()
+    task = asyncio.create_task(service(js, recorder).submit(request()))
+    while "subscribe" not in js.calls:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if js.sub.unsubscribed:
+            break
+        await asyncio.sleep(0.005)
+    assert js.sub.unsubscribed

@@ -308,6 +308,11 @@ class ChatService:
                 await _discard(subscribing)
             log.error("request publish failed", extra={"request_id": request.request_id, "error": repr(exc)})
             raise ServiceUnavailable("the request could not be queued; try again") from exc
+        except BaseException:
+            # Cancelled while publishing (the client left): the follower must not outlive it.
+            if subscribing is not None:
+                subscribing.add_done_callback(_close_later)
+            raise
         self.queue.queued(request.model)
         if subscribing is None:
             return None
@@ -426,6 +431,18 @@ class ChatService:
     async def shutdown(self) -> None:
         if self._background:
             await asyncio.wait(set(self._background), timeout=5)
+
+
+def _close_later(subscribing: asyncio.Future[EventFeed]) -> None:
+    """For a follower whose request handler was cancelled: closed once it exists."""
+    if not subscribing.cancelled() and subscribing.exception() is None:
+        feed = subscribing.result()
+        task = asyncio.ensure_future(feed.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future[None]] = set()
 
 
 async def _discard(subscribing: asyncio.Future[EventFeed]) -> None:

@@ -8,7 +8,7 @@ every call (a `wait_for` around its semaphore), so even back-to-back publishes w
 write each, each with an ack to read back.
 
 So events other than the terminal one are published without a per-message ack (JetStream
-stores them all the same, de-duplicated by their `Nats-Msg-Id`), and they are written
+stores them all the same; those with a `Nats-Msg-Id` are de-duplicated by it), and they are written
 together: an event goes out at once when the connection wrote nothing for `linger_s`, else it
 waits until `linger_s` after the last write, with whatever other events came meanwhile (one
 write for all). Under light load nothing waits; under heavy load a write carries many events.
