@@ -6,18 +6,19 @@ Rules: add fields only with defaults; a breaking change gets a new version and a
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = 1
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 DisconnectPolicy = Literal["cancel", "detach"]
 CancelReason = Literal["client", "deadline", "shutdown"]
 # `title`: a conversation title the history service asks the model for (low priority); not a
-# message of the conversation.
-RequestKind = Literal["chat", "title"]
+# message of the conversation. `completion`: the legacy `/v1/completions` (a raw prompt, no chat
+# template). `embedding`: `/v1/embeddings`, served by a worker of the embedding kind.
+RequestKind = Literal["chat", "title", "completion", "embedding"]
 # How the request came in: a chat completion (someone usually watches it live) or a job
 # (`POST /v1/jobs`, fetched later; may carry a completion webhook).
 RequestSource = Literal["chat", "job"]
@@ -30,9 +31,69 @@ class _Contract(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class FunctionCall(_Contract):
+    name: str
+    # JSON text, as the model wrote it (OpenAI's shape: a string, not an object).
+    arguments: str
+
+
+class ToolCall(_Contract):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Contract):
     role: Role
+    # "" for an assistant message that only calls tools (OpenAI's `content: null`).
     content: str
+    # An assistant's calls; a `tool` message answers one of them by `tool_call_id`.
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class FunctionTool(_Contract):
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    name: str
+    description: str | None = None
+    # A JSON Schema (checked by the edge); None: the function takes no arguments.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedToolChoice(_Contract):
+    """`tool_choice: {"type": "function", "function": {"name": ...}}`: that call, forced."""
+
+    name: str
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ResponseFormat(_Contract):
+    """Structured output, enforced by the engine's constrained decoding."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    # The schema itself for `json_schema` (checked by the edge).
+    json_schema: dict[str, Any] | None = None
+
+
+class TopLogprob(_Contract):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_Contract):
+    """One generated token's log probability and, when asked for, the most likely ones
+    (vLLM's order: as its sampler returns them)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[TopLogprob] = Field(default_factory=list)
 
 
 class GenerationParams(_Contract):
@@ -43,6 +104,19 @@ class GenerationParams(_Contract):
     seed: int | None = None
     # Benchmarks need fixed output lengths; never set by the public API's defaults.
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # vLLM's extensions (None: the engine's default).
+    repetition_penalty: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    # Token id -> bias added to its logit (OpenAI's -100..100).
+    logit_bias: dict[int, float] | None = None
+    # None: no log probabilities; k: the sampled token's and the k most likely (0..20).
+    logprobs: int | None = None
+    # Choices generated for the one request (each its own `index`).
+    n: int = Field(default=1, ge=1)
+    response_format: ResponseFormat | None = None
 
 
 class ChatRequested(_Contract):
@@ -70,8 +144,21 @@ class ChatRequested(_Contract):
     webhook_url: str | None = None
     created_at: float
     deadline: float
+    # Tool calling (chat only): the functions offered and how the model may use them.
+    tools: list[FunctionTool] = Field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
+    # `completion`: the raw prompt (text or token ids; no chat template) and whether the answer
+    # starts with it (`echo`).
+    prompt: str | list[int] | None = None
+    echo: bool = False
+    # `embedding`: the inputs (texts or token id arrays).
+    inputs: list[str] | list[list[int]] | None = None
 
-    def facts(self) -> dict[str, str | float | None]:
+    def tools_active(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def facts(self) -> dict[str, Any]:
         """What the `started` and terminal events repeat from the request, so consumers
         (history, usage) read one stream and need no join: the new turn (the last message when
         it is the user's), the system prompt, the conversation and the model."""
@@ -91,7 +178,17 @@ class ChatRequested(_Contract):
                 last.content if last is not None and last.role == "user" and not self.regenerate else None
             ),
             "system_prompt": first.content if first is not None and first.role == "system" else None,
+            "tool_results": self.tool_results(),
         }
+
+    def tool_results(self) -> list[ChatMessage]:
+        """The turn's tool answers: the `tool` messages after the last assistant message."""
+        results: list[ChatMessage] = []
+        for message in reversed(self.messages):
+            if message.role != "tool":
+                break
+            results.append(message)
+        return results[::-1]
 
 
 class Usage(_Contract):
@@ -137,6 +234,7 @@ class _WithFacts(_Event):
     webhook_url: str | None = None
     user_message: str | None = None
     system_prompt: str | None = None
+    tool_results: list[ChatMessage] = Field(default_factory=list)
 
 
 class Started(_WithFacts):
@@ -150,6 +248,10 @@ class Started(_WithFacts):
     # earlier attempts stored. 0 for a first attempt and after a `reset`.
     resumed_tokens: int = 0
     resumed_chars: int = 0
+    # Tool calling with `tool_choice: auto`: the text that opens a tool call in this model's
+    # output (its tool-call parser's marker). A streaming reader holds back text that may be
+    # its beginning; None: the answer holds no tool-call markup it has to hide.
+    tool_call_start: str | None = None
 
 
 class Reset(_Event):
@@ -165,14 +267,49 @@ class Delta(_Event):
     type: Literal["delta"] = "delta"
     text: str
     token_ids: list[int]
+    # One per token id, when the request asked for log probabilities.
+    logprobs: list[TokenLogprob] | None = None
+    # The choice (`n` > 1) these tokens belong to.
+    index: int = 0
+
+
+class Choice(_Contract):
+    """One choice of a finished request: choice 0's outcome is also the terminal event's own
+    fields (`text`, `finish_reason`, `tool_calls`, ...); `choices` lists every one when `n` > 1."""
+
+    index: int
+    text: str
+    finish_reason: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    content: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    completion_tokens: int = 0
 
 
 class Completed(_WithFacts):
     type: Literal["completed"] = "completed"
     finish_reason: str
+    # The raw generated text (the deltas' texts joined), tool-call markup included.
     text: str
     usage: Usage
     timings: Timings
+    # The calls parsed from `text` (finish_reason `tool_calls`, or `stop` for a forced named
+    # call, as OpenAI does), and the text without their markup (None: `text` as it is).
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    content: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    # `completion` with `echo`: the prompt's text, which the answer starts with.
+    echo_text: str | None = None
+    # `n` > 1: every choice, choice 0 included (usage counts them all).
+    choices: list[Choice] = Field(default_factory=list)
+    # `embedding`: one vector per input, in input order.
+    embeddings: list[list[float]] | None = None
+
+    def visible_content(self) -> str | None:
+        """The assistant message's `content`: None when it only calls tools."""
+        if self.content is not None:
+            return self.content or None
+        return None if self.tool_calls and not self.text else self.text
 
 
 class Failed(_WithFacts):
@@ -241,6 +378,22 @@ class CancelRequest(_Contract):
     reason: CancelReason = "client"
 
 
+class ModelCapabilities(_Contract):
+    """What a served model can do, as its profile declares (the edge refuses the rest)."""
+
+    # `chat` (chat and legacy completions) or `embedding` (only `/v1/embeddings`).
+    kind: Literal["chat", "embedding"] = "chat"
+    tools: bool = True
+    json_output: bool = True
+    # Input modalities: `text`, `image`, `audio`.
+    modalities: list[str] = Field(default_factory=lambda: ["text"])
+    # Fill-in-the-middle (`suffix` on `/v1/completions`).
+    fim: bool = False
+    # `embedding`: the vector size, and whether `dimensions` may shorten it.
+    dimensions: int | None = None
+    matryoshka: bool = False
+
+
 class WorkerInfo(_Contract):
     """A worker's heartbeat in the model registry (KV, expires by TTL)."""
 
@@ -254,3 +407,4 @@ class WorkerInfo(_Contract):
     version: str
     heartbeat_at: float
     started_at: float
+    capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)

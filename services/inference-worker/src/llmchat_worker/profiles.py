@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +29,18 @@ class ModelProfile(BaseModel):
     cpu_kvcache_space_gib: int | None = None
     requires_gpus: int = 0
     seed: int = 0
+    # Tool calling with `tool_choice: auto`: vLLM's tool-call parser for this model's output
+    # (`hermes`, `llama3_json`, `mistral`, ...). None: `auto` answers in text only.
+    tool_call_parser: str | None = None
+    # A Jinja chat template replacing the tokenizer's own: a file name in the built-in
+    # profiles folder, or a path. Needed where the model's template renders no tools.
+    chat_template: str | None = None
+    # `chat` or `embedding` (served by vLLM's pooling runner, only for `/v1/embeddings`).
+    kind: Literal["chat", "embedding"] = "chat"
+    # Input modalities the model reads (`text`, `image`, `audio`); the edge refuses others.
+    modalities: list[str] = Field(default_factory=lambda: ["text"])
+    # Fill-in-the-middle: `suffix` on `/v1/completions`.
+    fim: bool = False
 
 
 def _builtin_profiles() -> dict[str, ModelProfile]:
