@@ -112,7 +112,11 @@ let shape: Record<string, unknown> = {};
 let conversationId = "";
 let networkConversation = "";
 
-async function newContext(viewport: { width: number; height: number }, colorScheme: "light" | "dark" = "light", baseURL = BASE) {
+async function newContext(
+  viewport: { width: number; height: number },
+  colorScheme: "light" | "dark" = "light",
+  baseURL = BASE,
+) {
   const ctx = await browser.newContext({ baseURL, viewport, colorScheme, deviceScaleFactor: 1 });
   await ctx.addInitScript(RECORDER);
   await ctx.route("**/v1/chat/completions", async (route) => {
@@ -128,7 +132,15 @@ async function newContext(viewport: { width: number; height: number }, colorSche
 }
 
 async function recorded(p: Page, requestId: string): Promise<Recorded> {
-  return p.evaluate((id) => (window as unknown as { __answers: Record<string, Recorded> }).__answers[id] ?? { lengths: [], final: null, chars: null }, requestId);
+  return p.evaluate(
+    (id) =>
+      (window as unknown as { __answers: Record<string, Recorded> }).__answers[id] ?? {
+        lengths: [],
+        final: null,
+        chars: null,
+      },
+    requestId,
+  );
 }
 
 /** The answers each page had shown before its latest send (the recorder's ids). */
@@ -160,7 +172,9 @@ async function liveRequestId(p: Page): Promise<string> {
 }
 
 async function waitForGrowth(p: Page, requestId: string, steps: number) {
-  await expect.poll(async () => (await recorded(p, requestId)).lengths.filter((n) => n > 0).length, { timeout: 60_000 }).toBeGreaterThanOrEqual(steps);
+  await expect
+    .poll(async () => (await recorded(p, requestId)).lengths.filter((n) => n > 0).length, { timeout: 60_000 })
+    .toBeGreaterThanOrEqual(steps);
 }
 
 async function finalText(p: Page, requestId: string): Promise<string> {
@@ -176,7 +190,10 @@ async function storedText(p: Page, requestId: string): Promise<string> {
 }
 
 async function api<T>(path: string, token: string, init: RequestInit = {}): Promise<{ status: number; body: T }> {
-  const response = await fetch(BASE + path, { ...init, headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" } });
+  const response = await fetch(BASE + path, {
+    ...init,
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+  });
   const text = await response.text();
   return { status: response.status, body: (text ? JSON.parse(text) : null) as T };
 }
@@ -224,7 +241,15 @@ beforeAll(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
   });
   context = await newContext(DESKTOP);
   page = await context.newPage();
@@ -235,7 +260,9 @@ afterEach(async (ctx) => {
   if (ctx.task.result?.state !== "fail" || page === undefined) return;
   const folder = SHOTS || "/tmp";
   mkdirSync(folder, { recursive: true });
-  await page.screenshot({ path: join(folder, `failed-${ctx.task.name.replace(/\W+/g, "-")}.png`) }).catch(() => undefined);
+  await page
+    .screenshot({ path: join(folder, `failed-${ctx.task.name.replace(/\W+/g, "-")}.png`) })
+    .catch(() => undefined);
 });
 
 afterAll(async () => {
@@ -254,7 +281,9 @@ describe("the web app", () => {
       route.fulfill({
         status: 429,
         headers: { "Retry-After": "120", "Content-Type": "application/json" },
-        body: JSON.stringify({ error: { message: "too many login attempts", type: "rate_limit_error", code: "rate_limit_exceeded" } }),
+        body: JSON.stringify({
+          error: { message: "too many login attempts", type: "rate_limit_error", code: "rate_limit_exceeded" },
+        }),
       }),
     );
     await page.getByRole("button", { name: "Sign in" }).click();
@@ -286,8 +315,14 @@ describe("the web app", () => {
     await page.getByText("Stopped").first().waitFor();
     expect(shown.length).toBeGreaterThan(0);
     expect(await storedText(page, id)).toBe(shown);
-    const { body } = await api<{ messages: { role: string; status: string; request_id: string }[] }>(`/v1/conversations/${conversationId}`, await userToken());
-    expect(body.messages.map((m) => [m.role, m.status])).toEqual([["user", "completed"], ["assistant", "cancelled"]]);
+    const { body } = await api<{ messages: { role: string; status: string; request_id: string }[] }>(
+      `/v1/conversations/${conversationId}`,
+      await userToken(),
+    );
+    expect(body.messages.map((m) => [m.role, m.status])).toEqual([
+      ["user", "completed"],
+      ["assistant", "cancelled"],
+    ]);
     // Ended well before its 1,900 tokens.
     expect((await recorded(page, id)).lengths.length).toBeLessThan(1500);
   });
@@ -301,7 +336,9 @@ describe("the web app", () => {
       await send(page, "Tell me everything about tides.");
       const id = await liveRequestId(page);
       const box = page.locator(".messages");
-      await expect.poll(() => box.evaluate((el) => el.scrollHeight > el.clientHeight + 100), { timeout: 60_000 }).toBe(true);
+      await expect
+        .poll(() => box.evaluate((el) => el.scrollHeight > el.clientHeight + 100), { timeout: 60_000 })
+        .toBe(true);
       // Following while at the bottom.
       expect(await box.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight)).toBeLessThan(40);
       await box.evaluate((el) => {
@@ -336,7 +373,10 @@ describe("the web app", () => {
     expect(await storedText(page, id)).toBe(shown);
     const token = await userToken();
     const second = new URL(page.url()).pathname.split("/").pop() ?? "";
-    const { body } = await api<{ messages: { role: string; status: string; content: string; request_id: string }[] }>(`/v1/conversations/${second}`, token);
+    const { body } = await api<{ messages: { role: string; status: string; content: string; request_id: string }[] }>(
+      `/v1/conversations/${second}`,
+      token,
+    );
     expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
     expect(body.messages[1]).toMatchObject({ request_id: id, status: "completed" });
     // The page's answer is the stored one, character for character: nothing twice, nothing lost.
@@ -365,7 +405,10 @@ describe("the web app", () => {
     await page.locator(`a[href="/c/${firstConversation}"]`).click();
     const shown = await finalText(page, first);
     expect(await storedText(page, first)).toBe(shown);
-    const { body } = await api<{ messages: { role: string; content: string; request_id: string }[] }>(`/v1/conversations/${firstConversation}`, await userToken());
+    const { body } = await api<{ messages: { role: string; content: string; request_id: string }[] }>(
+      `/v1/conversations/${firstConversation}`,
+      await userToken(),
+    );
     expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
     expect((await recorded(page, first)).chars).toBe(body.messages[1]!.content.length);
   });
@@ -431,7 +474,9 @@ describe("the web app", () => {
       route.fulfill({
         status: 429,
         headers: { "Retry-After": "7", "Content-Type": "application/json" },
-        body: JSON.stringify({ error: { message: "requests per minute exceeded", type: "rate_limit_error", code: "rate_limit_exceeded" } }),
+        body: JSON.stringify({
+          error: { message: "requests per minute exceeded", type: "rate_limit_error", code: "rate_limit_exceeded" },
+        }),
       }),
     );
     await send(page, "Too fast?");
@@ -441,7 +486,9 @@ describe("the web app", () => {
       route.fulfill({
         status: 503,
         headers: { "Retry-After": "5", "Content-Type": "application/json" },
-        body: JSON.stringify({ error: { message: "64 requests waiting", type: "server_error", code: "model_overloaded" } }),
+        body: JSON.stringify({
+          error: { message: "64 requests waiting", type: "server_error", code: "model_overloaded" },
+        }),
       }),
     );
     await page.getByRole("button", { name: "Send" }).click();
@@ -454,7 +501,9 @@ describe("the web app", () => {
 
   it("finds the conversation in the sidebar after a reload, renames it and searches for it", async () => {
     await page.reload();
-    const item = page.locator('[data-testid="conversation-item"]', { has: page.locator(`a[href="/c/${conversationId}"]`) });
+    const item = page.locator('[data-testid="conversation-item"]', {
+      has: page.locator(`a[href="/c/${conversationId}"]`),
+    });
     await item.waitFor();
     const title = `Lighthouse notes ${Date.now().toString(36)}`;
     await item.getByRole("button", { name: /^Rename/ }).click();
@@ -469,7 +518,9 @@ describe("the web app", () => {
     await page.getByText("Nothing found.").waitFor();
     await page.getByLabel("Search conversations").fill("");
     // Deleting asks first; a dismissed question deletes nothing.
-    const victim = page.locator('[data-testid="conversation-item"]', { has: page.locator(`a[href="/c/${networkConversation}"]`) });
+    const victim = page.locator('[data-testid="conversation-item"]', {
+      has: page.locator(`a[href="/c/${networkConversation}"]`),
+    });
     page.once("dialog", (d) => void d.dismiss());
     await victim.getByRole("button", { name: /^Delete/ }).click();
     await expect.poll(() => victim.count()).toBe(1);
@@ -494,9 +545,14 @@ describe("the web app", () => {
       )
       .toBeGreaterThan(1000);
     await page.locator("figure svg").first().waitFor();
-    const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download CSV" }).click()]);
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: "Download CSV" }).click(),
+    ]);
     expect(download.suggestedFilename()).toMatch(/^usage-.*\.csv$/);
-    const csv = readFileSync((await download.path())!, "utf8").trim().split("\n");
+    const csv = readFileSync((await download.path())!, "utf8")
+      .trim()
+      .split("\n");
     expect(csv[0]).toContain("prompt_tokens");
     expect(csv.length).toBeGreaterThan(1);
     await shot(page, "usage-desktop");
@@ -515,7 +571,9 @@ describe("the web app", () => {
     expect((await api("/v1/models", key)).status).toBe(200);
     await row.getByRole("button", { name: /^Revoke/ }).click();
     await row.getByRole("button", { name: "Yes, revoke" }).click();
-    await expect.poll(async () => (await page.getByTestId("key-row").first().innerText()).toLowerCase()).toContain("revoked");
+    await expect
+      .poll(async () => (await page.getByTestId("key-row").first().innerText()).toLowerCase())
+      .toContain("revoked");
     await expect.poll(async () => (await api("/v1/models", key)).status, { timeout: 15_000 }).toBe(401);
   });
 
@@ -593,7 +651,9 @@ describe("the web app", () => {
   });
 
   it("asked no host but the edge, and broke no content security rule", () => {
-    const elsewhere = requests.map((r) => r.url()).filter((u) => !u.startsWith("data:") && !u.startsWith("blob:") && !edgeOrigins.has(new URL(u).origin));
+    const elsewhere = requests
+      .map((r) => r.url())
+      .filter((u) => !u.startsWith("data:") && !u.startsWith("blob:") && !edgeOrigins.has(new URL(u).origin));
     expect(elsewhere).toEqual([]);
     // No token ever went into a URL.
     expect(requests.map((r) => r.url()).filter((u) => /token|sk-llmchat|eyJ/i.test(u))).toEqual([]);

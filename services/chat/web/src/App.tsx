@@ -36,7 +36,12 @@ function Shell() {
   const location = useLocation();
   const navigate = useNavigate();
   const [theme, setTheme] = useState<Theme>(initialTheme);
-  if (loading) return <p className="muted" style={{ padding: 20 }}>Loading…</p>;
+  if (loading)
+    return (
+      <p className="muted" style={{ padding: 20 }}>
+        Loading…
+      </p>
+    );
   if (user === null) return <Navigate to="/login" replace state={{ from: location.pathname }} />;
   const toggleTheme = () => {
     const next = theme === "dark" ? "light" : "dark";
@@ -50,7 +55,11 @@ function Shell() {
           llmchat
         </NavLink>
         <nav aria-label="Main">
-          <NavLink to="/" end className={({ isActive }) => (isActive || location.pathname.startsWith("/c/") ? "active" : "")}>
+          <NavLink
+            to="/"
+            end
+            className={({ isActive }) => (isActive || location.pathname.startsWith("/c/") ? "active" : "")}
+          >
             Chat
           </NavLink>
           <NavLink to="/usage">Usage</NavLink>

@@ -3,7 +3,9 @@ import { createRoot } from "react-dom/client";
 
 import App from "./App";
 import "./styles.css";
+import "./chat.css";
 import "./pages/pages.css";
+import "./pages/admin.css";
 import { applyTheme, initialTheme } from "./theme";
 
 applyTheme(initialTheme());

@@ -58,7 +58,13 @@ export function ConfirmButton({
 }: ConfirmRow & { words: ConfirmWords; target: string; busy: boolean; onConfirm: () => void }) {
   if (!asking) {
     return (
-      <button type="button" className="danger" aria-label={`${words.action} ${target}`} autoFocus={autoFocus} onClick={onAsk}>
+      <button
+        type="button"
+        className="danger"
+        aria-label={`${words.action} ${target}`}
+        autoFocus={autoFocus}
+        onClick={onAsk}
+      >
         {words.action}
       </button>
     );

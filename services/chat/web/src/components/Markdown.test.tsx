@@ -7,7 +7,9 @@ describe("Markdown", () => {
   it("renders tables, highlighted code with a copy button, and never raw HTML", () => {
     const html = renderToStaticMarkup(
       <Markdown
-        text={"| a | b |\n|---|---|\n| 1 | 2 |\n\n```python\ndef f():\n    return 'x'\n```\n\n<img src=x onerror=alert(1)> <script>alert(2)</script>"}
+        text={
+          "| a | b |\n|---|---|\n| 1 | 2 |\n\n```python\ndef f():\n    return 'x'\n```\n\n<img src=x onerror=alert(1)> <script>alert(2)</script>"
+        }
       />,
     );
     expect(html).toContain("<table>");

@@ -6,7 +6,11 @@ import remarkGfm from "remark-gfm";
 /** Model output as Markdown (tables, code highlighted locally); raw HTML is never rendered. */
 export const Markdown = memo(function Markdown({ text }: { text: string }) {
   return (
-    <ReactMarkdown remarkPlugins={[remarkGfm]} rehypePlugins={[[rehypeHighlight, { detect: false }]]} components={COMPONENTS}>
+    <ReactMarkdown
+      remarkPlugins={[remarkGfm]}
+      rehypePlugins={[[rehypeHighlight, { detect: false }]]}
+      components={COMPONENTS}
+    >
       {text}
     </ReactMarkdown>
   );

@@ -132,7 +132,12 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
             </li>
           ) : (
             <li key={item.id} className={item.id === current ? "current" : ""} data-testid="conversation-item">
-              <Link to={`/c/${item.id}`} onClick={onNavigate} title={item.title} aria-current={item.id === current ? "page" : undefined}>
+              <Link
+                to={`/c/${item.id}`}
+                onClick={onNavigate}
+                title={item.title}
+                aria-current={item.id === current ? "page" : undefined}
+              >
                 {item.title || "Untitled"}
               </Link>
               <span className="actions">
@@ -149,14 +154,24 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
                 >
                   <Icon path="M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4" />
                 </button>
-                <button type="button" className="icon" aria-label={`Delete ${item.title}`} title="Delete" onClick={() => void remove(item)}>
+                <button
+                  type="button"
+                  className="icon"
+                  aria-label={`Delete ${item.title}`}
+                  title="Delete"
+                  onClick={() => void remove(item)}
+                >
                   <Icon path="M5 7h14M10 7V4h4v3M7 7l1 13h8l1-13" />
                 </button>
               </span>
             </li>
           ),
         )}
-        {items.length === 0 && error === null && <li className="muted" style={{ padding: 10 }}>{query ? "Nothing found." : "No conversations yet."}</li>}
+        {items.length === 0 && error === null && (
+          <li className="muted" style={{ padding: 10 }}>
+            {query ? "Nothing found." : "No conversations yet."}
+          </li>
+        )}
         {cursor !== null && (
           <li>
             <button type="button" className="icon" onClick={() => void load(query, cursor)}>
@@ -171,7 +186,17 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
 
 function Icon({ path }: { path: string }) {
   return (
-    <svg width="16" height="16" viewBox="0 0 24 24" fill="none" stroke="currentColor" strokeWidth="1.8" strokeLinecap="round" strokeLinejoin="round" aria-hidden="true">
+    <svg
+      width="16"
+      height="16"
+      viewBox="0 0 24 24"
+      fill="none"
+      stroke="currentColor"
+      strokeWidth="1.8"
+      strokeLinecap="round"
+      strokeLinejoin="round"
+      aria-hidden="true"
+    >
       <path d={path} />
     </svg>
   );

@@ -17,7 +17,10 @@ function feed(state: AnswerState, parser: SseParser, bytes: Uint8Array): AnswerS
 
 /** What `GET /v1/jobs/{id}/events` answers with `Last-Event-ID: after`: the frames after it. */
 function eventsAfter(body: Uint8Array, after: string): Uint8Array {
-  const frames = new TextDecoder().decode(body).split("\n\n").filter((f) => f.trim() !== "");
+  const frames = new TextDecoder()
+    .decode(body)
+    .split("\n\n")
+    .filter((f) => f.trim() !== "");
   const from = after === "" ? 0 : Number(after);
   const kept = frames.filter((f) => Number(/^id: (\d+)$/m.exec(f)?.[1] ?? "0") > from);
   return enc.encode(kept.map((f) => f + "\n\n").join(""));

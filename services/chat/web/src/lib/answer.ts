@@ -135,10 +135,21 @@ function applyLogEvent(state: AnswerState, event: LogEvent): AnswerState {
       state.text += event.text ?? "";
       return state;
     case "completed":
-      return { ...state, status: "completed", text: event.text ?? state.text, finishReason: event.finish_reason ?? null, usage: event.usage ?? null };
+      return {
+        ...state,
+        status: "completed",
+        text: event.text ?? state.text,
+        finishReason: event.finish_reason ?? null,
+        usage: event.usage ?? null,
+      };
     case "failed":
     case "cancelled": {
-      const code = event.type === "cancelled" ? (event.reason === "deadline" ? "deadline_exceeded" : "cancelled") : (event.code ?? "failed");
+      const code =
+        event.type === "cancelled"
+          ? event.reason === "deadline"
+            ? "deadline_exceeded"
+            : "cancelled"
+          : (event.code ?? "failed");
       return {
         ...state,
         status: code === "cancelled" ? "cancelled" : "failed",

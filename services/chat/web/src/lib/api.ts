@@ -149,7 +149,8 @@ export class Session {
   async token(): Promise<string> {
     if (this.access !== null && Date.now() < this.expiresAt - EARLY_MS) return this.access;
     await this.refresh();
-    if (this.access === null) throw new ApiError(401, "Your session has expired. Please sign in again.", "session_expired");
+    if (this.access === null)
+      throw new ApiError(401, "Your session has expired. Please sign in again.", "session_expired");
     return this.access;
   }
 

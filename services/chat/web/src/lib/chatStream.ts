@@ -144,7 +144,12 @@ async function fromJob(state: AnswerState): Promise<AnswerState> {
   const job = await session.json<Job>(`/v1/jobs/${encodeURIComponent(state.requestId)}`);
   if (job.status === "completed") {
     const choice = job.result?.choices[0];
-    return { ...state, status: "completed", text: choice?.message.content ?? state.text, finishReason: choice?.finish_reason ?? null };
+    return {
+      ...state,
+      status: "completed",
+      text: choice?.message.content ?? state.text,
+      finishReason: choice?.finish_reason ?? null,
+    };
   }
   if (job.status === "failed" || job.status === "cancelled") {
     return {

@@ -74,9 +74,7 @@ export function AdminWorkers() {
           <button type="button" onClick={reload} disabled={workers.loading}>
             Refresh now
           </button>
-          <span className="muted admin-updated">
-            {updatedAt !== null ? `Updated ${fmtAgo(now - updatedAt)}` : ""}
-          </span>
+          <span className="muted admin-updated">{updatedAt !== null ? `Updated ${fmtAgo(now - updatedAt)}` : ""}</span>
         </div>
       </div>
       {workers.error !== null && (
@@ -101,10 +99,16 @@ export function AdminWorkers() {
                 <thead>
                   <tr>
                     <th scope="col">Model</th>
-                    <th scope="col" className="num">Live workers</th>
-                    <th scope="col" className="num">Capacity</th>
+                    <th scope="col" className="num">
+                      Live workers
+                    </th>
+                    <th scope="col" className="num">
+                      Capacity
+                    </th>
                     <th scope="col">Running (load)</th>
-                    <th scope="col" className="num">Max context</th>
+                    <th scope="col" className="num">
+                      Max context
+                    </th>
                   </tr>
                 </thead>
                 <tbody>
@@ -138,9 +142,15 @@ export function AdminWorkers() {
                   <tr>
                     <th scope="col">Worker</th>
                     <th scope="col">Model</th>
-                    <th scope="col" className="num">Capacity</th>
-                    <th scope="col" className="num">Running</th>
-                    <th scope="col" className="num">Max context</th>
+                    <th scope="col" className="num">
+                      Capacity
+                    </th>
+                    <th scope="col" className="num">
+                      Running
+                    </th>
+                    <th scope="col" className="num">
+                      Max context
+                    </th>
                     <th scope="col">Version</th>
                     <th scope="col">Last heartbeat</th>
                     <th scope="col">Up since</th>

@@ -16,7 +16,11 @@ const FOLLOW_WITHIN_MS = 3600_000;
 type NewLive = Omit<Live, "run">;
 
 /** Follows an answer to its end, from a fresh request or from where a reload left it. */
-async function run(entry: NewLive, start: Record<string, unknown> | null, navigate: (to: string) => void): Promise<void> {
+async function run(
+  entry: NewLive,
+  start: Record<string, unknown> | null,
+  navigate: (to: string) => void,
+): Promise<void> {
   const id = live.start(entry);
   const callbacks: StreamCallbacks = {
     update: (state) => live.patch(id, { state }),
@@ -106,7 +110,13 @@ export default function ChatPage() {
       return found;
     } catch (caught) {
       if (shown.current !== id) return null;
-      setLoadError(caught instanceof ApiError && caught.status === 404 ? "This conversation does not exist." : caught instanceof ApiError ? caught.describe() : "Could not load the conversation.");
+      setLoadError(
+        caught instanceof ApiError && caught.status === 404
+          ? "This conversation does not exist."
+          : caught instanceof ApiError
+            ? caught.describe()
+            : "Could not load the conversation.",
+      );
       return null;
     }
   }, []);
@@ -136,7 +146,11 @@ export default function ChatPage() {
     resumedAfterLoad = true;
     for (const saved of savedAnswers()) {
       if (isFinished(saved.state) || saved.state.requestId === "" || live.following(saved.state.requestId)) continue;
-      void run({ userText: saved.userText, model: saved.model, state: saved.state, reconnecting: false, stopWanted: false }, null, go);
+      void run(
+        { userText: saved.userText, model: saved.model, state: saved.state, reconnecting: false, stopWanted: false },
+        null,
+        go,
+      );
     }
   }, [go]);
 
@@ -170,7 +184,9 @@ export default function ChatPage() {
   );
   const showLive = here !== null;
   const showLiveUser =
-    showLive && here.userText !== null && !messages.some((m) => m.role === "user" && m.request_id === here.state.requestId);
+    showLive &&
+    here.userText !== null &&
+    !messages.some((m) => m.role === "user" && m.request_id === here.state.requestId);
 
   // Auto-scroll while the reader is at the bottom; scrolling up stops it until they return.
   // A scroll event can come after the next render, so each render also checks whether the view
@@ -195,7 +211,11 @@ export default function ChatPage() {
     }
   };
 
-  const send = async (messagesToSend: { role: string; content: string }[], userText: string | null, regenerate: boolean) => {
+  const send = async (
+    messagesToSend: { role: string; content: string }[],
+    userText: string | null,
+    regenerate: boolean,
+  ) => {
     setError(null);
     stick.current = true;
     autoTop.current = 0;
@@ -235,7 +255,10 @@ export default function ChatPage() {
   const stop = () => {
     if (here === null) return;
     if (here.state.requestId === "") live.patch(here.run, { stopWanted: true });
-    else void stopAnswer(here.state.requestId).catch((caught: unknown) => setError(caught instanceof ApiError ? caught.describe() : "Could not stop."));
+    else
+      void stopAnswer(here.state.requestId).catch((caught: unknown) =>
+        setError(caught instanceof ApiError ? caught.describe() : "Could not stop."),
+      );
   };
 
   const onKeyDown = (event: KeyboardEvent<HTMLTextAreaElement>) => {
@@ -249,10 +272,17 @@ export default function ChatPage() {
     // A turn that started but has no answer yet (another tab, or a reload that lost its saved
     // state): follow it from its first event.
     const last = found.messages[found.messages.length - 1];
-    if (last === undefined || last.role !== "user" || live.following(last.request_id) || live.of(found.id) !== null) return;
+    if (last === undefined || last.role !== "user" || live.following(last.request_id) || live.of(found.id) !== null)
+      return;
     if (Date.now() - Date.parse(last.created_at) > FOLLOW_WITHIN_MS) return;
     void run(
-      { userText: null, model: last.model ?? model, state: newAnswer(last.request_id, found.id), reconnecting: false, stopWanted: false },
+      {
+        userText: null,
+        model: last.model ?? model,
+        state: newAnswer(last.request_id, found.id),
+        reconnecting: false,
+        stopWanted: false,
+      },
       null,
       go,
     );
@@ -262,20 +292,36 @@ export default function ChatPage() {
   const lastAssistant = messages.map((m) => m.role).lastIndexOf("assistant");
   return (
     <div className="chat">
-      <Sidebar current={conversationId} open={sidebarOpen} version={version} onNavigate={() => setSidebarOpen(false)} onClose={() => setSidebarOpen(false)} />
+      <Sidebar
+        current={conversationId}
+        open={sidebarOpen}
+        version={version}
+        onNavigate={() => setSidebarOpen(false)}
+        onClose={() => setSidebarOpen(false)}
+      />
       <section className="conversation" aria-label="Chat">
         <div className="conv-head">
-          <button type="button" className="drawer-toggle" aria-label="Open conversations" aria-expanded={sidebarOpen} onClick={() => setSidebarOpen((o) => !o)}>
+          <button
+            type="button"
+            className="drawer-toggle"
+            aria-label="Open conversations"
+            aria-expanded={sidebarOpen}
+            onClick={() => setSidebarOpen((o) => !o)}
+          >
             ☰
           </button>
           <h2>{conversation?.title ?? "New chat"}</h2>
           <label className="sr-only" htmlFor="model">
             Model
           </label>
-          <select id="model" value={model} onChange={(e) => {
-            setModel(e.target.value);
-            localStorage.setItem(MODEL_KEY, e.target.value);
-          }}>
+          <select
+            id="model"
+            value={model}
+            onChange={(e) => {
+              setModel(e.target.value);
+              localStorage.setItem(MODEL_KEY, e.target.value);
+            }}
+          >
             {models.map((m) => (
               <option key={m.id} value={m.id}>
                 {m.id} — {m.workers > 0 ? `${m.workers} live worker${m.workers > 1 ? "s" : ""}` : "no live worker"}
@@ -288,9 +334,15 @@ export default function ChatPage() {
         </div>
         <div className="messages" ref={scroller} onScroll={onScroll} aria-live="polite">
           <div className="inner">
-            {loadError !== null && <p className="notice error" role="alert">{loadError}</p>}
+            {loadError !== null && (
+              <p className="notice error" role="alert">
+                {loadError}
+              </p>
+            )}
             {messages.length === 0 && !showLive && loadError === null && (
-              <p className="empty">{conversationId === null ? "Ask anything. Enter sends, Shift+Enter starts a new line." : "Loading…"}</p>
+              <p className="empty">
+                {conversationId === null ? "Ask anything. Enter sends, Shift+Enter starts a new line." : "Loading…"}
+              </p>
             )}
             {messages.map((m, i) => (
               <StoredRow
@@ -314,13 +366,23 @@ export default function ChatPage() {
             {showSystem && (
               <label className="system-prompt">
                 System prompt (for this conversation's next messages)
-                <textarea value={system} onChange={(e) => setSystem(e.target.value)} placeholder="You are a helpful assistant." />
+                <textarea
+                  value={system}
+                  onChange={(e) => setSystem(e.target.value)}
+                  placeholder="You are a helpful assistant."
+                />
               </label>
             )}
             {selected !== undefined && selected.workers === 0 && (
-              <p className="notice warn" role="status">No worker serves {selected.id} right now: a message will wait until one starts.</p>
+              <p className="notice warn" role="status">
+                No worker serves {selected.id} right now: a message will wait until one starts.
+              </p>
             )}
-            {error !== null && <p className="notice error" role="alert">{error}</p>}
+            {error !== null && (
+              <p className="notice error" role="alert">
+                {error}
+              </p>
+            )}
             <div className="row">
               <textarea
                 ref={composer}
@@ -361,7 +423,15 @@ function dialogue(messages: StoredMessage[], system: string): { role: string; co
   return out;
 }
 
-function StoredRow({ message, earlier, onRegenerate }: { message: StoredMessage; earlier: boolean; onRegenerate: (() => void) | null }) {
+function StoredRow({
+  message,
+  earlier,
+  onRegenerate,
+}: {
+  message: StoredMessage;
+  earlier: boolean;
+  onRegenerate: (() => void) | null;
+}) {
   if (message.role === "user") {
     return (
       <div className="msg user">
@@ -371,13 +441,22 @@ function StoredRow({ message, earlier, onRegenerate }: { message: StoredMessage;
     );
   }
   return (
-    <div className={`msg assistant${earlier ? " earlier" : ""}`} data-testid="answer" data-request-id={message.request_id} data-status={message.status}>
+    <div
+      className={`msg assistant${earlier ? " earlier" : ""}`}
+      data-testid="answer"
+      data-request-id={message.request_id}
+      data-status={message.status}
+    >
       <span className="who">{earlier ? "Earlier answer" : "Assistant"}</span>
       <div className="body">
         <Markdown text={message.content} />
       </div>
       <div className="meta">
-        {message.status !== "completed" && <span className="notice warn">{message.status === "cancelled" ? "Stopped" : `Failed: ${message.error ?? "error"}`}</span>}
+        {message.status !== "completed" && (
+          <span className="notice warn">
+            {message.status === "cancelled" ? "Stopped" : `Failed: ${message.error ?? "error"}`}
+          </span>
+        )}
         {message.model && <span>{message.model}</span>}
         {message.usage && <span>{message.usage.completion_tokens} tokens</span>}
         {onRegenerate !== null && (
@@ -407,7 +486,9 @@ function LiveRow({ entry }: { entry: Live }) {
           Connection lost — reconnecting…
         </p>
       )}
-      {state.status === "waiting" && <p className="muted">{entry.stopWanted ? "Stopping…" : "Waiting for a worker…"}</p>}
+      {state.status === "waiting" && (
+        <p className="muted">{entry.stopWanted ? "Stopping…" : "Waiting for a worker…"}</p>
+      )}
       <div className={`body${running ? " cursor" : ""}`}>
         <Markdown text={state.text} />
       </div>

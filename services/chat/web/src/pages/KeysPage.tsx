@@ -69,8 +69,9 @@ export default function KeysPage() {
       <div className="inner">
         <h1>API keys</h1>
         <p className="muted">
-          API keys let programs call the OpenAI-compatible API as you: send one as <code>Authorization: Bearer …</code> to{" "}
-          <code>{`${window.location.origin}/v1`}</code>. Revoke a key as soon as you no longer need it or it may have leaked.
+          API keys let programs call the OpenAI-compatible API as you: send one as <code>Authorization: Bearer …</code>{" "}
+          to <code>{`${window.location.origin}/v1`}</code>. Revoke a key as soon as you no longer need it or it may have
+          leaked.
         </p>
 
         <section aria-labelledby="keys-create">
@@ -110,7 +111,11 @@ export default function KeysPage() {
           <ErrorNotice error={revocation.error} />
           {list.data !== null && keys.length === 0 && <p className="muted">You have no API keys yet.</p>}
           {keys.length > 0 && (
-            <StackTable className="keys-table" caption="Your API keys" columns={["Name", "Key", "Created", "Last used", "Status"]}>
+            <StackTable
+              className="keys-table"
+              caption="Your API keys"
+              columns={["Name", "Key", "Created", "Last used", "Status"]}
+            >
               {keys.map((key) => {
                 const revoked = key.revoked_at !== null;
                 return (
@@ -200,16 +205,12 @@ function NewKey({ created, onDone }: { created: ApiKeyCreated; onDone: () => voi
 
   return (
     <div className="new-key" data-testid="new-key" ref={box} tabIndex={-1} aria-labelledby="new-key-title">
-      <h3 id="new-key-title">
-        New key{created.name !== "" ? `: ${created.name}` : ""}
-      </h3>
+      <h3 id="new-key-title">New key{created.name !== "" ? `: ${created.name}` : ""}</h3>
       <p className="new-key-warning">
         <strong>Copy this key now.</strong> It won't be shown again; if you lose it, revoke it and create a new one.
       </p>
       <div className="new-key-value">
-        <code ref={code}>
-          {created.key}
-        </code>
+        <code ref={code}>{created.key}</code>
         <button type="button" className="primary" onClick={() => void doCopy()}>
           {copy === "copied" ? "Copied" : "Copy"}
         </button>

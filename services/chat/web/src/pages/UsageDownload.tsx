@@ -4,7 +4,11 @@ import { ErrorNotice } from "../components/Notices";
 import { download } from "../lib/api";
 import { useAction, usagePath, type DateRange, type UsageBase, type UsageGroup } from "./usageData";
 
-const GROUP_LABEL: Record<UsageGroup, string> = { day: "One row per day", model: "One row per model", user: "One row per user" };
+const GROUP_LABEL: Record<UsageGroup, string> = {
+  day: "One row per day",
+  model: "One row per model",
+  user: "One row per user",
+};
 
 /** "Download CSV" of the report over `range`, grouped as chosen (the edge names the file). */
 export function UsageDownload({ base, range, groups }: { base: UsageBase; range: DateRange; groups: UsageGroup[] }) {
@@ -15,7 +19,10 @@ export function UsageDownload({ base, range, groups }: { base: UsageBase; range:
   const prefix = base === "/v1/usage" ? "usage" : "platform-usage";
   const run = () =>
     saving.run(true, () =>
-      download(usagePath(base, range, group, { format: "csv" }), `${prefix}-${range.since}-${range.until}-by-${group}.csv`),
+      download(
+        usagePath(base, range, group, { format: "csv" }),
+        `${prefix}-${range.since}-${range.until}-by-${group}.csv`,
+      ),
     );
   return (
     <div className="usage-download">

@@ -7,7 +7,16 @@ import { BreakdownChart, RequestsPerDayChart, TokensPerDayChart } from "./usageC
 import { UsageDownload } from "./UsageDownload";
 import { RangeSummary, UsageRangePicker } from "./UsageRangePicker";
 import { BreakdownTable, DailyTable, UsageTotals } from "./usageTables";
-import { lastDays, rangeError, useDailyUsage, useDateRange, useJson, usagePath, type BreakdownRow, type DateRange } from "./usageData";
+import {
+  lastDays,
+  rangeError,
+  useDailyUsage,
+  useDateRange,
+  useJson,
+  usagePath,
+  type BreakdownRow,
+  type DateRange,
+} from "./usageData";
 
 /** The range in the address (`?since=&until=`) when valid, so a reload or a shared link keeps it. */
 function rangeFromParams(params: URLSearchParams): DateRange {

@@ -56,7 +56,15 @@ export function UsageRangePicker({ state, label = "Date range" }: { state: Range
 }
 
 /** The range on show in words, with "updating…" while a newer answer loads; `live` reads changes out. */
-export function RangeSummary({ range, updating, live = false }: { range: DateRange; updating: boolean; live?: boolean }) {
+export function RangeSummary({
+  range,
+  updating,
+  live = false,
+}: {
+  range: DateRange;
+  updating: boolean;
+  live?: boolean;
+}) {
   return (
     <p className="usage-range-text" aria-live={live ? "polite" : undefined}>
       {`${fmtDay(range.since)} – ${fmtDay(range.until)}`}

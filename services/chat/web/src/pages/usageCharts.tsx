@@ -194,7 +194,14 @@ function StackedBarChart<T>({
           <>
             <CartesianGrid horizontal={false} stroke="var(--border)" strokeDasharray="3 3" />
             <XAxis type="number" tickFormatter={numberTick} tick={TICK} stroke="var(--border)" allowDecimals={false} />
-            <YAxis type="category" dataKey="label" tickFormatter={shortLabel} tick={TICK} stroke="var(--border)" width={128} />
+            <YAxis
+              type="category"
+              dataKey="label"
+              tickFormatter={shortLabel}
+              tick={TICK}
+              stroke="var(--border)"
+              width={128}
+            />
           </>
         ) : (
           <>
@@ -203,10 +210,20 @@ function StackedBarChart<T>({
             <YAxis tickFormatter={numberTick} tick={TICK} stroke="var(--border)" width={48} allowDecimals={false} />
           </>
         )}
-        <Tooltip content={(p) => <StackTip active={p.active} payload={p.payload} stack={stack} />} cursor={{ fill: "var(--bg-soft)" }} />
+        <Tooltip
+          content={(p) => <StackTip active={p.active} payload={p.payload} stack={stack} />}
+          cursor={{ fill: "var(--bg-soft)" }}
+        />
         <Legend wrapperStyle={{ fontSize: 13 }} itemSorter={null} />
         {present(stack.series, points).map((s) => (
-          <Bar key={s.key} dataKey={s.key} name={s.name} stackId="stack" fill={`var(--series-${s.swatch})`} isAnimationActive={animate} />
+          <Bar
+            key={s.key}
+            dataKey={s.key}
+            name={s.name}
+            stackId="stack"
+            fill={`var(--series-${s.swatch})`}
+            isAnimationActive={animate}
+          />
         ))}
       </BarChart>
     </ChartFigure>
@@ -216,7 +233,13 @@ function StackedBarChart<T>({
 /** Tokens per day, prompt and completion stacked. */
 export function TokensPerDayChart({ points, caption = "Tokens per day" }: { points: DayPoint[]; caption?: string }) {
   return (
-    <StackedBarChart caption={caption} testId="usage-tokens-chart" height={DAY_CHART_HEIGHT} points={points} stack={DAY_TOKENS} />
+    <StackedBarChart
+      caption={caption}
+      testId="usage-tokens-chart"
+      height={DAY_CHART_HEIGHT}
+      points={points}
+      stack={DAY_TOKENS}
+    />
   );
 }
 

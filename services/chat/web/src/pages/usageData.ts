@@ -71,7 +71,12 @@ export type UsageGroup = "day" | "model" | "user";
 export type UsageBase = "/v1/usage" | "/v1/admin/usage";
 
 /** The query string of a usage report. */
-export function usagePath(base: UsageBase, range: DateRange, groupBy: UsageGroup, extra: Record<string, string> = {}): string {
+export function usagePath(
+  base: UsageBase,
+  range: DateRange,
+  groupBy: UsageGroup,
+  extra: Record<string, string> = {},
+): string {
   const params = new URLSearchParams({ since: range.since, until: range.until, group_by: groupBy, ...extra });
   return `${base}?${params.toString()}`;
 }

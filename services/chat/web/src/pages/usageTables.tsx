@@ -66,7 +66,11 @@ function SortHeader({
 }) {
   const active = sort.key === column;
   return (
-    <th scope="col" className={numeric ? "num" : undefined} aria-sort={active ? (sort.desc ? "descending" : "ascending") : "none"}>
+    <th
+      scope="col"
+      className={numeric ? "num" : undefined}
+      aria-sort={active ? (sort.desc ? "descending" : "ascending") : "none"}
+    >
       <button type="button" className="usage-sort" onClick={() => onSort(column)}>
         {title}
         <span aria-hidden="true" className="usage-sort-mark">
@@ -158,7 +162,9 @@ export function DailyTable({ points }: { points: DayPoint[] }) {
   const active = points.filter((p) => p.requests > 0 || p.total_tokens > 0);
   return (
     <details className="usage-daily">
-      <summary>Daily numbers as a table ({active.length} {active.length === 1 ? "day" : "days"} with usage)</summary>
+      <summary>
+        Daily numbers as a table ({active.length} {active.length === 1 ? "day" : "days"} with usage)
+      </summary>
       {active.length === 0 ? (
         <p className="muted">No usage on any day of this range.</p>
       ) : (
@@ -167,13 +173,27 @@ export function DailyTable({ points }: { points: DayPoint[] }) {
             <thead>
               <tr>
                 <th scope="col">Day (UTC)</th>
-                <th scope="col" className="num">Requests</th>
-                <th scope="col" className="num">Completed</th>
-                <th scope="col" className="num">Failed</th>
-                <th scope="col" className="num">Cancelled</th>
-                <th scope="col" className="num">Prompt tokens</th>
-                <th scope="col" className="num">Completion tokens</th>
-                <th scope="col" className="num">Total tokens</th>
+                <th scope="col" className="num">
+                  Requests
+                </th>
+                <th scope="col" className="num">
+                  Completed
+                </th>
+                <th scope="col" className="num">
+                  Failed
+                </th>
+                <th scope="col" className="num">
+                  Cancelled
+                </th>
+                <th scope="col" className="num">
+                  Prompt tokens
+                </th>
+                <th scope="col" className="num">
+                  Completion tokens
+                </th>
+                <th scope="col" className="num">
+                  Total tokens
+                </th>
               </tr>
             </thead>
             <tbody>
