@@ -29,11 +29,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from llmchat_common import subjects
 from llmchat_common.contracts import (
     Cancelled,
+    ChatMessage,
     ChatRequested,
     Completed,
     Failed,
+    FunctionCall,
     Started,
     Timings,
+    ToolCall,
     Usage,
 )
 from llmchat_common.db import create_engine, upgrade_schema
@@ -233,6 +236,42 @@ async def three_turns(admin: Client, user: str, cid: str, marker: str) -> list[t
     for i, (q, a) in enumerate(pairs):
         await publish(admin, turn(cid, user, q, a, created_at=base + i))
     return pairs
+
+
+def tool_conversation(cid: str, user: str, *, model: str = "history-test-model") -> list[Event]:
+    """A tool-calling exchange as a worker publishes it: the user's question answered with two
+    tool calls only (the text is the parser's markup, content ""), then the client's request
+    with the two tool results (no user message), answered in words."""
+    base = time.time() - 30
+    calls = [
+        ToolCall(id=f"call-{uuid.uuid4().hex[:8]}", function=FunctionCall(name=name, arguments=args))
+        for name, args in (("weather", '{"city": "Oslo"}'), ("clock", "{}"))
+    ]
+    f = facts(f"req-{uuid.uuid4().hex}", cid, user, base, "Weather and time in Oslo?", model=model)
+    calling = Completed(
+        finish_reason="tool_calls",
+        text='<tool_call>{"name": "weather"}</tool_call><tool_call>{"name": "clock"}</tool_call>',
+        content="",
+        tool_calls=calls,
+        usage=Usage(prompt_tokens=20, completion_tokens=30),
+        timings=Timings(e2e_ms=5),
+        **{**f, "seq": 5, "ts": f["ts"] + 0.5},
+    )
+    results = [
+        ChatMessage(role="tool", content="-3 °C and snowing", tool_call_id=calls[0].id),
+        ChatMessage(role="tool", content="14:05", tool_call_id=calls[1].id),
+    ]
+    answer = turn(
+        cid,
+        user,
+        "",
+        "It is snowing in Oslo at -3 °C; the time is 14:05.",
+        created_at=base + 1,
+        model=model,
+        user_message=None,
+        tool_results=results,
+    )
+    return [Started(queue_ms=1.0, prompt_tokens=20, **f), calling, *answer]
 
 
 # -- tests ----------------------------------------------------------------------------------------
@@ -471,6 +510,101 @@ async def test_events_without_a_conversation_are_ignored(admin_nc: Client, db: a
     )
 
 
+async def test_a_tool_calling_conversation_reads_in_order_and_is_stored_once(
+    edge_nc: Client, admin_nc: Client, db: asyncpg.Connection
+) -> None:
+    user, cid = uid(), uid()
+    model = f"tools-test-{uuid.uuid4().hex[:8]}"
+    events = tool_conversation(cid, user, model=model)
+    await publish(admin_nc, events)
+    conv = await conversation_with(edge_nc, user, cid, 5)
+
+    calls = events[1].tool_calls if isinstance(events[1], Completed) else []
+    got = [(m.role, m.content, m.tool_call_id) for m in conv.messages]
+    assert got == [
+        ("user", "Weather and time in Oslo?", None),
+        ("assistant", None, None),  # OpenAI's shape: only calls, content null
+        ("tool", "-3 °C and snowing", calls[0].id),
+        ("tool", "14:05", calls[1].id),
+        ("assistant", "It is snowing in Oslo at -3 °C; the time is 14:05.", None),
+    ]
+    assert conv.messages[1].tool_calls == calls and conv.messages[1].finish_reason == "tool_calls"
+    assert [m.tool_calls for m in conv.messages if m is not conv.messages[1]] == [None] * 4
+    assert conv.message_count == 5 and conv.title == "Weather and time in Oslo?"
+    # The edge's JSON: OpenAI's field names and shapes.
+    raw = await ok(edge_nc, "get", {"user_id": user, "conversation_id": cid})
+    assert raw["messages"][1]["content"] is None
+    assert raw["messages"][1]["tool_calls"][0] == {
+        "id": calls[0].id,
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+    }
+    md = Exported.model_validate(
+        await ok(edge_nc, "export", {"user_id": user, "conversation_id": cid, "format": "markdown"})
+    ).content
+    assert md.index("Calls `weather`") < md.index("## Tool") < md.index("It is snowing")
+
+    # Redelivered copies (new message ids: JetStream's dedupe does not catch them), terminals
+    # first, then a later turn: once it shows, the copies were projected too.
+    await publish(admin_nc, list(reversed(events)), msg_id_suffix=":copy1")
+    await publish(
+        admin_nc, turn(cid, user, "Thanks", "You are welcome.", created_at=time.time(), model=model)
+    )
+    conv = await conversation_with(edge_nc, user, cid, 7)
+    assert [m.role for m in conv.messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    rows = await db.fetch(
+        "SELECT request_id, role, position, count(*) AS n FROM history.messages "
+        "WHERE conversation_id = $1 GROUP BY request_id, role, position",
+        cid,
+    )
+    assert len(rows) == 7 and all(r["n"] == 1 for r in rows)
+
+    # One title request, from the opening exchange that says something: the question and the
+    # answer to the tool results (the answer that only called tools says nothing).
+    await caught_up(admin_nc)
+    [req] = [r for r in await stored_requests(admin_nc, model) if r.conversation_id == cid]
+    assert "Weather and time in Oslo?" in req.messages[-1].content
+    assert "It is snowing in Oslo" in req.messages[-1].content
+
+
+async def test_a_conversation_opened_by_a_tool_turn_waits_for_a_user_message_for_its_title(
+    edge_nc: Client, admin_nc: Client
+) -> None:
+    user, cid = uid(), uid()
+    model = f"tools-first-{uuid.uuid4().hex[:8]}"
+    events = tool_conversation(cid, user, model=model)[2:]  # the tool turn alone
+    await publish(admin_nc, events)
+    conv = await conversation_with(edge_nc, user, cid, 3)
+    assert [m.role for m in conv.messages] == ["tool", "tool", "assistant"]
+    assert conv.title == "New conversation"
+    await caught_up(admin_nc)
+    assert [r for r in await stored_requests(admin_nc, model) if r.conversation_id == cid] == []
+    await publish(admin_nc, turn(cid, user, "And tomorrow?", "Sunny.", created_at=time.time(), model=model))
+    await conversation_with(edge_nc, user, cid, 5)
+    await caught_up(admin_nc)
+    [req] = [r for r in await stored_requests(admin_nc, model) if r.conversation_id == cid]
+    assert "And tomorrow?" in req.messages[-1].content and "Sunny." in req.messages[-1].content
+
+
+async def test_completions_and_embeddings_are_not_conversation_turns(
+    admin_nc: Client, db: asyncpg.Connection
+) -> None:
+    cid = uid()
+    for kind in ("completion", "embedding"):
+        await publish(admin_nc, turn(cid, uid(), "a raw prompt", "text", created_at=time.time(), kind=kind))
+    await caught_up(admin_nc)
+    assert await db.fetchval("SELECT count(*) FROM history.conversations WHERE id = $1", cid) == 0
+    assert await db.fetchval("SELECT count(*) FROM history.messages WHERE conversation_id = $1", cid) == 0
+
+
 async def test_malformed_bodies_are_invalid_requests(edge_nc: Client) -> None:
     user = uid()
     await fails(edge_nc, "get", b"not json", "invalid_request")
@@ -558,13 +692,23 @@ async def test_migrations_match_the_models_and_run_twice(stack: LocalStack, db: 
     for _ in range(2):
         done = await asyncio.to_thread(_history_cli, stack, "migrate")
         assert done.returncode == 0, done.stderr
-    assert await db.fetchval("SELECT version_num FROM history.alembic_version") == "0001"
+    assert await db.fetchval("SELECT version_num FROM history.alembic_version") == "0002"
     assert await migration_diff(stack.env()["LLMCHAT_POSTGRES_DSN"], Base.metadata, "history") == []
+    # What autogenerate does not compare: the key (several tool results per request) and the roles.
+    constraints = {
+        r["conname"]: r["def"]
+        for r in await db.fetch(
+            "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+            "WHERE conrelid = 'history.messages'::regclass"
+        )
+    }
+    assert constraints["pk_messages"] == 'PRIMARY KEY (request_id, role, "position")'
+    assert [d for d in constraints.values() if "'tool'" in d and "role" in d]
 
 
 async def _rows(db: asyncpg.Connection, schema: str) -> tuple[list[Any], list[Any]]:
     conversations = await db.fetch(f'SELECT * FROM "{schema}".conversations ORDER BY id')
-    messages = await db.fetch(f'SELECT * FROM "{schema}".messages ORDER BY request_id, role')
+    messages = await db.fetch(f'SELECT * FROM "{schema}".messages ORDER BY request_id, role, position')
     return [tuple(r) for r in conversations], [tuple(r) for r in messages]
 
 
@@ -572,11 +716,13 @@ async def test_replay_into_an_empty_schema_equals_the_live_projection(
     stack: LocalStack, edge_nc: Client, admin_nc: Client, db: asyncpg.Connection
 ) -> None:
     # Runs last in this module: the log holds every test's events, renames and deletes included.
-    user, kept, gone = uid(), uid(), uid()
+    user, kept, gone, tools = uid(), uid(), uid(), uid()
     await three_turns(admin_nc, user, kept, "replayword")
+    await publish(admin_nc, tool_conversation(tools, user))
     await publish(admin_nc, turn(gone, user, "to be deleted", "bye", created_at=time.time()))
     await conversation_with(edge_nc, user, gone, 2)
     await conversation_with(edge_nc, user, kept, 6)
+    await conversation_with(edge_nc, user, tools, 5)
     await ok(edge_nc, "rename", {"user_id": user, "conversation_id": kept, "title": "Renamed"})
     await ok(edge_nc, "delete", {"user_id": user, "conversation_id": gone})
     await caught_up(admin_nc)
@@ -593,6 +739,8 @@ async def test_replay_into_an_empty_schema_equals_the_live_projection(
         assert {kept, gone} <= ids and len(ids) >= 10 and len(live[1]) >= 30
         assert replayed[0] == live[0]
         assert replayed[1] == live[1]
+        tool_rows = f"SELECT count(*) FROM \"{target}\".messages WHERE conversation_id = $1 AND role = 'tool'"
+        assert await db.fetchval(tool_rows, tools) == 2
         # A second replay into the same, now filled, schema is refused; --reset rebuilds it.
         again = await asyncio.to_thread(
             _history_cli, stack, "replay", "--since", "1970-01-01", "--target", target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from llmchat_history.mapping import plan_batch
@@ -16,7 +17,18 @@ from llmchat_history.titles import (
     title_request,
 )
 
-from llmchat_common.contracts import Cancelled, Completed, Failed, Started, Timings, Usage
+from llmchat_common.contracts import (
+    Cancelled,
+    ChatMessage,
+    Choice,
+    Completed,
+    Failed,
+    FunctionCall,
+    Started,
+    Timings,
+    ToolCall,
+    Usage,
+)
 from llmchat_common.history_contracts import Conversation, Message, MessageUsage
 from llmchat_common.projection import StoredEvent
 from llmchat_common.rpc import InvalidRequest
@@ -47,9 +59,9 @@ def started(**over: object) -> Started:
     return Started(queue_ms=1.0, prompt_tokens=3, **facts(**over))  # type: ignore[arg-type]
 
 
-def completed(text: str = "hi!", **over: object) -> Completed:
+def completed(text: str = "hi!", finish_reason: str = "stop", **over: Any) -> Completed:
     return Completed(
-        finish_reason="stop",
+        finish_reason=finish_reason,
         text=text,
         usage=Usage(prompt_tokens=3, completion_tokens=2),
         timings=Timings(e2e_ms=5.0),
@@ -239,6 +251,192 @@ def test_two_owners_claiming_one_conversation_are_separate_shares() -> None:
     assert [(c.id, c.user_id) for c in plan.conversations] == [("c1", "u1"), ("c1", "u2")]
     users, _ = plan.messages_of({("c1", "u1")})
     assert [u["request_id"] for u in users] == ["r1"]
+
+
+# -- tool calling ---------------------------------------------------------------------------------
+WEATHER = ToolCall(id="call-a", function=FunctionCall(name="weather", arguments='{"city": "Oslo"}'))
+TIME = ToolCall(id="call-b", function=FunctionCall(name="clock", arguments="{}"))
+MARKUP = '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+
+
+def calling(**over: object) -> Completed:
+    """The answer of a user turn that only calls tools: its text is the tool-call markup."""
+    return completed(MARKUP, finish_reason="tool_calls", tool_calls=[WEATHER, TIME], content="", **over)
+
+
+def tool_turn(**over: object) -> dict[str, Any]:
+    """The facts of the next request: the tool answers, no user message."""
+    results = [
+        ChatMessage(role="tool", content="-3 °C, snow", tool_call_id="call-a"),
+        ChatMessage(role="tool", content="14:05", tool_call_id="call-b"),
+    ]
+    return {
+        "request_id": "r2",
+        "created_at": T0 + 5,
+        "ts": T0 + 6,
+        "user_message": None,
+        "tool_results": results,
+        **over,
+    }
+
+
+def keyed(plan_events: list[StoredEvent]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return plan_batch(plan_events).messages
+
+
+def test_a_tool_turn_gives_its_tool_results_in_order_and_the_answer() -> None:
+    answer = completed("It snows in Oslo; it is 14:05.", **tool_turn())
+    rows = keyed(
+        [
+            stored(started(), 1),
+            stored(calling(), 2),
+            stored(started(**tool_turn()), 3),
+            stored(answer, 4),
+        ]
+    )
+    assert sorted(rows) == [
+        ("r1", "assistant", 0),
+        ("r1", "user", 0),
+        ("r2", "assistant", 0),
+        ("r2", "tool", 0),
+        ("r2", "tool", 1),
+    ]
+    call = rows[("r1", "assistant", 0)]
+    # content "" (the API shows null) and the calls in OpenAI's shape; the markup is not stored.
+    assert call["content"] == "" and call["finish_reason"] == "tool_calls"
+    assert call["tool_calls"] == [
+        {
+            "id": "call-a",
+            "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+        },
+        {"id": "call-b", "type": "function", "function": {"name": "clock", "arguments": "{}"}},
+    ]
+    tools = [rows[("r2", "tool", i)] for i in (0, 1)]
+    assert [(t["content"], t["tool_call_id"], t["stream_seq"]) for t in tools] == [
+        ("-3 °C, snow", "call-a", 3),  # the earliest carrier: `started`
+        ("14:05", "call-b", 3),
+    ]
+    assert all(t["status"] == "completed" and t["tool_calls"] is None for t in tools)
+    final = rows[("r2", "assistant", 0)]
+    assert final["content"] == "It snows in Oslo; it is 14:05." and final["tool_calls"] is None
+    # Every row of a request has the request's time: the reading order is the repository's
+    # (request, then user/tool before the answer, then position).
+    assert {r["created_at"] for r in (*tools, final)} == {datetime.fromtimestamp(T0 + 5, UTC)}
+    # Every row has every column: one insert statement takes them all.
+    assert len({tuple(sorted(r)) for r in rows.values()}) == 1
+
+
+def test_redelivered_and_reordered_tool_turns_give_the_same_rows() -> None:
+    events: list[Started | Completed] = [started(**tool_turn()), completed("done", **tool_turn())]
+    once = keyed([stored(e, i) for i, e in enumerate(events, start=10)])
+    again = keyed(
+        [stored(events[1], 11), stored(events[0], 10), stored(events[1], 11), stored(events[0], 30)]
+    )
+    assert once == again
+    assert sorted(once) == [("r2", "assistant", 0), ("r2", "tool", 0), ("r2", "tool", 1)]
+    # A terminal event alone (cancelled while queued) still brings the tool results.
+    queued = Cancelled(reason="client", **facts(**tool_turn()))  # type: ignore[arg-type]
+    alone = keyed([stored(queued, 7)])
+    assert [alone[("r2", "tool", i)]["tool_call_id"] for i in (0, 1)] == ["call-a", "call-b"]
+    assert alone[("r2", "assistant", 0)]["status"] == "cancelled"
+
+
+def test_inputs_and_answers_split_by_role() -> None:
+    plan = plan_batch([stored(started(), 1), stored(completed("ok", **tool_turn()), 2)])
+    inputs, answers = plan.messages_of({("c1", "u1")})
+    assert sorted((r["role"], r["position"]) for r in inputs) == [("tool", 0), ("tool", 1), ("user", 0)]
+    assert [(r["request_id"], r["role"]) for r in answers] == [("r2", "assistant")]
+
+
+def test_a_tool_turn_does_not_name_the_conversation() -> None:
+    conv = plan_batch([stored(started(**tool_turn()), 1)]).conversations[0]
+    assert conv.title == UNTITLED
+    # The earlier user turn does, whichever comes first in the log.
+    conv = plan_batch([stored(started(**tool_turn()), 1), stored(started(), 2)]).conversations[0]
+    assert conv.title == "hello there"
+
+
+def test_visible_content_and_choice_zero_are_stored() -> None:
+    # The parser's content (markup removed) wins over the raw text; with n > 1 only choice 0,
+    # which is the event's own fields, is a message.
+    other = Choice(index=1, text="second", finish_reason="stop", content="second")
+    event = completed(f"Checking. {MARKUP}", content="Checking.", tool_calls=[WEATHER], choices=[other])
+    row = keyed([stored(event, 1)])[("r1", "assistant", 0)]
+    assert row["content"] == "Checking." and [c["id"] for c in row["tool_calls"]] == ["call-a"]
+    plain = keyed([stored(completed("just text"), 1)])[("r1", "assistant", 0)]
+    assert plain["content"] == "just text" and plain["tool_calls"] is None
+
+
+@pytest.mark.parametrize("kind", ["completion", "embedding"])
+def test_only_chat_turns_are_stored(kind: str) -> None:
+    plan = plan_batch([stored(started(kind=kind), 1), stored(completed(kind=kind), 2)])
+    assert plan.conversations == [] and plan.messages == {} and plan.titles == []
+
+
+def test_nul_in_tool_results_and_calls_is_replaced() -> None:
+    from llmchat_history.mapping import storable
+
+    bad_call = ToolCall(id="c\x00", function=FunctionCall(name="f", arguments='{"a": "\x00"}'))
+    event = completed(
+        "x",
+        tool_calls=[bad_call],
+        content="y\x00",
+        tool_results=[ChatMessage(role="tool", content="r\x00", tool_call_id="c\x00")],
+    )
+    clean = storable(event)
+    assert isinstance(clean, Completed)
+    assert clean.content == "y\ufffd" and clean.tool_calls[0].function.arguments == '{"a": "\ufffd"}'
+    assert clean.tool_calls[0].id == "c\ufffd"
+    assert (clean.tool_results[0].content, clean.tool_results[0].tool_call_id) == ("r\ufffd", "c\ufffd")
+    assert storable(clean) is clean
+
+
+def test_the_api_shows_calls_as_openai_does_and_markdown_renders_them() -> None:
+    from types import SimpleNamespace
+
+    from llmchat_history.service import message
+
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    row = {
+        "request_id": "r1",
+        "role": "assistant",
+        "content": "",
+        "status": "completed",
+        "model": "m",
+        "finish_reason": "tool_calls",
+        "error": None,
+        "prompt_tokens": 3,
+        "completion_tokens": 9,
+        "trace_id": None,
+        "created_at": at,
+        "tool_call_id": None,
+        "tool_calls": [WEATHER.model_dump(mode="json")],
+    }
+    calls = message(SimpleNamespace(**row))
+    assert calls.content is None and calls.tool_calls == [WEATHER] and calls.tool_call_id is None
+    said = message(SimpleNamespace(**{**row, "content": "Checking.", "tool_calls": None}))
+    assert said.content == "Checking." and said.tool_calls is None
+    result = message(
+        SimpleNamespace(
+            **{**row, "role": "tool", "content": "-3 °C", "tool_calls": None, "tool_call_id": "call-a"}
+        )
+    )
+    assert (result.role, result.content, result.tool_call_id, result.usage) == (
+        "tool",
+        "-3 °C",
+        "call-a",
+        None,
+    )
+    dumped = calls.model_dump(mode="json")
+    assert dumped["content"] is None and dumped["tool_calls"][0]["function"]["name"] == "weather"
+
+    conv = conversation().model_copy(update={"messages": [conversation().messages[0], calls, result]})
+    md = render_markdown(conv)
+    assert "Calls `weather` (`call-a`):" in md and '{"city": "Oslo"}' in md
+    assert "## Tool (`call-a`)" in md and "-3 °C" in md
+    assert md.index("how long?") < md.index("Calls `weather`") < md.index("## Tool")
+    assert Conversation.model_validate_json(export(conv, "json").content) == conv
 
 
 # -- replay command line --------------------------------------------------------------------------

@@ -12,7 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-MessageRole = Literal["user", "assistant"]
+from llmchat_common.contracts import ToolCall
+
+# `tool`: a tool result the client sent (OpenAI's tool message), answering one of the calls of
+# the assistant message before it.
+MessageRole = Literal["user", "assistant", "tool"]
 # An assistant answer keeps how its request ended; a user message is always `completed`.
 MessageStatus = Literal["completed", "failed", "cancelled"]
 # Precedence of a title: a user's rename beats the model's title, which beats the first words.
@@ -75,9 +79,18 @@ class MessageUsage(_Out):
 
 
 class Message(_Out):
+    """A stored message, in OpenAI's shape where it has one (`role`, `content`, `tool_calls`,
+    `tool_call_id`). A conversation reads user → assistant (calling tools) → tool results →
+    assistant: each request's own messages come before its answer."""
+
     request_id: str
     role: MessageRole
-    content: str
+    # None: an assistant message that only calls tools (OpenAI's `content: null`).
+    content: str | None
+    # An assistant message's calls (None: it made none, as OpenAI leaves it out).
+    tool_calls: list[ToolCall] | None = None
+    # A tool result: the call it answers.
+    tool_call_id: str | None = None
     status: MessageStatus = "completed"
     model: str | None = None
     finish_reason: str | None = None

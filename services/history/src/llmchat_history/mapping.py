@@ -2,9 +2,15 @@
 
 Every row is a merge that does not care about order or repetition (DESIGN.md §3): a
 conversation takes the earliest request's title and system prompt, the latest event's time and
-model; a message is keyed by (request_id, role) and keeps the earliest log position that
-carried it. So a terminal event before its `started`, a redelivered batch or a whole replay all
-give the same rows.
+model; a message is keyed by (request_id, role, position) and keeps the earliest log position
+that carried it. So a terminal event before its `started`, a redelivered batch or a whole replay
+all give the same rows.
+
+A request gives at most: its user message (position 0), the tool results the client sent with
+it (role `tool`, positions 0.. in the order of the request), and its answer (position 0). Both
+`started` and the terminal event carry the first two (the request's facts); only the terminal
+event carries the answer. Only `chat` requests with a conversation are stored: a title answer
+renames its conversation, and `completion` and `embedding` requests belong to none.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from llmchat_common.contracts import Cancelled, Completed, Failed, Started
 from llmchat_common.projection import ProjectedEvent, StoredEvent
 from llmchat_history.titles import clean_title, fallback_title
 
 log = logging.getLogger(__name__)
+
+# (request_id, role, position): the primary key of a message.
+MessageKey = tuple[str, str, int]
 
 
 def to_datetime(ts: float) -> datetime:
@@ -66,20 +77,21 @@ class TitleAnswer:
 @dataclass
 class BatchPlan:
     conversations: list[ConversationUpsert] = field(default_factory=list)
-    # Keyed by (request_id, role); each row knows its (conversation_id, user_id).
-    messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Each row knows its (conversation_id, user_id).
+    messages: dict[MessageKey, dict[str, Any]] = field(default_factory=dict)
     titles: list[TitleAnswer] = field(default_factory=list)
 
     def messages_of(
         self, accepted: set[tuple[str, str]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(user rows, assistant rows) of the conversations whose owner matched."""
-        users: list[dict[str, Any]] = []
+        """(the requests' own messages: user and tool rows, assistant rows) of the
+        conversations whose owner matched."""
+        inputs: list[dict[str, Any]] = []
         answers: list[dict[str, Any]] = []
         for row in self.messages.values():
             if (row["conversation_id"], row["user_id"]) in accepted:
-                (users if row["role"] == "user" else answers).append(row)
-        return users, answers
+                (answers if row["role"] == "assistant" else inputs).append(row)
+        return inputs, answers
 
 
 Projected = Started | Completed | Failed | Cancelled
@@ -89,54 +101,66 @@ def _request_time(event: Projected) -> datetime:
     return to_datetime(event.created_at if event.created_at is not None else event.ts)
 
 
-def user_row(event: Projected, seq: int) -> dict[str, Any] | None:
-    if event.user_message is None or event.conversation_id is None or event.user_id is None:
-        return None
+def _row(event: Projected, seq: int, role: str, content: str, **fields: Any) -> dict[str, Any]:
+    """A message row with every column set (one insert statement takes many rows of one shape)."""
     return {
         "request_id": event.request_id,
-        "role": "user",
+        "role": role,
+        "position": 0,
         "conversation_id": event.conversation_id,
         "user_id": event.user_id,
-        "content": event.user_message,
+        "content": content,
         "status": "completed",
         "model": event.model,
         "finish_reason": None,
         "error": None,
         "prompt_tokens": None,
         "completion_tokens": None,
+        "tool_call_id": None,
+        "tool_calls": None,
         "trace_id": event.trace_id,
+        # The request's created_at for every row of a request: a conversation reads in request
+        # order, and within a request by role and position (repository.conversation_messages).
         "created_at": _request_time(event),
         "stream_seq": seq,
+        **fields,
     }
+
+
+def input_rows(event: Projected, seq: int) -> list[dict[str, Any]]:
+    """The request's own messages: the user's turn, or the tool results of a tool turn."""
+    if event.conversation_id is None or event.user_id is None:
+        return []
+    rows = [
+        _row(event, seq, "tool", result.content, position=i, tool_call_id=result.tool_call_id)
+        for i, result in enumerate(event.tool_results)
+    ]
+    if event.user_message is not None:
+        rows.insert(0, _row(event, seq, "user", event.user_message))
+    return rows
 
 
 def answer_row(event: Completed | Failed | Cancelled, seq: int) -> dict[str, Any] | None:
     if event.conversation_id is None or event.user_id is None:
         return None
-    error: str | None = None
-    finish_reason: str | None = None
-    if isinstance(event, Completed):
-        finish_reason = event.finish_reason
-    elif isinstance(event, Failed):
-        error = event.code
-    else:
-        error = event.reason
-    return {
-        "request_id": event.request_id,
-        "role": "assistant",
-        "conversation_id": event.conversation_id,
-        "user_id": event.user_id,
-        "content": event.text,
+    fields: dict[str, Any] = {
         "status": event.type,
-        "model": event.model,
-        "finish_reason": finish_reason,
-        "error": error,
         "prompt_tokens": event.usage.prompt_tokens,
         "completion_tokens": event.usage.completion_tokens,
-        "trace_id": event.trace_id,
-        "created_at": _request_time(event),
-        "stream_seq": seq,
     }
+    content = event.text
+    if isinstance(event, Completed):
+        # Choice 0 (the event's own fields; `choices` repeats it when n > 1): the answer without
+        # its tool-call markup, "" when it only calls tools (the API shows that as null).
+        content = event.visible_content() or ""
+        fields["finish_reason"] = event.finish_reason
+        if event.tool_calls:
+            fields["tool_calls"] = [call.model_dump(mode="json") for call in event.tool_calls]
+    elif isinstance(event, Failed):
+        fields["error"] = event.code
+    else:
+        fields["error"] = event.reason
+    return _row(event, seq, "assistant", content, **fields)
 
 
 def _merge_conversation(current: ConversationUpsert | None, event: Projected, seq: int) -> ConversationUpsert:
@@ -166,17 +190,44 @@ def _merge_conversation(current: ConversationUpsert | None, event: Projected, se
     return current
 
 
-_TEXT_FIELDS = ("text", "user_message", "system_prompt")
+_TEXT_FIELDS = ("text", "content", "user_message", "system_prompt")
+_NESTED_FIELDS = ("tool_results", "tool_calls")
+_NUL = "\x00"
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return _NUL in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    return False
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_NUL, "\ufffd")
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def storable(event: ProjectedEvent) -> ProjectedEvent:
-    """Postgres text cannot hold NUL characters, which a model may well generate: they are
-    stored as U+FFFD (the log keeps the exact text)."""
-    changed = {
-        name: value.replace("\x00", "\ufffd")
+    """Postgres text (and JSONB) cannot hold NUL characters, which a model may well generate
+    and a client may send in a tool result: they are stored as U+FFFD (the log keeps the
+    exact text)."""
+    changed: dict[str, Any] = {
+        name: _without_nul(value)
         for name in _TEXT_FIELDS
-        if isinstance(value := getattr(event, name, None), str) and "\x00" in value
+        if isinstance(value := getattr(event, name, None), str) and _NUL in value
     }
+    for name in _NESTED_FIELDS:
+        items: list[BaseModel] = getattr(event, name, None) or []
+        if any(_has_nul(item.model_dump()) for item in items):
+            changed[name] = [type(item).model_validate(_without_nul(item.model_dump())) for item in items]
     return event.model_copy(update=changed) if changed else event
 
 
@@ -198,15 +249,15 @@ def plan_batch(events: Sequence[StoredEvent]) -> BatchPlan:
                         TitleAnswer(event.conversation_id, event.user_id, title, to_datetime(event.ts))
                     )
             continue  # a title request is never a message; a failed one leaves the fallback
+        if event.kind != "chat":
+            continue  # legacy completions and embeddings are not turns of a conversation
         key = (event.conversation_id, event.user_id)
         groups[key] = _merge_conversation(groups.get(key), event, seq)
-        rows = [user_row(event, seq)]
+        rows = input_rows(event, seq)
         if not isinstance(event, Started):
-            rows.append(answer_row(event, seq))
+            rows += [row] if (row := answer_row(event, seq)) is not None else []
         for row in rows:
-            if row is None:
-                continue
-            mkey = (row["request_id"], row["role"])
+            mkey: MessageKey = (row["request_id"], row["role"], row["position"])
             previous = plan.messages.get(mkey)
             # One row per key in a statement (ON CONFLICT may not touch a row twice); the
             # earliest log position wins, as the upsert's merge does.

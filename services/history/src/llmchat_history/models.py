@@ -30,7 +30,7 @@ from sqlalchemy import (
     Text,
     false,
 )
-from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "history"
@@ -79,18 +79,19 @@ class Conversation(Base):
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
     deleted_at: Mapped[datetime | None] = _ts(nullable=True)
-    # Set in the transaction that saw the first completed answer: one title request per
-    # conversation, ever.
+    # Set in the transaction that completed the opening exchange (the first user message and
+    # an answer with text): one title request per conversation, ever.
     title_requested: Mapped[bool] = mapped_column(Boolean, server_default=false())
     title_tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(TITLE_TSV, persisted=True))
 
 
 class Message(Base):
-    """One per (request, role): the user's turn and the assistant's answer of each request."""
+    """One per (request, role, position): a request's user message or tool results (the tool
+    answers the client sent in that turn, in its order) and the assistant's answer."""
 
     __tablename__ = "messages"
     __table_args__ = (
-        CheckConstraint("role IN ('user', 'assistant')", name="role"),
+        CheckConstraint("role IN ('user', 'assistant', 'tool')", name="role"),
         CheckConstraint("status IN ('completed', 'failed', 'cancelled')", name="status"),
         Index(None, "conversation_id", "created_at"),
         Index("ix_messages_content_tsv", "content_tsv", postgresql_using="gin"),
@@ -98,6 +99,8 @@ class Message(Base):
 
     request_id: Mapped[str] = mapped_column(Text, primary_key=True)
     role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # 0 for the user message and the answer; a tool result's index among the request's.
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(Text)
     content: Mapped[str] = mapped_column(Text)
@@ -108,8 +111,13 @@ class Message(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A tool result: the call it answers.
+    tool_call_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # An answer that calls tools: OpenAI's `tool_calls` ([{id, type, function: {name,
+    # arguments}}]); null when it calls none.
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, nullable=True)
     trace_id: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # The request's created_at, for both roles: a conversation reads in request order.
+    # The request's created_at, for every role: a conversation reads in request order.
     created_at: Mapped[datetime] = _ts()
     # The log position of the earliest event that carried this message.
     stream_seq: Mapped[int] = mapped_column(BigInteger)

@@ -1,12 +1,14 @@
 """The history projection of CHAT_EVENTS, and the title requests it leads to.
 
 `HistoryProjection.apply` runs inside the consumer's batch transaction (llmchat_common.projection).
-A batch that completes a conversation's first answer also marks the conversation
-`title_requested` in that transaction and leaves a `TitleJob` in `pending`; the
-`TitlePublisher` publishes those jobs once the batch has committed, before it acks. So a
-title is requested only for committed history, at most once per conversation (the mark), and a
-re-sent publish is a no-op (Nats-Msg-Id = `title-<conversation>`). A publish that fails releases
-the mark: the conversation's next completed answer asks again.
+A batch that completes the answer of a conversation's opening exchange (its first user message
+and an answer that says something) also marks the conversation `title_requested` in that
+transaction and leaves a `TitleJob` in `pending`; the `TitlePublisher` publishes those jobs
+once the batch has committed, before it acks. So a title is requested only for committed
+history, at most once per conversation (the mark), and a re-sent publish is a no-op
+(Nats-Msg-Id = `title-<conversation>`). A publish that fails releases the mark: the
+conversation's next completed answer asks again. Only `chat` turns are stored (mapping.py), so
+nothing else ever leads to a title request.
 
 A title request belongs to the trace of the batch that marked it (the consumer's batch span is
 current when the publisher runs): its publish is a producer span there, the request carries that
@@ -83,8 +85,8 @@ class HistoryProjection:
                     "events for a conversation of another user or a deleted one dropped",
                     extra={"conversation_id": conv.id},
                 )
-        users, answers = plan.messages_of(accepted)
-        await repo.insert_user_messages(conn, users)
+        inputs, answers = plan.messages_of(accepted)
+        await repo.insert_inputs(conn, inputs)
         completed = await repo.insert_answers(conn, answers)
         for answer in plan.titles:
             await repo.set_model_title(conn, answer)
@@ -92,10 +94,13 @@ class HistoryProjection:
             await self._claim_titles(conn, completed)
 
     async def _claim_titles(self, conn: AsyncConnection, conversation_ids: list[str]) -> None:
-        claimed = await repo.claim_title_requests(conn, conversation_ids)
+        # Only a conversation with an opening exchange to name it from is marked: one whose
+        # first turns are tool turns (no user message yet) or answers that only call tools
+        # waits for its next completed answer instead of spending its one request on nothing.
+        openings = await repo.opening_exchanges(conn, conversation_ids)
+        claimed = await repo.claim_title_requests(conn, list(openings))
         if not self.collect or not claimed:
             return
-        openings = await repo.opening_exchanges(conn, [row.id for row in claimed])
         for row in claimed:
             model = self.title_model or row.model
             opening = openings.get(row.id)

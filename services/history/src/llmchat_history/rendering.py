@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import datetime
 
 from llmchat_common.history_contracts import Conversation, Exported, ExportFormat, Message
@@ -51,11 +52,37 @@ def _when(at: datetime) -> str:
     return at.isoformat(timespec="seconds")
 
 
+_HEADINGS = {"user": "## User", "assistant": "## Assistant", "tool": "## Tool"}
+
+
 def _heading(message: Message) -> str:
-    heading = "## User" if message.role == "user" else "## Assistant"
+    heading = _HEADINGS[message.role]
+    if message.tool_call_id:
+        heading += f" ({_inline(message.tool_call_id)})"
     if message.status != "completed":
         heading += f" ({message.status}{': ' + message.error if message.error else ''})"
     return heading
+
+
+def _calls(message: Message) -> list[str]:
+    """An answer's tool calls, one fenced block each (arguments as the model wrote them)."""
+    lines: list[str] = []
+    for call in message.tool_calls or []:
+        heading = f"Calls {_inline(call.function.name)} ({_inline(call.id)}):"
+        lines += [heading, "", *_fenced(call.function.arguments), ""]
+    return lines
+
+
+def _inline(text: str) -> str:
+    """Inline code that a backtick in the text (a model's or a client's) cannot end."""
+    return "`" + text.replace("`", "'") + "`"
+
+
+def _fenced(text: str) -> list[str]:
+    # A fence longer than any run of backticks in the text, so the text cannot close it.
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "json", text, fence]
 
 
 def _footer(message: Message) -> str | None:
@@ -85,7 +112,11 @@ def render_markdown(conversation: Conversation) -> str:
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt.strip(), ""]
     for message in conversation.messages:
-        lines += [_heading(message), "", message.content.strip() or "_(empty)_", ""]
+        lines += [_heading(message), ""]
+        calls = _calls(message)
+        if message.content is not None or not calls:
+            lines += [(message.content or "").strip() or "_(empty)_", ""]
+        lines += calls
         footer = _footer(message)
         if footer:
             lines += [footer, ""]

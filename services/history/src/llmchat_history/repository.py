@@ -68,14 +68,19 @@ async def upsert_conversations(
     return {(r.id, r.user_id) for r in await conn.execute(stmt)}
 
 
-async def insert_user_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+# The primary key: ON CONFLICT names it.
+MESSAGE_KEY = [M.c.request_id, M.c.role, M.c.position]
+
+
+async def insert_inputs(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """The requests' own messages: user messages and tool results."""
     if not rows:
         return
     stmt = pg_insert(M)
-    # The same user turn comes with `started` and with the terminal event: the earliest log
+    # The same message comes with `started` and with the terminal event: the earliest log
     # position is kept whichever arrives first.
     stmt = stmt.on_conflict_do_update(
-        index_elements=[M.c.request_id, M.c.role],
+        index_elements=MESSAGE_KEY,
         set_={"stream_seq": stmt.excluded.stream_seq},
         where=stmt.excluded.stream_seq < M.c.stream_seq,
     )
@@ -88,7 +93,7 @@ async def insert_answers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
         return []
     stmt = (
         pg_insert(M)
-        .on_conflict_do_nothing(index_elements=[M.c.request_id, M.c.role])
+        .on_conflict_do_nothing(index_elements=MESSAGE_KEY)
         .returning(M.c.conversation_id, M.c.status)
     )
     result = await conn.execute(stmt, list(rows))
@@ -112,6 +117,59 @@ async def set_model_title(conn: AsyncConnection, answer: TitleAnswer) -> None:
     )
 
 
+def _untitled(conversation_ids: Sequence[str]) -> Any:
+    """Conversations that may still get their one title request: not yet asked for, not
+    deleted, not named by their user."""
+    return and_(
+        C.c.id.in_(sorted(set(conversation_ids))),
+        C.c.title_requested.is_(False),
+        C.c.deleted_at.is_(None),
+        C.c.title_source != "user",
+    )
+
+
+async def opening_exchanges(
+    conn: AsyncConnection, conversation_ids: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """The opening exchange of each conversation that may still get a title: its first user
+    message and the first completed answer from that request on that says something (an
+    answer that only calls tools does not; the answer to the tool results does). A
+    conversation without both (its only turn so far is a tool turn, say) is left out."""
+    if not conversation_ids:
+        return {}
+    ids = sorted(set(conversation_ids))
+    first_user = (
+        select(M.c.conversation_id, M.c.content, M.c.created_at, M.c.request_id)
+        .ext(distinct_on(M.c.conversation_id))
+        .join(C, and_(C.c.id == M.c.conversation_id, _untitled(ids)))
+        .where(M.c.conversation_id.in_(ids), M.c.role == "user")
+        .order_by(M.c.conversation_id, M.c.created_at, M.c.request_id)
+        .subquery("first_user")
+    )
+    answer = M.alias("answer")
+    stmt = (
+        select(
+            first_user.c.conversation_id,
+            first_user.c.content.label("question"),
+            answer.c.content.label("answer"),
+        )
+        .ext(distinct_on(first_user.c.conversation_id))
+        .join(
+            answer,
+            and_(
+                answer.c.conversation_id == first_user.c.conversation_id,
+                answer.c.role == "assistant",
+                answer.c.status == "completed",
+                answer.c.content != "",
+                tuple_(answer.c.created_at, answer.c.request_id)
+                >= tuple_(first_user.c.created_at, first_user.c.request_id),
+            ),
+        )
+        .order_by(first_user.c.conversation_id, answer.c.created_at, answer.c.request_id)
+    )
+    return {row.conversation_id: (row.question, row.answer) for row in await conn.execute(stmt)}
+
+
 async def claim_title_requests(conn: AsyncConnection, conversation_ids: Sequence[str]) -> list[Row[Any]]:
     """Marks conversations that get their one title request; those not yet marked come back.
     A user who already named the conversation needs none."""
@@ -119,12 +177,7 @@ async def claim_title_requests(conn: AsyncConnection, conversation_ids: Sequence
         return []
     result = await conn.execute(
         update(C)
-        .where(
-            C.c.id.in_(sorted(set(conversation_ids))),
-            C.c.title_requested.is_(False),
-            C.c.deleted_at.is_(None),
-            C.c.title_source != "user",
-        )
+        .where(_untitled(conversation_ids))
         .values(title_requested=True)
         .returning(C.c.id, C.c.user_id, C.c.model)
     )
@@ -134,27 +187,6 @@ async def claim_title_requests(conn: AsyncConnection, conversation_ids: Sequence
 async def release_title_request(conn: AsyncConnection, conversation_id: str) -> None:
     """The request could not be published: the next completed answer tries again."""
     await conn.execute(update(C).where(C.c.id == conversation_id).values(title_requested=False))
-
-
-async def opening_exchanges(
-    conn: AsyncConnection, conversation_ids: Sequence[str]
-) -> dict[str, tuple[str, str]]:
-    """The first user message and the first completed answer of each conversation."""
-    if not conversation_ids:
-        return {}
-    first = (
-        select(M.c.conversation_id, M.c.role, M.c.content)
-        .ext(distinct_on(M.c.conversation_id, M.c.role))
-        .where(
-            M.c.conversation_id.in_(sorted(set(conversation_ids))),
-            or_(M.c.role == "user", M.c.status == "completed"),
-        )
-        .order_by(M.c.conversation_id, M.c.role, M.c.created_at, M.c.request_id)
-    )
-    found: dict[str, dict[str, str]] = {}
-    for row in await conn.execute(first):
-        found.setdefault(row.conversation_id, {})[row.role] = row.content
-    return {cid: (m["user"], m["assistant"]) for cid, m in found.items() if "user" in m and "assistant" in m}
 
 
 # -- reads ----------------------------------------------------------------------------------------
@@ -205,12 +237,13 @@ async def conversation(conn: AsyncConnection, user_id: str, conversation_id: str
 
 
 async def conversation_messages(conn: AsyncConnection, conversation_id: str) -> list[Row[Any]]:
-    # Request order; within a request the user's turn before the answer.
-    user_first = case((M.c.role == "user", 0), else_=1)
+    # Request order; within a request what it brought (the user's turn, or the tool results in
+    # their order) before its answer: user → assistant (tool calls) → tool results → answer.
+    rank = case((M.c.role == "user", 0), (M.c.role == "tool", 1), else_=2)
     result = await conn.execute(
         select(*MESSAGE_COLUMNS)
         .where(M.c.conversation_id == conversation_id)
-        .order_by(M.c.created_at, M.c.request_id, user_first)
+        .order_by(M.c.created_at, M.c.request_id, rank, M.c.position)
     )
     return list(result)
 

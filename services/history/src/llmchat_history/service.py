@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llmchat_common.contracts import ToolCall
 from llmchat_common.history_contracts import (
     Conversation,
     ConversationPage,
@@ -57,10 +58,14 @@ def message(row: Any) -> Message:
         usage = MessageUsage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
+    tool_calls = [ToolCall.model_validate(call) for call in row.tool_calls] if row.tool_calls else None
     return Message(
         request_id=row.request_id,
         role=row.role,
-        content=row.content,
+        # An answer that only calls tools is stored as "": OpenAI's shape says null.
+        content=None if tool_calls and not row.content else row.content,
+        tool_calls=tool_calls,
+        tool_call_id=row.tool_call_id,
         status=row.status,
         model=row.model,
         finish_reason=row.finish_reason,
