@@ -17,6 +17,7 @@ from llmchat_common.contracts import (
     ChatRequested,
     Completed,
     Delta,
+    FunctionTool,
     GenerationParams,
     Reset,
     Started,
@@ -37,7 +38,7 @@ class PositionalEngine:
     model_path = "positional"
     stop_token_ids = frozenset({0})
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
         return [1, 2, 3]
 
     def decode(self, ids: list[int]) -> str:
@@ -196,7 +197,7 @@ class ByteEngine:
     stop_token_ids = frozenset({EOS})
     prompt_text = "user\nhi\nassistant\n"
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
         return [BYTE0 + b for b in self.prompt_text.encode()]
 
     def decode(self, ids: list[int]) -> str:

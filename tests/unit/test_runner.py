@@ -16,6 +16,7 @@ from llmchat_common.contracts import (
     Completed,
     Delta,
     Failed,
+    FunctionTool,
     GenerationParams,
     Started,
 )
@@ -37,7 +38,7 @@ class ScriptedEngine:
         self.dead_at = dead_at
         self.aborted: list[str] = []
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
         return [1] * sum(len(m.content.split()) for m in messages)
 
     def decode(self, ids: list[int]) -> str:
@@ -311,7 +312,9 @@ async def test_cancel_is_honoured_even_when_an_await_swallows_it() -> None:
 
 async def test_chat_template_error_is_the_callers() -> None:
     class Picky(ScriptedEngine):
-        def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        def encode_chat(
+            self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None
+        ) -> list[int]:
             raise ValueError("roles must alternate")
 
     run, _ = runner(Picky())

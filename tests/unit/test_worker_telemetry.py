@@ -27,6 +27,7 @@ from llmchat_common.contracts import (
     CancelRequest,
     ChatMessage,
     ChatRequested,
+    FunctionTool,
     GenerationParams,
     parse_event,
 )
@@ -53,7 +54,7 @@ class ScriptedEngine:
         self.trace_headers: list[Mapping[str, str] | None] = []
         self.aborted: list[str] = []
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
         return [1] * sum(len(m.content.split()) for m in messages)
 
     async def generate(

@@ -6,6 +6,7 @@ Rules: add fields only with defaults; a breaking change gets a new version and a
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -41,6 +42,13 @@ class ToolCall(_Contract):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+def tool_call_id(request_id: str, choice: int, position: int) -> str:
+    """The id of a request's tool call: the same for every reader that derives it (the edge
+    names a streamed call before the terminal event exists; history and replays agree)."""
+    digest = hashlib.sha256(f"{request_id}:{choice}:{position}".encode()).hexdigest()
+    return f"chatcmpl-tool-{digest[:32]}"
 
 
 class ChatMessage(_Contract):
@@ -178,7 +186,8 @@ class ChatRequested(_Contract):
                 last.content if last is not None and last.role == "user" and not self.regenerate else None
             ),
             "system_prompt": first.content if first is not None and first.role == "system" else None,
-            "tool_results": self.tool_results(),
+            # Like the user message, stored once: not again by a regenerated answer.
+            "tool_results": [] if self.regenerate else self.tool_results(),
         }
 
     def tool_results(self) -> list[ChatMessage]:

@@ -138,7 +138,8 @@ class Progress:
         if isinstance(event, Delta):
             if event.seq != self._next_seq and self.broken is None:
                 self.broken = f"attempt {event.attempt} lost events before seq {event.seq}"
-            self._pieces.append((list(event.token_ids), event.text))
+            if event.index == 0:  # choice 0 is the answer (the others start over)
+                self._pieces.append((list(event.token_ids), event.text))
         self._next_seq = event.seq + 1
 
     def _finish(self) -> None:

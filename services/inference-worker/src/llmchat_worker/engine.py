@@ -12,11 +12,25 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from llmchat_common.contracts import ChatMessage, GenerationParams
+from llmchat_common.contracts import (
+    ChatMessage,
+    ChatRequested,
+    FunctionCall,
+    FunctionTool,
+    GenerationParams,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    tool_call_id,
+)
 from llmchat_common.telemetry import traces_endpoint
+from llmchat_worker import tools as tooling
 from llmchat_worker.errors import EngineFailure
-from llmchat_worker.profiles import ModelProfile, check_hardware, resolve_model_path
+from llmchat_worker.profiles import ModelProfile, check_hardware, resolve_chat_template, resolve_model_path
 from llmchat_worker.service import TokenChunk
+
+# vLLM's server clamps -inf log probabilities so that they serialise as JSON numbers.
+MIN_LOGPROB = -9999.0
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +44,8 @@ class VllmEngine:
         self._engine: Any = None
         self._tokenizer: Any = None
         self._stop_token_ids: frozenset[int] = frozenset()
+        self._chat_template: str | None = None
+        self._tool_parser: Any = None
         # The engine's OTLP endpoint: its `llm_request` span per request joins our trace.
         self.traces_endpoint: str | None = None
 
@@ -63,6 +79,11 @@ class VllmEngine:
 
         self.model_path = resolve_model_path(self.profile, self.models_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self._chat_template = resolve_chat_template(self.profile)
+        if self.profile.tool_call_parser:
+            from vllm.tool_parsers import ToolParserManager
+
+            self._tool_parser = ToolParserManager.get_tool_parser(self.profile.tool_call_parser)
         args = AsyncEngineArgs(
             model=self.model_path,
             served_model_name=[self.profile.alias],
@@ -116,14 +137,55 @@ class VllmEngine:
         # spaces); bytes of an incomplete character come out as U+FFFD.
         return str(self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
+        with_tools = bool(tools) or any(m.role == "tool" or m.tool_calls for m in messages)
         ids = self._tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages],
+            [tooling.template_message(m.model_dump()) for m in messages],
+            tools=tooling.template_tools(tools or []),
+            # The profile's template for tools where the model's own renders none.
+            chat_template=self._chat_template if with_tools else None,
             add_generation_prompt=True,
             tokenize=True,
             return_dict=False,
         )
         return [int(i) for i in ids]
+
+    @property
+    def tool_call_start(self) -> str | None:
+        """The text that opens a tool call in this model's output (its parser's marker)."""
+        if self._tool_parser is None:
+            return None
+        marker = getattr(self._tool_parser, "tool_call_start_token", None)
+        return marker if isinstance(marker, str) and marker else None
+
+    def parse_tool_calls(
+        self, text: str, request: ChatRequested, choice: int = 0
+    ) -> tuple[str | None, list[ToolCall]]:
+        """`tool_choice: auto`: the calls the profile's tool-call parser (vLLM's) finds in the
+        text, and the text without them. No parser: the text as it is, no calls."""
+        if self._tool_parser is None or not request.tools_active():
+            return None, []
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        vllm_request = ChatCompletionRequest.model_validate(
+            {
+                "model": self.profile.alias,
+                "messages": [{"role": "user", "content": ""}],
+                "tools": tooling.template_tools(request.tools),
+                "tool_choice": "auto",
+            }
+        )
+        info = self._tool_parser(self._tokenizer, vllm_request.tools).extract_tool_calls(text, vllm_request)
+        if not info.tools_called:
+            return None, []
+        calls = [
+            ToolCall(
+                id=tool_call_id(request.request_id, choice, i),
+                function=FunctionCall(name=call.function.name, arguments=call.function.arguments),
+            )
+            for i, call in enumerate(info.tool_calls)
+        ]
+        return info.content or "", calls
 
     async def generate(
         self,
@@ -134,20 +196,10 @@ class VllmEngine:
         priority: int = 0,
         trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[TokenChunk]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        sampling = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            ignore_eos=params.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        sampling = sampling_params(params, max_tokens)
         try:
             async for output in self._engine.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids),
@@ -157,14 +209,51 @@ class VllmEngine:
                 # Without tracing the engine would warn on every request that carries them.
                 trace_headers=trace_headers if self.traces_endpoint else None,
             ):
-                completion = output.outputs[0]
-                yield TokenChunk(
-                    text=completion.text,
-                    token_ids=list(completion.token_ids),
-                    finish_reason=completion.finish_reason,
-                )
+                for completion in output.outputs:
+                    ids = list(completion.token_ids)
+                    yield TokenChunk(
+                        text=completion.text,
+                        token_ids=ids,
+                        finish_reason=completion.finish_reason,
+                        logprobs=self._logprobs(ids, completion.logprobs, params.logprobs),
+                        index=completion.index,
+                    )
         except EngineDeadError as exc:
             raise EngineFailure(str(exc)) from exc
+
+    def _logprobs(self, ids: list[int], steps: Any, top: int | None) -> list[TokenLogprob] | None:
+        """OpenAI's per-token log probabilities, built as vLLM's server builds them: the sampled
+        token's, then the first `top` entries of the step (the sampler's order)."""
+        if top is None or steps is None:
+            return None
+        out: list[TokenLogprob] = []
+        for token_id, step in zip(ids, steps, strict=False):
+            chosen = step.get(token_id) if step is not None else None
+            if chosen is None:
+                token = self._tokenizer.decode(token_id)
+                out.append(TokenLogprob(token=token, logprob=MIN_LOGPROB, bytes=_bytes(token)))
+                continue
+            token = self._token_text(chosen.decoded_token, token_id)
+            out.append(
+                TokenLogprob(
+                    token=token,
+                    logprob=max(chosen.logprob, MIN_LOGPROB),
+                    bytes=None if chosen.decoded_token is None else _bytes(chosen.decoded_token),
+                    top=[
+                        TopLogprob(
+                            token=(text := self._token_text(entry.decoded_token, other)),
+                            logprob=max(entry.logprob, MIN_LOGPROB),
+                            bytes=_bytes(text),
+                        )
+                        for i, (other, entry) in enumerate(step.items())
+                        if i < top
+                    ],
+                )
+            )
+        return out
+
+    def _token_text(self, decoded: str | None, token_id: int) -> str:
+        return decoded if decoded is not None else str(self._tokenizer.decode(token_id))
 
     async def abort(self, key: str) -> None:
         if self._engine is not None:
@@ -188,3 +277,43 @@ class VllmEngine:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8", errors="replace"))
+
+
+def sampling_params(params: GenerationParams, max_tokens: int) -> Any:
+    """vLLM's SamplingParams for one request: OpenAI's parameters, vLLM's extras, and the
+    output constraint (`response_format`, already the forced tool call's shape when forced)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    extras: dict[str, Any] = {}
+    if params.repetition_penalty is not None:
+        extras["repetition_penalty"] = params.repetition_penalty
+    if params.top_k is not None:
+        extras["top_k"] = params.top_k
+    if params.min_p is not None:
+        extras["min_p"] = params.min_p
+    if params.logit_bias:
+        extras["logit_bias"] = dict(params.logit_bias)
+    format_ = params.response_format
+    if format_ is not None and format_.type == "json_schema" and format_.json_schema is not None:
+        extras["structured_outputs"] = StructuredOutputsParams(json=dict(format_.json_schema))
+    elif format_ is not None and format_.type == "json_object":
+        extras["structured_outputs"] = StructuredOutputsParams(json_object=True)
+    return SamplingParams(
+        n=params.n,
+        max_tokens=max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=list(params.stop) or None,
+        seed=params.seed,
+        ignore_eos=params.ignore_eos,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        logprobs=params.logprobs,
+        output_kind=RequestOutputKind.DELTA,
+        **extras,
+    )

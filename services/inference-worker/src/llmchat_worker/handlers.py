@@ -540,6 +540,8 @@ class RequestConsumer:
             return None, None  # nothing was generated yet: a plain new attempt
         if not self.settings.continuation:
             return None, "continuation is turned off on this worker"
+        if reason := _no_continuation(request):
+            return None, reason
         if request.params.stop:
             # The engine holds back text that might begin a stop sequence, but not its token
             # ids: the stored text may lag the stored tokens, and a stop sequence may straddle
@@ -563,7 +565,7 @@ class RequestConsumer:
 
     def _settle(self, request: ChatRequested, stored: Resume) -> Resume | None:
         try:
-            prompt_ids = self.engine.encode_chat(request.messages)
+            prompt_ids = self.engine.encode_chat(request.messages, request.tools or None)
         except Exception:  # noqa: BLE001 - the run itself rejects such a request
             prompt_ids = []
         try:
@@ -591,7 +593,7 @@ class RequestConsumer:
             seq=0,
             worker_id=self.settings.worker_id,
             ts=time.time(),
-            **request.facts(),  # type: ignore[arg-type]
+            **request.facts(),
             code="worker_crashed",
             message=f"the request was stopped after {crashed} attempts whose workers died while "
             "running it; it is not retried",
@@ -650,6 +652,24 @@ class RequestConsumer:
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
 
 
+def _no_continuation(request: ChatRequested) -> str | None:
+    """Why a request's answer cannot go on from where a dead attempt stopped, if it cannot:
+    constrained decoding (a forced tool call, a JSON format) would start its grammar over in the
+    middle of the JSON; the log probabilities and the other choices of the dead attempt are not
+    all in its deltas' order of the answer. These answers start over (with greedy sampling,
+    the same answer again)."""
+    params = request.params
+    if request.tools_active():
+        return "tool calling: the tool-call format starts over"
+    if params.response_format is not None and params.response_format.type != "text":
+        return "structured output: constrained decoding starts its grammar over"
+    if params.n > 1:
+        return "several choices: each starts over"
+    if params.logprobs is not None:
+        return "log probabilities: the answer starts over with them"
+    return None
+
+
 async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveries: int) -> None:
     """A request that used up max_deliver (e.g. its workers kept dying) ends `failed`, so its
     client gets a clear error instead of waiting for the deadline. Every worker of the model
@@ -675,7 +695,7 @@ async def _publish_exhausted(js: JetStreamContext, request: ChatRequested, deliv
         seq=0,
         worker_id="jetstream",
         ts=time.time(),
-        **request.facts(),  # type: ignore[arg-type]
+        **request.facts(),
         code="max_deliveries",
         message=f"the request failed on all {deliveries} deliveries",
         retriable=False,

@@ -32,9 +32,10 @@ class ModelProfile(BaseModel):
     # Tool calling with `tool_choice: auto`: vLLM's tool-call parser for this model's output
     # (`hermes`, `llama3_json`, `mistral`, ...). None: `auto` answers in text only.
     tool_call_parser: str | None = None
-    # A Jinja chat template replacing the tokenizer's own: a file name in the built-in
-    # profiles folder, or a path. Needed where the model's template renders no tools.
-    chat_template: str | None = None
+    # A Jinja chat template used instead of the tokenizer's own for requests that carry tools
+    # or tool messages (a file name in the built-in profiles folder, or a path): for models
+    # whose own template renders no tools. Other requests keep the model's template.
+    tool_chat_template: str | None = None
     # `chat` or `embedding` (served by vLLM's pooling runner, only for `/v1/embeddings`).
     kind: Literal["chat", "embedding"] = "chat"
     # Input modalities the model reads (`text`, `image`, `audio`); the edge refuses others.
@@ -110,3 +111,18 @@ def check_hardware(profile: ModelProfile, *, is_cpu: bool, gpu_count: int) -> No
         raise ProfileError(f"profile {profile.alias!r}: tensor parallelism needs GPUs on this build")
     if not is_cpu and gpu_count < need:
         raise ProfileError(f"profile {profile.alias!r} needs {need} GPU(s); found {gpu_count}")
+
+
+def resolve_chat_template(profile: ModelProfile) -> str | None:
+    """The profile's tool chat template text (a built-in template's file name, or a path);
+    None: the tokenizer's own."""
+    name = profile.tool_chat_template
+    if name is None:
+        return None
+    builtin = resources.files("llmchat_worker").joinpath("profiles").joinpath(name)
+    if builtin.is_file():
+        return builtin.read_text()
+    path = Path(name)
+    if not path.is_file():
+        raise ProfileError(f"profile {profile.alias!r}: chat template {name} does not exist")
+    return path.read_text()

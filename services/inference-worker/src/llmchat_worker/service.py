@@ -14,25 +14,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from dataclasses import dataclass, replace
-from typing import Protocol, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypedDict, runtime_checkable
 
 from llmchat_common.contracts import (
     Cancelled,
     CancelReason,
     ChatMessage,
     ChatRequested,
+    Choice,
     Completed,
     Delta,
     Failed,
+    FunctionTool,
     GenerationParams,
     Released,
     Reset,
     Started,
     Timings,
+    TokenLogprob,
+    ToolCall,
     Usage,
 )
 from llmchat_worker import metrics
+from llmchat_worker import tools as tooling
 from llmchat_worker.errors import EngineFailure, RequestRejected
 from llmchat_worker.profiles import ModelProfile
 
@@ -55,13 +60,18 @@ class TokenChunk:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    # The choice (`n` > 1) these tokens belong to.
+    index: int = 0
 
 
 class EngineLike(Protocol):
     max_model_len: int
     model_path: str
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]: ...
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
+        """The prompt's token ids (the chat template renders `tools` when given)."""
+        ...
 
     def decode(self, ids: list[int]) -> str:
         """The text of token ids as the engine's detokenizer gives it (special tokens
@@ -88,6 +98,19 @@ class EngineLike(Protocol):
         ...
 
     async def abort(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class ToolCallParsing(Protocol):
+    """An engine whose model writes tool calls in a format a parser reads (`tool_choice:
+    auto`); the profile names vLLM's parser."""
+
+    @property
+    def tool_call_start(self) -> str | None: ...
+
+    def parse_tool_calls(
+        self, text: str, request: ChatRequested, choice: int = 0
+    ) -> tuple[str | None, list[ToolCall]]: ...
 
 
 class ServingEngine(EngineLike, Protocol):
@@ -196,12 +219,15 @@ class DeltaCoalescer:
         self._clock = clock
         self._text: list[str] = []
         self._ids: list[int] = []
+        self._logprobs: list[TokenLogprob] | None = None
         self._last_sent: float | None = None
 
-    def add(self, text: str, token_ids: list[int]) -> bool:
+    def add(self, text: str, token_ids: list[int], logprobs: list[TokenLogprob] | None = None) -> bool:
         """Buffer a chunk; True when the buffer should be flushed now."""
         self._text.append(text)
         self._ids.extend(token_ids)
+        if logprobs is not None:
+            self._logprobs = [*(self._logprobs or []), *logprobs]
         return self._last_sent is None or len(self._ids) >= self._config.max_tokens or self.due_in() <= 0
 
     def due_in(self) -> float:
@@ -218,6 +244,23 @@ class DeltaCoalescer:
         self._text, self._ids = [], []
         self._last_sent = self._clock()
         return text, ids
+
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        """The log probabilities of what `take` returned (call it right after)."""
+        logprobs, self._logprobs = self._logprobs, None
+        return logprobs
+
+
+@dataclass
+class ChoiceState:
+    """What one choice (`n` > 1) has generated so far."""
+
+    index: int
+    coalescer: DeltaCoalescer
+    tokens: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str = "stop"
 
 
 class RequestRunner:
@@ -247,7 +290,7 @@ class RequestRunner:
         self.sink = sink
         self.clock = clock
         self.cancel_reason: CancelReason | None = None
-        self._coalescer = DeltaCoalescer(coalesce)
+        self._coalesce = coalesce
         # Tokens held back by the coalescer go out when this timer fires (its flush runs as a
         # task; `_flush` waits for it, so deltas keep their order and seq).
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -261,8 +304,12 @@ class RequestRunner:
         # cannot, starts over after a `reset` event.
         self.resume = resume or Resume([], "")
         self.reset_reason = reset_reason
-        self._tokens: list[int] = list(self.resume.tokens)
-        self._text: list[str] = [self.resume.text] if self.resume.text else []
+        first = ChoiceState(0, DeltaCoalescer(coalesce), list(self.resume.tokens))
+        first.text = [self.resume.text] if self.resume.text else []
+        # One per choice (`n` > 1); choice 0 is the answer history stores and failover resumes.
+        self._choices: dict[int, ChoiceState] = {0: first}
+        self._tokens = first.tokens
+        self._text = first.text
         self._started_at = 0.0
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
@@ -309,6 +356,7 @@ class RequestRunner:
                 engine_model=self.engine.model_path,
                 resumed_tokens=len(self.resume.tokens),
                 resumed_chars=len(self.resume.text),
+                tool_call_start=self._tool_call_start(),
             )
         )
         if self.resume.finish_reason is not None:
@@ -374,15 +422,7 @@ class RequestRunner:
             await self._abort(self.cancel_reason)
             return await self._finish_cancelled(self.cancel_reason)
         await self._flush()
-        return await self._terminal(
-            Completed(
-                **self._base(),
-                finish_reason=finish_reason,
-                text="".join(self._text),
-                usage=self._usage(),
-                timings=self._timings(),
-            )
-        )
+        return await self._terminal(self._completed(finish_reason))
 
     async def _abort(self, reason: CancelReason) -> None:
         await self.engine.abort(self.engine_key)
@@ -391,6 +431,10 @@ class RequestRunner:
     async def _encode(self) -> list[int]:
         try:
             # In a thread: tokenizing a long prompt must not stall every other stream.
+            if self.request.tools:
+                return await asyncio.to_thread(
+                    self.engine.encode_chat, self.request.messages, self.request.tools
+                )
             return await asyncio.to_thread(self.engine.encode_chat, self.request.messages)
         except Exception as exc:
             raise RequestRejected("invalid_request", f"the messages do not fit this model: {exc}") from exc
@@ -424,37 +468,98 @@ class RequestRunner:
                 self._flush_timer = None
 
     async def _generate_events(self, prompt_ids: list[int], max_tokens: int) -> str:
-        finish_reason = "stop"
         request = self.request
+        params = request.params
+        constraint = tooling.constraint(request)
+        if constraint != params.response_format:
+            params = params.model_copy(update={"response_format": constraint})
         async for chunk in self.engine.generate(
             self.engine_key,
             prompt_ids,
-            request.params,
+            params,
             max_tokens,
             request.priority,
             trace_headers=self.trace_headers,
         ):
             now = self.clock()
+            choice = self._choice(chunk.index)
             if chunk.token_ids:
                 if self._first_token_at is None:
                     self._first_token_at = now
                 self._last_token_at = now
-                self._tokens.extend(chunk.token_ids)
+                choice.tokens.extend(chunk.token_ids)
                 self._generated.inc(len(chunk.token_ids))
-            self._text.append(chunk.text)
-            if self._coalescer.add(chunk.text, chunk.token_ids):
+            choice.text.append(chunk.text)
+            if chunk.logprobs is not None:
+                choice.logprobs = [*(choice.logprobs or []), *chunk.logprobs]
+            if choice.coalescer.add(chunk.text, chunk.token_ids, chunk.logprobs):
                 await self._flush()
             elif self._flush_timer is None:
                 self._flush_timer = asyncio.get_running_loop().call_later(
-                    max(0.0, self._coalescer.due_in()), self._on_flush_timer
+                    max(0.0, choice.coalescer.due_in()), self._on_flush_timer
                 )
             if chunk.finish_reason is not None:
-                finish_reason = chunk.finish_reason
+                choice.finish_reason = chunk.finish_reason
             if self.cancel_reason is not None:
                 # The task's cancellation can be swallowed by an await that shields it (the
                 # broker client's publish); the flag is the contract.
                 return "cancelled"
-        return finish_reason
+        return self._choices[0].finish_reason
+
+    def _choice(self, index: int) -> ChoiceState:
+        choice = self._choices.get(index)
+        if choice is None:
+            choice = self._choices[index] = ChoiceState(index, DeltaCoalescer(self._coalesce))
+        return choice
+
+    def _tool_call_start(self) -> str | None:
+        request = self.request
+        if request.tool_choice != "auto" or not request.tools or not isinstance(self.engine, ToolCallParsing):
+            return None
+        return self.engine.tool_call_start
+
+    def _outcome(self, choice: ChoiceState, engine_reason: str) -> Choice:
+        """A finished choice as OpenAI clients read it: the tool calls in its text, if any."""
+        text = "".join(choice.text)
+        content: str | None = None
+        calls = tooling.forced_calls(self.request, text, choice.index)
+        if calls is not None:
+            content = ""
+        elif self._tool_call_start() is not None and isinstance(self.engine, ToolCallParsing):
+            parsed_content, calls = self.engine.parse_tool_calls(text, self.request, choice.index)
+            if calls:
+                content = parsed_content
+        calls = calls or []
+        if calls and not self.request.parallel_tool_calls:
+            calls = calls[:1]
+        return Choice(
+            index=choice.index,
+            text=text,
+            finish_reason=tooling.finish_reason(self.request, engine_reason, calls),
+            tool_calls=calls,
+            content=content,
+            logprobs=choice.logprobs,
+            completion_tokens=len(choice.tokens),
+        )
+
+    def _completed(self, finish_reason: str) -> Completed:
+        first = self._outcome(self._choices[0], finish_reason)
+        choices = (
+            [first, *(self._outcome(c, c.finish_reason) for i, c in sorted(self._choices.items()) if i)]
+            if self.request.params.n > 1
+            else []
+        )
+        return Completed(
+            **self._base(),
+            finish_reason=first.finish_reason,
+            text=first.text,
+            usage=self._usage(),
+            timings=self._timings(),
+            tool_calls=first.tool_calls,
+            content=first.content,
+            logprobs=first.logprobs,
+            choices=choices,
+        )
 
     async def release(self, reason: str) -> None:
         """Hands the unfinished request back on purpose: what it generated is stored (so the
@@ -487,9 +592,14 @@ class RequestRunner:
 
     async def _send_pending(self) -> None:
         async with self._sending:
-            if self._coalescer.pending():
-                text, ids = self._coalescer.take()
-                await self._emit(Delta(**self._base(), text=text, token_ids=ids))
+            for index, choice in sorted(self._choices.items()):
+                coalescer = choice.coalescer
+                if coalescer.pending():
+                    text, ids = coalescer.take()
+                    logprobs = coalescer.take_logprobs()
+                    await self._emit(
+                        Delta(**self._base(), text=text, token_ids=ids, logprobs=logprobs, index=index)
+                    )
 
     async def _finish_cancelled(self, reason: CancelReason) -> Terminal:
         await self._flush()
@@ -525,7 +635,8 @@ class RequestRunner:
         return event
 
     def _usage(self) -> Usage:
-        return Usage(prompt_tokens=self._prompt_tokens, completion_tokens=len(self._tokens))
+        generated = sum(len(choice.tokens) for choice in self._choices.values())
+        return Usage(prompt_tokens=self._prompt_tokens, completion_tokens=generated)
 
     def _timings(self) -> Timings:
         created = self.request.created_at

@@ -12,7 +12,7 @@ import asyncio
 import zlib
 from collections.abc import AsyncGenerator, Collection, Mapping
 
-from llmchat_common.contracts import ChatMessage, GenerationParams
+from llmchat_common.contracts import ChatMessage, FunctionTool, GenerationParams
 from llmchat_worker.profiles import ModelProfile
 from llmchat_worker.service import TokenChunk
 
@@ -51,7 +51,7 @@ class SyntheticEngine:
     def running(self) -> int:
         return len(self._running)
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> list[int]:
         # One id per word (and one per message for its role), the same for the same text.
         ids: list[int] = []
         for message in messages:
