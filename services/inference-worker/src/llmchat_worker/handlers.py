@@ -34,6 +34,7 @@ from llmchat_common.contracts import (
     Completed,
     Delta,
     Failed,
+    ModelCapabilities,
     Released,
     Usage,
     WorkerInfo,
@@ -45,6 +46,7 @@ from llmchat_common.request_log import LogUnavailable, Progress, progress_of, re
 from llmchat_common.telemetry import attached, consumer_span, extract, inject, record_error, tracer
 from llmchat_worker import metrics
 from llmchat_worker.errors import EngineFailure
+from llmchat_worker.profiles import ModelProfile
 from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import (
     CoalesceConfig,
@@ -199,6 +201,15 @@ def record_outcome(span: Span, event: Terminal | Released, *, prompt_tokens: int
     else:
         span.set_attribute("llmchat.error_code", event.code)
         span.set_status(Status(StatusCode.ERROR, event.code))
+
+
+def capabilities(profile: ModelProfile) -> ModelCapabilities:
+    """What the edge may send this model: tool calls and JSON output on every chat model (the
+    forced ones by constrained decoding; `auto` reads calls with the profile's parser, if it
+    names one), what its profile declares for the rest."""
+    if profile.kind == "embedding":
+        return ModelCapabilities(kind="embedding", tools=False, json_output=False, modalities=["text"])
+    return ModelCapabilities(kind="chat", modalities=list(profile.modalities), fim=profile.fim)
 
 
 class RequestConsumer:
@@ -632,6 +643,7 @@ class RequestConsumer:
             version=VERSION,
             heartbeat_at=time.time(),
             started_at=self.started_at,
+            capabilities=capabilities(self.engine.profile),
         )
 
     async def _heartbeat_once(self) -> None:
