@@ -53,8 +53,10 @@ $(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SRC)
 
 web: system-deps $(WEB)/dist/index.html
 
-# The app's unit tests (Vitest); its browser tests run in the suite (tests/e2e/test_web_ui.py).
+# The app's lint (ESLint, Prettier --check) and unit tests (Vitest); its browser tests run in the
+# suite (tests/e2e/test_web_ui.py).
 web-test: web
+	cd $(WEB) && npm run --silent lint
 	cd $(WEB) && npm test --silent
 
 # The README's screenshots (docs/screenshots), taken by the browser test on a platform it starts.

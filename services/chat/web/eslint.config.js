@@ -22,6 +22,20 @@ export default defineConfig([
       globals: globals.browser,
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
     },
+    rules: {
+      // ESLint React repeats these React Compiler checks; eslint-plugin-react-hooks (the React team's) reports them once.
+      "@eslint-react/error-boundaries": "off",
+      "@eslint-react/exhaustive-deps": "off",
+      "@eslint-react/purity": "off",
+      "@eslint-react/rules-of-hooks": "off",
+      "@eslint-react/set-state-in-effect": "off",
+      "@eslint-react/set-state-in-render": "off",
+      "@eslint-react/static-components": "off",
+      "@eslint-react/unsupported-syntax": "off",
+      "@eslint-react/use-memo": "off",
+      // Refs are named for what they hold (scroller, composer, stick), like every other value here.
+      "@eslint-react/naming-convention-ref-name": "off",
+    },
   },
   {
     files: ["eslint.config.js"],

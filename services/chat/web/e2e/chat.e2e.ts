@@ -550,7 +550,7 @@ describe("the web app", () => {
       page.getByRole("button", { name: "Download CSV" }).click(),
     ]);
     expect(download.suggestedFilename()).toMatch(/^usage-.*\.csv$/);
-    const csv = readFileSync((await download.path())!, "utf8")
+    const csv = readFileSync(await download.path(), "utf8")
       .trim()
       .split("\n");
     expect(csv[0]).toContain("prompt_tokens");

@@ -1,4 +1,4 @@
-import { createContext, useCallback, useContext, useEffect, useState, type ReactNode } from "react";
+import { createContext, use, useCallback, useEffect, useState, type ReactNode } from "react";
 
 import { session, type User } from "./lib/api";
 
@@ -18,20 +18,14 @@ export function AuthProvider({ children }: { children: ReactNode }) {
   const [loading, setLoading] = useState(true);
   const [ended, setEnded] = useState<"expired" | null>(null);
 
-  const reload = useCallback(async () => {
-    if (!session.signedIn) {
-      setUser(null);
-      setLoading(false);
-      return;
-    }
-    try {
-      setUser(await session.json<User>("/v1/auth/me"));
-    } catch {
-      setUser(null);
-    } finally {
-      setLoading(false);
-    }
-  }, []);
+  const reload = useCallback(
+    () =>
+      currentUser().then((found) => {
+        setUser(found);
+        setLoading(false);
+      }),
+    [],
+  );
 
   useEffect(() => {
     void reload();
@@ -42,11 +36,21 @@ export function AuthProvider({ children }: { children: ReactNode }) {
     });
   }, [reload]);
 
-  return <AuthContext.Provider value={{ user, loading, ended, reload }}>{children}</AuthContext.Provider>;
+  return <AuthContext value={{ user, loading, ended, reload }}>{children}</AuthContext>;
 }
 
 export function useAuth(): AuthState {
-  const state = useContext(AuthContext);
+  const state = use(AuthContext);
   if (state === null) throw new Error("useAuth outside AuthProvider");
   return state;
+}
+
+/** The signed-in user, or null (no stored session, or it is no longer valid). */
+async function currentUser(): Promise<User | null> {
+  if (!session.signedIn) return null;
+  try {
+    return await session.json<User>("/v1/auth/me");
+  } catch {
+    return null;
+  }
 }

@@ -68,7 +68,7 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
     try {
       await session.fetch(`/v1/conversations/${item.id}`, { method: "DELETE" });
       setItems((old) => old.filter((c) => c.id !== item.id));
-      if (item.id === current) navigate("/");
+      if (item.id === current) void navigate("/");
     } catch (caught) {
       setError(caught instanceof ApiError ? caught.describe() : "Could not delete.");
     }
@@ -90,7 +90,7 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
           type="button"
           className="primary"
           onClick={() => {
-            navigate("/");
+            void navigate("/");
             onNavigate();
           }}
         >

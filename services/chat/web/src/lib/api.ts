@@ -83,7 +83,7 @@ type Listener = (reason: "login" | "logout" | "expired") => void;
 
 async function withLock<T>(fn: () => Promise<T>): Promise<T> {
   if (typeof navigator !== "undefined" && navigator.locks) {
-    return navigator.locks.request(LOCK, fn) as Promise<T>;
+    return navigator.locks.request(LOCK, fn);
   }
   return fn();
 }

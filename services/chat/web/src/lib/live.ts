@@ -55,7 +55,7 @@ export const live = {
     next.delete(run);
     publish(next);
   },
-  subscribe(listener: () => void): () => void {
+  subscribe(this: void, listener: () => void): () => void {
     listeners.add(listener);
     return () => listeners.delete(listener);
   },

@@ -39,12 +39,8 @@ export function AdminWorkers() {
   const workers = useJson<WorkerList>("/v1/admin/workers");
   const { reload, data } = workers;
   const [auto, setAuto] = useState(true);
-  const [updatedAt, setUpdatedAt] = useState<number | null>(null);
+  const updatedAt = workers.loadedAt;
   const now = useNow();
-
-  useEffect(() => {
-    if (data !== null) setUpdatedAt(Date.now() / 1000);
-  }, [data]);
 
   useEffect(() => {
     if (!auto) return;

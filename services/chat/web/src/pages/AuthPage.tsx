@@ -22,7 +22,7 @@ export default function AuthPage({ mode }: { mode: "login" | "register" }) {
     try {
       if (mode === "login") await session.login(email, password);
       else await session.register(email, password);
-      navigate(from, { replace: true });
+      void navigate(from, { replace: true });
     } catch (caught) {
       setError(describe(caught, mode));
     } finally {

@@ -1,4 +1,13 @@
-import { useCallback, useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
+import {
+  useCallback,
+  useEffect,
+  useEffectEvent,
+  useLayoutEffect,
+  useRef,
+  useState,
+  type FormEvent,
+  type KeyboardEvent,
+} from "react";
 import { useNavigate, useParams } from "react-router";
 
 import { Markdown } from "../components/Markdown";
@@ -55,11 +64,26 @@ export default function ChatPage() {
   const { conversationId = null } = useParams();
   const navigate = useNavigate();
   const here = useLive(conversationId);
-  const [conversation, setConversation] = useState<Conversation | null>(null);
-  const [loadError, setLoadError] = useState<string | null>(null);
+  // The last conversation loaded and the last load's failure, each with the id it was for: the page
+  // shows them only while that is still the conversation in the address.
+  const [loaded, setLoaded] = useState<{ id: string; conversation: Conversation } | null>(null);
+  const [loadFailure, setLoadFailure] = useState<{ id: string; message: string } | null>(null);
+  const conversation = loaded !== null && loaded.id === conversationId ? loaded.conversation : null;
+  const loadError = loadFailure !== null && loadFailure.id === conversationId ? loadFailure.message : null;
   const [models, setModels] = useState<Model[]>([]);
-  const [model, setModel] = useState(() => localStorage.getItem(MODEL_KEY) ?? "");
+  const [picked, setPicked] = useState(() => localStorage.getItem(MODEL_KEY) ?? "");
+  // The model picked (or the conversation's) while the list has it; else one with a live worker.
+  const model =
+    models.length === 0 || models.some((m) => m.id === picked)
+      ? picked
+      : ((models.find((m) => m.workers > 0) ?? models[0])?.id ?? "");
   const [system, setSystem] = useState("");
+  // A new chat starts without the previous conversation's system prompt.
+  const [systemOf, setSystemOf] = useState(conversationId);
+  if (systemOf !== conversationId) {
+    setSystemOf(conversationId);
+    if (conversationId === null) setSystem("");
+  }
   const [showSystem, setShowSystem] = useState(false);
   const [draft, setDraft] = useState("");
   const [error, setError] = useState<string | null>(null);
@@ -71,7 +95,7 @@ export default function ChatPage() {
   const autoTop = useRef(0);
   const composer = useRef<HTMLTextAreaElement>(null);
 
-  const go = useCallback((to: string) => navigate(to, { replace: true }), [navigate]);
+  const go = useCallback((to: string) => void navigate(to, { replace: true }), [navigate]);
 
   // Models, with which have live workers (refreshed while the page is open).
   useEffect(() => {
@@ -91,51 +115,62 @@ export default function ChatPage() {
       clearInterval(timer);
     };
   }, []);
-  useEffect(() => {
-    if (models.length === 0 || models.some((m) => m.id === model)) return;
-    setModel((models.find((m) => m.workers > 0) ?? models[0])?.id ?? "");
-  }, [models, model]);
 
-  // The conversation the page shows now: a load that answers after the reader moved on (to
-  // another conversation, or a new chat) must not put the old one back.
+  // The conversation the page shows now (set as each address takes effect): a load that answers
+  // after the reader moved on (to another conversation, or a new chat) must not put the old one
+  // back, nor follow its running turn.
   const shown = useRef(conversationId);
-  shown.current = conversationId;
 
-  const loadConversation = useCallback(async (id: string): Promise<Conversation | null> => {
-    try {
-      const found = await session.json<Conversation>(`/v1/conversations/${id}`);
-      if (shown.current !== id) return found;
-      setConversation(found);
-      setLoadError(null);
-      return found;
-    } catch (caught) {
-      if (shown.current !== id) return null;
-      setLoadError(
-        caught instanceof ApiError && caught.status === 404
-          ? "This conversation does not exist."
-          : caught instanceof ApiError
-            ? caught.describe()
-            : "Could not load the conversation.",
-      );
-      return null;
-    }
-  }, []);
+  // (State is set in the callbacks, once the answer is there.)
+  const loadConversation = useCallback(
+    (id: string): Promise<Conversation | null> =>
+      session.json<Conversation>(`/v1/conversations/${id}`).then(
+        (found) => {
+          if (shown.current === id) {
+            setLoaded({ id, conversation: found });
+            setLoadFailure(null);
+          }
+          return found;
+        },
+        (caught: unknown) => {
+          if (shown.current === id) setLoadFailure({ id, message: loadErrorMessage(caught) });
+          return null;
+        },
+      ),
+    [],
+  );
+
+  // A turn that started but has no answer yet (another tab, or a reload that lost its saved
+  // state): follow it from its first event.
+  const followRunningTurn = useEffectEvent((found: Conversation) => {
+    const last = found.messages[found.messages.length - 1];
+    if (last === undefined || last.role !== "user" || live.following(last.request_id) || live.of(found.id) !== null)
+      return;
+    if (Date.now() - Date.parse(last.created_at) > FOLLOW_WITHIN_MS) return;
+    void run(
+      {
+        userText: null,
+        model: last.model ?? model,
+        state: newAnswer(last.request_id, found.id),
+        reconnecting: false,
+        stopWanted: false,
+      },
+      null,
+      go,
+    );
+  });
 
   useEffect(() => {
-    setConversation(null);
-    setLoadError(null);
+    shown.current = conversationId;
     stick.current = true;
     autoTop.current = 0;
-    if (conversationId === null) {
-      setSystem("");
-      return;
-    }
+    if (conversationId === null) return;
     void loadConversation(conversationId).then((found) => {
       if (found === null || shown.current !== conversationId) return;
       // A conversation the list may not have yet (a new chat's, whose first answer still runs).
       if (found.message_count <= 2) setVersion((v) => v + 1);
       setSystem(found.system_prompt ?? "");
-      if (found.model) setModel(found.model);
+      if (found.model) setPicked(found.model);
       followRunningTurn(found);
     });
   }, [conversationId, loadConversation]);
@@ -159,6 +194,7 @@ export default function ChatPage() {
     if (here === null || !isFinished(here.state) || conversationId === null) return;
     let tries = 0;
     let stopped = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const poll = async () => {
       const found = await loadConversation(conversationId);
       if (stopped) return;
@@ -166,12 +202,13 @@ export default function ChatPage() {
         live.remove(here.run);
         setVersion((v) => v + 1);
       } else if (++tries < 20) {
-        setTimeout(() => void poll(), 300);
+        timer = setTimeout(() => void poll(), 300);
       }
     };
     void poll();
     return () => {
       stopped = true;
+      clearTimeout(timer);
     };
   }, [here, conversationId, loadConversation]);
 
@@ -268,26 +305,6 @@ export default function ChatPage() {
     }
   };
 
-  function followRunningTurn(found: Conversation) {
-    // A turn that started but has no answer yet (another tab, or a reload that lost its saved
-    // state): follow it from its first event.
-    const last = found.messages[found.messages.length - 1];
-    if (last === undefined || last.role !== "user" || live.following(last.request_id) || live.of(found.id) !== null)
-      return;
-    if (Date.now() - Date.parse(last.created_at) > FOLLOW_WITHIN_MS) return;
-    void run(
-      {
-        userText: null,
-        model: last.model ?? model,
-        state: newAnswer(last.request_id, found.id),
-        reconnecting: false,
-        stopWanted: false,
-      },
-      null,
-      go,
-    );
-  }
-
   const selected = models.find((m) => m.id === model);
   const lastAssistant = messages.map((m) => m.role).lastIndexOf("assistant");
   return (
@@ -318,7 +335,7 @@ export default function ChatPage() {
             id="model"
             value={model}
             onChange={(e) => {
-              setModel(e.target.value);
+              setPicked(e.target.value);
               localStorage.setItem(MODEL_KEY, e.target.value);
             }}
           >
@@ -408,6 +425,11 @@ export default function ChatPage() {
       </section>
     </div>
   );
+}
+
+function loadErrorMessage(caught: unknown): string {
+  if (caught instanceof ApiError && caught.status === 404) return "This conversation does not exist.";
+  return caught instanceof ApiError ? caught.describe() : "Could not load the conversation.";
 }
 
 /** The dialogue sent to the model: the system prompt, then each turn with its newest answer. */

@@ -96,7 +96,7 @@ export default function KeysPage() {
             </button>
           </form>
           <ErrorNotice error={creation.error} />
-          {created !== null && <NewKey created={created} onDone={() => setCreated(null)} />}
+          {created !== null && <NewKey key={created.id} created={created} onDone={() => setCreated(null)} />}
         </section>
 
         <section aria-labelledby="keys-list" aria-busy={list.loading}>
@@ -169,11 +169,11 @@ function NewKey({ created, onDone }: { created: ApiKeyCreated; onDone: () => voi
   const code = useRef<HTMLElement>(null);
   const [copy, setCopy] = useState<"idle" | "copied" | "failed">("idle");
 
-  // Bring the key into view and focus for keyboard and screen-reader users.
+  // Bring the key into view and focus for keyboard and screen-reader users (a new key is a new
+  // NewKey: its parent keys it by id).
   useEffect(() => {
     box.current?.focus();
-    setCopy("idle");
-  }, [created.id]);
+  }, []);
 
   useEffect(() => {
     if (copy !== "copied") return;

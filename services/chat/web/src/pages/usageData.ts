@@ -229,6 +229,8 @@ export interface Loaded<T> {
   error: string | null;
   /** True while a request is in flight (a first load or a reload). */
   loading: boolean;
+  /** When `data` arrived (seconds since the epoch; null: none yet). */
+  loadedAt: number | null;
   /** Loads again (keeping the current data on screen meanwhile). */
   reload: () => void;
 }
@@ -238,21 +240,24 @@ interface LoadState<T> {
   /** The path `data` came from: a failure of the same path keeps it, of another drops it. */
   from: string | null;
   error: string | null;
-  loading: boolean;
+  /** The request (reload count and path) that last finished: any other one is in flight. */
+  settled: string | null;
+  at: number | null;
 }
 
 /** GETs `path` with the session's token whenever it changes (null: nothing to load). */
 export function useJson<T>(path: string | null): Loaded<T> {
-  const [state, setState] = useState<LoadState<T>>({ data: null, from: null, error: null, loading: path !== null });
+  const [state, setState] = useState<LoadState<T>>({ data: null, from: null, error: null, settled: null, at: null });
   const [nonce, setNonce] = useState(0);
+  const request = path === null ? null : `${nonce} ${path}`;
 
   useEffect(() => {
     if (path === null) return;
     const controller = new AbortController();
-    setState((s) => ({ ...s, loading: true }));
+    const settled = `${nonce} ${path}`;
     session.json<T>(path, { signal: controller.signal }).then(
       (data) => {
-        if (!controller.signal.aborted) setState({ data, from: path, error: null, loading: false });
+        if (!controller.signal.aborted) setState({ data, from: path, error: null, settled, at: Date.now() / 1000 });
       },
       (error: unknown) => {
         if (controller.signal.aborted) return;
@@ -260,7 +265,8 @@ export function useJson<T>(path: string | null): Loaded<T> {
           data: s.from === path ? s.data : null,
           from: s.from === path ? s.from : null,
           error: describeError(error),
-          loading: false,
+          settled,
+          at: s.from === path ? s.at : null,
         }));
       },
     );
@@ -268,7 +274,13 @@ export function useJson<T>(path: string | null): Loaded<T> {
   }, [path, nonce]);
 
   const reload = useCallback(() => setNonce((n) => n + 1), []);
-  return { data: state.data, error: state.error, loading: state.loading, reload };
+  return {
+    data: state.data,
+    error: state.error,
+    loading: request !== null && state.settled !== request,
+    loadedAt: state.at,
+    reload,
+  };
 }
 
 /** The per-day report over `range`, and its points with every day of the range filled in. */
