@@ -36,6 +36,7 @@ from llmchat_common.contracts import (
     ChatRequested,
     Completed,
     Failed,
+    ModelCapabilities,
     Started,
     WorkerInfo,
     parse_event,
@@ -112,6 +113,11 @@ class ModelRegistry:
         """The model's context length as its live workers report it (None: no worker yet)."""
         workers = (await self.live()).get(model, [])
         return max((w.max_model_len for w in workers), default=None)
+
+    async def capabilities_of(self, model: str) -> ModelCapabilities | None:
+        """What the model can do, as its live workers say (None: no worker yet)."""
+        workers = (await self.live()).get(model, [])
+        return workers[0].capabilities if workers else None
 
     async def known(self, model: str) -> bool:
         return model in self._catalog or model in await self.live()

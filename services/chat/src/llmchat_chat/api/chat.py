@@ -11,16 +11,26 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llmchat_chat.api.chat_request import (
+    check_capabilities,
+    logit_bias_of,
+    logprobs_of,
+    messages_of,
+    response_format_of,
+    tools_of,
+)
+from llmchat_chat.api.chat_stream import ChoiceStream
 from llmchat_chat.api.deps import Caller, CallerDep, ConversationsDep, LimiterDep, ServiceDep
-from llmchat_chat.api.openai_format import ChunkWriter, completion_body
+from llmchat_chat.api.openai_format import ChunkWriter, choices_of, completion_body
 from llmchat_chat.api.schemas import ChatCompletionRequest
+from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.errors import (
     ApiError,
     ContextLengthExceeded,
     ModelNotFound,
     error_body,
 )
-from llmchat_chat.following import Diverged, TextFollower
+from llmchat_chat.following import Diverged
 from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import ChatService, Submitted, new_request_id, terminal_error
 from llmchat_chat.settings import LimitSettings
@@ -29,7 +39,6 @@ from llmchat_common.contracts import (
     PRIORITY_DEFAULT,
     AnyEvent,
     Cancelled,
-    ChatMessage,
     ChatRequested,
     Completed,
     Delta,
@@ -50,7 +59,7 @@ async def to_request(
     service: ChatService,
     caller: Caller,
     *,
-    conversation: str,
+    conversation: str | None,
     source: RequestSource = "chat",
     webhook_url: str | None = None,
     request_id: str | None = None,
@@ -58,6 +67,7 @@ async def to_request(
     settings = service.settings
     if not await service.registry.known(body.model):
         raise ModelNotFound(f"the model {body.model!r} does not exist", param="model")
+    check_capabilities(body, await service.registry.capabilities_of(body.model))
     if len(body.messages) > settings.max_messages:
         raise ApiError(f"at most {settings.max_messages} messages", param="messages")
     for i, message in enumerate(body.messages):
@@ -73,16 +83,15 @@ async def to_request(
             f"max_tokens ({max_tokens}) must be below this model's context of {context} tokens",
             param="max_tokens",
         )
+    messages = messages_of(body)
+    tools, tool_choice = tools_of(body)
     now = time.time()
     request_id = request_id or new_request_id()
     bind_log_fields(request_id=request_id)
     return ChatRequested(
         request_id=request_id,
         model=body.model,
-        messages=[
-            ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
-            for m in body.messages
-        ],
+        messages=messages,
         params=GenerationParams(
             max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
@@ -90,7 +99,19 @@ async def to_request(
             stop=body.stops(),
             seed=body.seed,
             ignore_eos=body.ignore_eos,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            repetition_penalty=body.repetition_penalty,
+            top_k=body.top_k,
+            min_p=body.min_p,
+            logit_bias=logit_bias_of(body),
+            logprobs=logprobs_of(body),
+            n=body.n or 1,
+            response_format=response_format_of(body),
         ),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
         user_id=caller.user_id,
         api_key_id=caller.principal.api_key_id,
         conversation_id=conversation,
@@ -107,6 +128,19 @@ async def to_request(
         created_at=now,
         deadline=service.deadline_for(body.timeout, now),
     )
+
+
+async def conversation_for(
+    body: ChatCompletionRequest, caller: Caller, conversations: ConversationGuard
+) -> str | None:
+    """The conversation the turn is stored in, as OpenAI's `store` says: a named one, else a new
+    one when the turn is stored (by default for a login session, whose chats are the web app's;
+    not for an API key, as OpenAI's default, so that a client's side calls leave no
+    conversations behind); None: not stored."""
+    if body.conversation_id is not None:
+        return await conversations.resolve(body.conversation_id, caller.user_id)
+    store = body.store if body.store is not None else caller.claims is not None
+    return await conversations.resolve(None, caller.user_id) if store else None
 
 
 class ClientDisconnected(Exception):
@@ -186,7 +220,7 @@ async def create_chat_completion(
     limiter: LimiterDep,
     conversations: ConversationsDep,
 ) -> Response:
-    conversation = await conversations.resolve(body.conversation_id, caller.user_id)
+    conversation = await conversation_for(body, caller, conversations)
     request = await to_request(body, service, caller, conversation=conversation)
     admission = await admit(service, limiter, caller, request)
     try:
@@ -241,8 +275,10 @@ async def respond(
     except BaseException:
         await handle.close()
         raise
-    conversation = request.conversation_id or ""
-    headers = {"X-Request-Id": request.request_id, "X-Conversation-Id": conversation, **admission.headers}
+    conversation = request.conversation_id
+    headers = {"X-Request-Id": request.request_id, **admission.headers}
+    if conversation is not None:
+        headers["X-Conversation-Id"] = conversation
     created = int(request.created_at)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -298,10 +334,13 @@ async def stream_chunks(
     limiter: Limiter,
 ) -> AsyncIterator[Frame]:
     finished = False
-    follower = TextFollower()
-    follower.current(first.event)
+    request = handle.request
+    streams = [ChoiceStream(writer, request, index) for index in range(request.params.n)]
+    for stream in streams:
+        stream.current(first.event)
     try:
-        yield first.stream_seq, writer.role()
+        for index in range(len(streams)):
+            yield (first.stream_seq if index == 0 else None), writer.role(index)
         while True:
             try:
                 logged = await handle.next()
@@ -310,20 +349,25 @@ async def stream_chunks(
                 break
             assert logged is not None
             event, seq = logged.event, logged.stream_seq
-            if not follower.current(event):
+            if not all([stream.current(event) for stream in streams]):
                 continue
             if isinstance(event, Delta):
+                if event.index >= len(streams):
+                    continue
                 try:
-                    text = follower.text(event)
+                    chunks = streams[event.index].delta(event)
                 except Diverged:
                     lost = ApiError("the worker serving this answer was lost; retry", code="worker_lost")
                     yield seq, orjson.dumps(error_body(lost)).decode()
                     break
-                if text:
-                    yield seq, writer.content(text)
+                for chunk in chunks:
+                    yield seq, chunk
             elif isinstance(event, Completed):
                 settle(admission, event)
-                yield seq, writer.finish(event.finish_reason)
+                for choice in choices_of(event):
+                    if choice.index < len(streams):
+                        for chunk in streams[choice.index].finish(choice):
+                            yield seq, chunk
                 if writer.include_usage:
                     yield None, writer.usage(event.usage)
                 yield None, "[DONE]"

@@ -36,12 +36,18 @@ async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         else exc.errors()
     )
     first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # Field names and indexes only: pydantic also names the union member or validator it
+    # tried (`function-after[_encodable(), str]`), which means nothing to a caller.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and _is_field(p)]
     if first.get("type") == "json_invalid":
         return _json(InvalidRequest("the request body is not valid JSON"))
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
     return _json(InvalidRequest(f"{param}: {message}" if param else message, param=param))
+
+
+def _is_field(part: object) -> bool:
+    return isinstance(part, int) or (isinstance(part, str) and part.replace("_", "").isalnum())
 
 
 async def on_http_error(_: Request, exc: Exception) -> JSONResponse:

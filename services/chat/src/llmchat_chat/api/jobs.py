@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
-from llmchat_chat.api.chat import admit, to_request
+from llmchat_chat.api.chat import admit, conversation_for, to_request
 from llmchat_chat.api.deps import CallerDep, ConversationsDep, JobsDep, LimiterDep, ServiceDep, UsageDep
 from llmchat_chat.api.job_format import JobStatus, job_body, job_links
 from llmchat_chat.api.schemas import ChatCompletionRequest
@@ -135,7 +135,7 @@ async def create_job(
             webhook = check_webhook_url(body.webhook_url, service.settings.webhooks)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="webhook_url") from None
-    conversation = await conversations.resolve(body.conversation_id, caller.user_id)
+    conversation = await conversation_for(body, caller, conversations)
     request = await to_request(
         body,
         service,

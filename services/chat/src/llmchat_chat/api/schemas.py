@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _encodable(value: str) -> str:
@@ -22,29 +22,131 @@ def _encodable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_encodable)]
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: Text
+# Tool and function names as OpenAI allows them.
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
+MAX_STOPS = 64
+MAX_TOOLS = 128
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content. Only text is read; the other kinds OpenAI defines
+    (`image_url`, `input_audio`, `file`) are accepted here so that the edge can refuse them with
+    a message naming what the model reads, not a parser's path."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=64)
+    text: Text | None = None
+
+
+class FunctionCallIn(BaseModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: Text = Field(max_length=1024 * 1024)
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
 
 
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
-    name: str | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[ContentPart] | None = None
+    name: str | None = Field(default=None, max_length=256)
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text or "" for part in self.content)
+
+    def other_parts(self) -> list[str]:
+        """Kinds of content parts that are not text (images, audio, files)."""
+        if not isinstance(self.content, list):
+            return []
+        return [part.type for part in self.content if part.type != "text"]
+
+    @model_validator(mode="after")
+    def well_formed(self) -> MessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (null only for an assistant message with tool_calls)")
+        if isinstance(self.content, list):
+            for part in self.content:
+                if part.type == "text" and part.text is None:
+                    raise ValueError("a text part needs its text")
+        return self
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: Text | None = Field(default=None, max_length=64 * 1024)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoiceIn(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(default="response", pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaIn | None = None
+
+    @model_validator(mode="after")
+    def schema_given(self) -> ResponseFormatIn:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("json_schema.schema is required for the json_schema format")
+        return self
+
+
 class ChatCompletionRequest(BaseModel):
+    """Parameters OpenAI accepts that a text model has no use for (`reasoning_effort`,
+    `metadata`, `service_tier`, `prediction`, ...) are unknown fields here, ignored as
+    OpenAI-compatible servers do."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: Text = Field(min_length=1, max_length=256)
@@ -57,59 +159,62 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     user: str | None = Field(default=None, max_length=256)
-    # Not supported yet: refused with a 400 rather than silently ignored.
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
-    response_format: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoiceIn | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormatIn | None = None
+    # Legacy function calling (replaced by `tools`): refused with a pointer to `tools`.
+    functions: list[Any] | None = None
+    function_call: Any = None
+    # OpenAI's: whether the exchange is kept (here: as a conversation in history).
+    store: bool | None = None
+    # vLLM's sampling extensions.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
     # Extensions.
     timeout: float | None = Field(default=None, gt=0, description="deadline in seconds")
     ignore_eos: bool = False
     disconnect: Literal["cancel", "detach"] | None = None
-    # The conversation this turn belongs to (history); without one a new conversation starts
-    # and its id comes back (body field and `X-Conversation-Id` header).
+    # The conversation this turn belongs to (history); with `store` (or a login session) and
+    # without one, a new conversation starts and its id comes back (body field and
+    # `X-Conversation-Id` header).
     conversation_id: str | None = Field(default=None, max_length=64)
     # Another answer to the conversation's last user message (Regenerate): history stores the
     # new answer without storing that message a second time.
     regenerate: bool = False
 
-    @field_validator("n")
-    @classmethod
-    def only_one_choice(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
-
     @field_validator("stop")
     @classmethod
-    def at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
+    def bounded_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
         if value == "" or (isinstance(value, list) and "" in value):
             raise ValueError("stop sequences must not be empty")
         return value
 
-    @field_validator("tools", "functions")
+    @field_validator("functions", "function_call")
     @classmethod
-    def no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+    def no_legacy_functions(cls, value: Any) -> Any:
         if value:
-            raise ValueError("tool and function calling are not supported")
+            raise ValueError("legacy function calling is not supported; use tools and tool_choice")
         return value
 
-    @field_validator("logprobs")
+    @field_validator("logit_bias")
     @classmethod
-    def no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
-
-    @field_validator("response_format")
-    @classmethod
-    def text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "text") != "text":
-            raise ValueError("only the text response format is supported")
+    def token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids; {token!r} is not one")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {token} must be within -100..100")
         return value
 
     def stops(self) -> list[str]:
@@ -119,3 +224,6 @@ class ChatCompletionRequest(BaseModel):
 
     def wanted_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def tools_active(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"

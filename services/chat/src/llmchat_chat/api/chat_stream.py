@@ -1,0 +1,128 @@
+"""One choice of a streamed chat completion: from the request's raw deltas to OpenAI's chunks.
+
+The deltas carry the model's raw text. What a client may see of it depends on the tool choice:
+- no tools (or `none`): the text, as it comes;
+- a named tool choice: the text *is* the call's arguments (constrained decoding), streamed as
+  argument fragments after a first chunk with the call's id and name;
+- `required`: the text is a JSON array of calls, readable only once whole: the calls go out
+  with the terminal event;
+- `auto`: text streams as content until the tool-call marker of the model's parser (from the
+  `started` event) appears; a tail that may be the marker's beginning is held back. The calls
+  (and any held-back text that was no marker after all) go out with the terminal event, as the
+  worker's parser read them.
+
+Call ids are derived from the request id (`tool_call_id`), so a call streamed before the
+terminal event has the id the terminal event, history and every replay give it.
+"""
+
+from __future__ import annotations
+
+from llmchat_chat.api.openai_format import ChunkWriter, message_content
+from llmchat_chat.following import TextFollower
+from llmchat_common.contracts import (
+    AnyEvent,
+    ChatRequested,
+    Choice,
+    Delta,
+    NamedToolChoice,
+    Started,
+    TokenLogprob,
+    tool_call_id,
+)
+
+
+def sendable_end(text: str, marker: str) -> int:
+    """How much of `text` is surely content: up to the marker, or short of a tail that could be
+    the marker's beginning."""
+    found = text.find(marker)
+    if found >= 0:
+        return found
+    for overlap in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:overlap]):
+            return len(text) - overlap
+    return len(text)
+
+
+class ChoiceStream:
+    def __init__(self, writer: ChunkWriter, request: ChatRequested, index: int) -> None:
+        self.writer = writer
+        self.request = request
+        self.index = index
+        self.follower = TextFollower()
+        self.raw = ""
+        self._sent = 0
+        self._marker: str | None = None
+        self._named_started = False
+        self._held_logprobs: list[TokenLogprob] = []
+
+    @property
+    def mode(self) -> str:
+        request = self.request
+        if not request.tools_active():
+            return "text"
+        if isinstance(request.tool_choice, NamedToolChoice):
+            return "named"
+        if request.tool_choice == "required":
+            return "required"
+        return "auto" if self._marker else "text"
+
+    def current(self, event: AnyEvent) -> bool:
+        """Takes note of a new attempt (and of the marker its `started` names); False for the
+        events of attempts a newer one replaced."""
+        if isinstance(event, Started) and event.attempt >= self.follower.attempt:
+            self._marker = event.tool_call_start
+        return self.follower.current(event)
+
+    def delta(self, delta: Delta) -> list[str]:
+        """The chunks for a delta of this choice (raises `Diverged` as `TextFollower` does)."""
+        text = self.follower.text(delta)
+        if not text:
+            return []
+        self.raw += text
+        mode = self.mode
+        writer, index = self.writer, self.index
+        if mode == "text":
+            return [writer.content(text, index=index, logprobs=delta.logprobs)]
+        if mode == "named":
+            out = [] if self._named_started else [self._named_start()]
+            out.append(writer.tool_call_arguments(0, text, index=index))
+            return out
+        if mode == "required":
+            return []
+        assert self._marker is not None
+        self._held_logprobs.extend(delta.logprobs or [])
+        end = sendable_end(self.raw, self._marker)
+        if end <= self._sent:
+            return []
+        piece, self._sent = self.raw[self._sent : end], end
+        logprobs = self._held_logprobs if delta.logprobs is not None else None
+        self._held_logprobs = []
+        return [writer.content(piece, index=index, logprobs=logprobs)]
+
+    def _named_start(self) -> str:
+        assert isinstance(self.request.tool_choice, NamedToolChoice)
+        self._named_started = True
+        call_id = tool_call_id(self.request.request_id, self.index, 0)
+        return self.writer.tool_call_start(0, call_id, self.request.tool_choice.name, index=self.index)
+
+    def finish(self, choice: Choice) -> list[str]:
+        """What is left of the choice once its terminal event is here, and its finish."""
+        writer, index = self.writer, self.index
+        out: list[str] = []
+        mode = self.mode
+        if mode == "named" and choice.tool_calls and not self._named_started:
+            out += [
+                self._named_start(),
+                writer.tool_call_arguments(0, choice.tool_calls[0].function.arguments),
+            ]
+        elif mode in ("required", "auto"):
+            if mode == "auto":
+                content = (message_content(choice) or "") if choice.tool_calls else choice.text
+                sent = self.raw[: self._sent]
+                if len(content) > len(sent) and content.startswith(sent):
+                    out.append(writer.content(content[len(sent) :], index=index))
+            for position, call in enumerate(choice.tool_calls):
+                out.append(writer.tool_call_start(position, call.id, call.function.name, index=index))
+                out.append(writer.tool_call_arguments(position, call.function.arguments, index=index))
+        out.append(writer.finish(choice.finish_reason, index=index))
+        return out
