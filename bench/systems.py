@@ -37,7 +37,7 @@ from llmchat_common.testing.services import (  # noqa: E402
     start_worker,
 )
 from llmchat_common.testing.stack import LocalStack, StackPorts, _http_ok  # noqa: E402
-from llmchat_worker.profiles import ModelProfile, load_profile, resolve_model_path  # noqa: E402
+from llmchat_worker.profiles import ModelProfile, load_profile, resolve_model_path, serve_args  # noqa: E402
 
 MODELS_DIR = REPO / ".state" / "models"
 LITELLM_VENV = REPO / ".state" / "bench" / "litellm-venv"
@@ -133,35 +133,6 @@ def start_llmchat(
     )
 
 
-def vllm_serve_args(profile: ModelProfile, model_path: str) -> list[str]:
-    """The worker's engine arguments (llmchat_worker.engine) as `vllm serve` flags."""
-    args = [
-        "--model",
-        model_path,
-        "--served-model-name",
-        profile.alias,
-        "--dtype",
-        profile.dtype,
-        "--max-model-len",
-        str(profile.max_model_len),
-        "--tensor-parallel-size",
-        str(profile.tensor_parallel_size),
-        "--gpu-memory-utilization",
-        str(profile.gpu_memory_utilization),
-        "--max-num-seqs",
-        str(profile.max_num_seqs),
-        "--seed",
-        str(profile.seed),
-        "--scheduling-policy",
-        "priority",
-    ]
-    if profile.enforce_eager:
-        args.append("--enforce-eager")
-    if profile.quantization:
-        args += ["--quantization", profile.quantization]
-    return args
-
-
 def start_vllm_serve(logs: Path) -> System:
     profile = engine_profile()
     model_path = resolve_model_path(profile, MODELS_DIR)
@@ -179,7 +150,7 @@ def start_vllm_serve(logs: Path) -> System:
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
-        *vllm_serve_args(profile, model_path),
+        *serve_args(profile, model_path),
         "--host",
         "127.0.0.1",
         "--port",

@@ -9,6 +9,15 @@ import pytest
 
 from tests.conftest import IDLE_MODEL
 
+TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+CALL: dict[str, Any] = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": "{}"},
+}
 GOOD: dict[str, Any] = {
     "model": "tiny-random",
     "messages": [{"role": "user", "content": "hi"}],
@@ -24,18 +33,120 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
     ("missing content", {**GOOD, "messages": [{"role": "user"}]}, 400, "messages.0.content"),
     ("unknown model", {**GOOD, "model": "no-such-model"}, 404, "model"),
     ("missing model", {"messages": GOOD["messages"]}, 400, "model"),
-    ("n=2", {**GOOD, "n": 2}, 400, "n"),
+    ("n above 8", {**GOOD, "n": 9}, 400, "n"),
     ("max_tokens beyond context", {**GOOD, "max_tokens": 100_000}, 400, "max_tokens"),
     ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
     ("temperature wrong type", {**GOOD, "temperature": "hot"}, 400, "temperature"),
     ("temperature out of range", {**GOOD, "temperature": 5}, 400, "temperature"),
     ("stream wrong type", {**GOOD, "stream": "yes please"}, 400, "stream"),
     ("messages wrong type", {**GOOD, "messages": "hello"}, 400, "messages"),
-    ("too many stops", {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("too many stops", {**GOOD, "stop": [f"s{i}" for i in range(65)]}, 400, "stop"),
     ("empty stop", {**GOOD, "stop": ""}, 400, "stop"),
     ("seed beyond 64 bits", {**GOOD, "seed": 2**70}, 400, "seed"),
-    ("tools", {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
-    ("json mode", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    # Tool calling and structured outputs (issue 14): each mistake named by its field.
+    (
+        "tool_choice names an unknown tool",
+        {**GOOD, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        400,
+        "tool_choice",
+    ),
+    ("tool_choice required without tools", {**GOOD, "tool_choice": "required"}, 400, "tool_choice"),
+    (
+        "tool parameters not a JSON Schema",
+        {**GOOD, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 12}}}]},
+        400,
+        "tools.0.function.parameters",
+    ),
+    (
+        "tool name with spaces",
+        {**GOOD, "tools": [{"type": "function", "function": {"name": "get weather"}}]},
+        400,
+        "tools.0.function.name",
+    ),
+    ("duplicate tool names", {**GOOD, "tools": [TOOL, TOOL]}, 400, "tools"),
+    (
+        "response schema not a JSON Schema",
+        {
+            **GOOD,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nope"}},
+            },
+        },
+        400,
+        "response_format.json_schema.schema",
+    ),
+    (
+        "response schema too large",
+        {
+            **GOOD,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "x",
+                    "schema": {
+                        "type": "object",
+                        "properties": {f"p{i}": {"type": "string"} for i in range(4000)},
+                    },
+                },
+            },
+        },
+        400,
+        "response_format.json_schema.schema",
+    ),
+    (
+        "json_schema format without a schema",
+        {**GOOD, "response_format": {"type": "json_schema"}},
+        400,
+        "response_format",
+    ),
+    ("unknown response format", {**GOOD, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
+    (
+        "tool message answering no call",
+        {
+            **GOOD,
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "tool_call_id": "x", "content": "1"},
+            ],
+        },
+        400,
+        "messages.1.tool_call_id",
+    ),
+    (
+        "tool message without tool_call_id",
+        {**GOOD, "messages": [{"role": "tool", "content": "1"}]},
+        400,
+        "messages.0.tool_call_id",
+    ),
+    (
+        "tool_calls on a user message",
+        {**GOOD, "messages": [{"role": "user", "content": "hi", "tool_calls": [CALL]}]},
+        400,
+        "messages.0.tool_calls",
+    ),
+    ("top_logprobs without logprobs", {**GOOD, "top_logprobs": 3}, 400, "top_logprobs"),
+    ("top_logprobs above 20", {**GOOD, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ("logit_bias key not a token id", {**GOOD, "logit_bias": {"hello": 1}}, 400, "logit_bias"),
+    ("logit_bias out of range", {**GOOD, "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ("legacy functions", {**GOOD, "functions": [{"name": "f"}]}, 400, "functions"),
+    (
+        "an image for a text model",
+        {
+            **GOOD,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    ],
+                }
+            ],
+        },
+        400,
+        "messages.0.content",
+    ),
     ("streamed and invalid", {**GOOD, "stream": True, "messages": []}, 400, "messages"),
     (
         "message too long",

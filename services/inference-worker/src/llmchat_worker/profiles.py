@@ -126,3 +126,35 @@ def resolve_chat_template(profile: ModelProfile) -> str | None:
     if not path.is_file():
         raise ProfileError(f"profile {profile.alias!r}: chat template {name} does not exist")
     return path.read_text()
+
+
+def serve_args(profile: ModelProfile, model_path: str) -> list[str]:
+    """The worker's engine arguments (`engine.VllmEngine`) as flags of vLLM's own OpenAI server,
+    for running it side by side with the same model (benchmarks, the parity tests)."""
+    args = [
+        "--model",
+        model_path,
+        "--served-model-name",
+        profile.alias,
+        "--dtype",
+        profile.dtype,
+        "--max-model-len",
+        str(profile.max_model_len),
+        "--tensor-parallel-size",
+        str(profile.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        str(profile.gpu_memory_utilization),
+        "--max-num-seqs",
+        str(profile.max_num_seqs),
+        "--seed",
+        str(profile.seed),
+        "--scheduling-policy",
+        "priority",
+    ]
+    if profile.enforce_eager:
+        args.append("--enforce-eager")
+    if profile.quantization:
+        args += ["--quantization", profile.quantization]
+    if profile.tool_call_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser]
+    return args

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 def _encodable(value: str) -> str:
@@ -57,11 +65,12 @@ class ToolCallIn(BaseModel):
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    # Checked in this order: `content` is checked knowing the role and the calls.
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[ContentPart] | None = None
     name: str | None = Field(default=None, max_length=256)
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = Field(default=None, max_length=256)
+    content: Text | list[ContentPart] | None = Field(default=None, validate_default=True)
 
     def text(self) -> str:
         if self.content is None:
@@ -76,19 +85,34 @@ class MessageIn(BaseModel):
             return []
         return [part.type for part in self.content if part.type != "text"]
 
-    @model_validator(mode="after")
-    def well_formed(self) -> MessageIn:
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a tool message needs the tool_call_id of the call it answers")
-        if self.tool_calls and self.role != "assistant":
+    @field_validator("tool_calls")
+    @classmethod
+    def calls_by_assistants(
+        cls, value: list[ToolCallIn] | None, info: ValidationInfo
+    ) -> list[ToolCallIn] | None:
+        if value and info.data.get("role") != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def tool_answers_a_call(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("role") == "tool" and not value:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def content_present(
+        cls, value: str | list[ContentPart] | None, info: ValidationInfo
+    ) -> str | list[ContentPart] | None:
+        if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
             raise ValueError("content is required (null only for an assistant message with tool_calls)")
-        if isinstance(self.content, list):
-            for part in self.content:
+        if isinstance(value, list):
+            for part in value:
                 if part.type == "text" and part.text is None:
                     raise ValueError("a text part needs its text")
-        return self
+        return value
 
 
 class StreamOptions(BaseModel):
