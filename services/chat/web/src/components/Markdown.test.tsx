@@ -21,6 +21,14 @@ describe("Markdown", () => {
     expect(html).not.toContain("<script");
   });
 
+  it("highlights json code blocks", () => {
+    const html = renderToStaticMarkup(<Markdown text={'```json\n{"a": [1, "b"]}\n```'} />);
+    expect(html).toContain('<code class="hljs language-json">');
+    expect(html).toContain('<span class="hljs-attr">&quot;a&quot;</span>');
+    expect(html).toContain('<span class="hljs-number">1</span>');
+    expect(html).toContain('<span class="hljs-string">&quot;b&quot;</span>');
+  });
+
   it("opens links in a new tab without handing over the page", () => {
     const html = renderToStaticMarkup(<Markdown text="[docs](https://example.com/x)" />);
     expect(html).toContain('target="_blank"');

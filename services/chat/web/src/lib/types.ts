@@ -1,11 +1,26 @@
 /** The shapes the edge answers with (the fields the app reads). */
 
+/** What a model can do, as its workers say (older workers say nothing: a chat model then). */
+export interface ModelCapabilities {
+  kind: "chat" | "embedding";
+  tools: boolean;
+  json_output: boolean;
+  /** Input modalities: `text`, `image`, `audio`. */
+  modalities: string[];
+  /** Fill-in-the-middle completions. */
+  fim: boolean;
+  /** An embedding model's vector size, and whether `dimensions` may shorten it. */
+  dimensions: number | null;
+  matryoshka: boolean;
+}
+
 export interface Model {
   id: string;
   workers: number;
   capacity: number;
   running: number;
   max_model_len: number | null;
+  capabilities?: ModelCapabilities | null;
 }
 
 export interface ConversationSummary {
@@ -23,10 +38,25 @@ export interface ConversationPage {
   next_cursor: string | null;
 }
 
+/** A function call an assistant message made (OpenAI's shape: `arguments` is JSON text). */
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+/**
+ * A stored message. A conversation reads user → assistant (calling tools, content null) → tool
+ * results (role `tool`, each naming the call it answers) → assistant.
+ */
 export interface StoredMessage {
   request_id: string;
-  role: "user" | "assistant";
-  content: string;
+  role: "user" | "assistant" | "tool";
+  content: string | null;
+  /** An assistant message's calls (absent or null: none). */
+  tool_calls?: ToolCall[] | null;
+  /** A tool result: the id of the call it answers. */
+  tool_call_id?: string | null;
   status: "completed" | "failed" | "cancelled";
   model: string | null;
   finish_reason: string | null;

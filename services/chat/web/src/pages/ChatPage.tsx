@@ -10,13 +10,17 @@ import {
 } from "react";
 import { useNavigate, useParams } from "react-router";
 
-import { Markdown } from "../components/Markdown";
+import { LiveRow, StoredRow } from "../components/MessageRows";
+import { ModelPicker } from "../components/ModelPicker";
 import { Sidebar } from "../components/Sidebar";
 import { isFinished, newAnswer } from "../lib/answer";
 import { ApiError, session } from "../lib/api";
 import { resumeAnswer, savedAnswers, startAnswer, stopAnswer, type StreamCallbacks } from "../lib/chatStream";
+import { dialogue, type WireMessage } from "../lib/dialogue";
 import { live, useLive, type Live } from "../lib/live";
-import type { Conversation, Model, StoredMessage } from "../lib/types";
+import { chatModels } from "../lib/models";
+import { callNames } from "../lib/tools";
+import type { Conversation, Model } from "../lib/types";
 
 const MODEL_KEY = "llmchat.model";
 /** A turn found running in history is followed if it is younger than the longest deadline. */
@@ -97,13 +101,13 @@ export default function ChatPage() {
 
   const go = useCallback((to: string) => void navigate(to, { replace: true }), [navigate]);
 
-  // Models, with which have live workers (refreshed while the page is open).
+  // The chat models (not embedding ones), with which have live workers (refreshed while the page is open).
   useEffect(() => {
     let stopped = false;
     const load = async () => {
       try {
         const list = await session.json<{ data: Model[] }>("/v1/models");
-        if (!stopped) setModels(list.data);
+        if (!stopped) setModels(chatModels(list.data));
       } catch {
         // the picker keeps its last list
       }
@@ -141,10 +145,15 @@ export default function ChatPage() {
   );
 
   // A turn that started but has no answer yet (another tab, or a reload that lost its saved
-  // state): follow it from its first event.
+  // state; a tool turn an API client sent): follow it from its first event.
   const followRunningTurn = useEffectEvent((found: Conversation) => {
     const last = found.messages[found.messages.length - 1];
-    if (last === undefined || last.role !== "user" || live.following(last.request_id) || live.of(found.id) !== null)
+    if (
+      last === undefined ||
+      last.role === "assistant" ||
+      live.following(last.request_id) ||
+      live.of(found.id) !== null
+    )
       return;
     if (Date.now() - Date.parse(last.created_at) > FOLLOW_WITHIN_MS) return;
     void run(
@@ -248,11 +257,7 @@ export default function ChatPage() {
     }
   };
 
-  const send = async (
-    messagesToSend: { role: string; content: string }[],
-    userText: string | null,
-    regenerate: boolean,
-  ) => {
+  const send = async (messagesToSend: WireMessage[], userText: string | null, regenerate: boolean) => {
     setError(null);
     stick.current = true;
     autoTop.current = 0;
@@ -307,6 +312,9 @@ export default function ChatPage() {
 
   const selected = models.find((m) => m.id === model);
   const lastAssistant = messages.map((m) => m.role).lastIndexOf("assistant");
+  // Regenerate answers the last user message again; an answer to tool results has none to answer.
+  const canRegenerate = messages.findLast((m) => m.role !== "assistant")?.role === "user";
+  const names = callNames(messages);
   return (
     <div className="chat">
       <Sidebar
@@ -328,23 +336,14 @@ export default function ChatPage() {
             ☰
           </button>
           <h2>{conversation?.title ?? "New chat"}</h2>
-          <label className="sr-only" htmlFor="model">
-            Model
-          </label>
-          <select
-            id="model"
+          <ModelPicker
+            models={models}
             value={model}
-            onChange={(e) => {
-              setPicked(e.target.value);
-              localStorage.setItem(MODEL_KEY, e.target.value);
+            onChange={(id) => {
+              setPicked(id);
+              localStorage.setItem(MODEL_KEY, id);
             }}
-          >
-            {models.map((m) => (
-              <option key={m.id} value={m.id}>
-                {m.id} — {m.workers > 0 ? `${m.workers} live worker${m.workers > 1 ? "s" : ""}` : "no live worker"}
-              </option>
-            ))}
-          </select>
+          />
           <button type="button" onClick={() => setShowSystem((s) => !s)} aria-expanded={showSystem}>
             System prompt
           </button>
@@ -363,10 +362,13 @@ export default function ChatPage() {
             )}
             {messages.map((m, i) => (
               <StoredRow
-                key={`${m.request_id}-${m.role}`}
+                key={`${m.request_id}-${m.role}-${m.tool_call_id ?? ""}`}
                 message={m}
                 earlier={m.role === "assistant" && messages[i + 1]?.role === "assistant"}
-                onRegenerate={i === lastAssistant && !streaming && i === messages.length - 1 ? regenerate : null}
+                callNames={names}
+                onRegenerate={
+                  i === lastAssistant && canRegenerate && !streaming && i === messages.length - 1 ? regenerate : null
+                }
               />
             ))}
             {showLiveUser && (
@@ -430,98 +432,4 @@ export default function ChatPage() {
 function loadErrorMessage(caught: unknown): string {
   if (caught instanceof ApiError && caught.status === 404) return "This conversation does not exist.";
   return caught instanceof ApiError ? caught.describe() : "Could not load the conversation.";
-}
-
-/** The dialogue sent to the model: the system prompt, then each turn with its newest answer. */
-function dialogue(messages: StoredMessage[], system: string): { role: string; content: string }[] {
-  const out: { role: string; content: string }[] = system.trim() !== "" ? [{ role: "system", content: system }] : [];
-  for (const m of messages) {
-    if (m.role === "user") out.push({ role: "user", content: m.content });
-    else if (m.content !== "") {
-      if (out[out.length - 1]?.role === "assistant") out.pop(); // a regenerated answer replaces the earlier one
-      out.push({ role: "assistant", content: m.content });
-    }
-  }
-  return out;
-}
-
-function StoredRow({
-  message,
-  earlier,
-  onRegenerate,
-}: {
-  message: StoredMessage;
-  earlier: boolean;
-  onRegenerate: (() => void) | null;
-}) {
-  if (message.role === "user") {
-    return (
-      <div className="msg user">
-        <span className="who">You</span>
-        <div className="body">{message.content}</div>
-      </div>
-    );
-  }
-  return (
-    <div
-      className={`msg assistant${earlier ? " earlier" : ""}`}
-      data-testid="answer"
-      data-request-id={message.request_id}
-      data-status={message.status}
-    >
-      <span className="who">{earlier ? "Earlier answer" : "Assistant"}</span>
-      <div className="body">
-        <Markdown text={message.content} />
-      </div>
-      <div className="meta">
-        {message.status !== "completed" && (
-          <span className="notice warn">
-            {message.status === "cancelled" ? "Stopped" : `Failed: ${message.error ?? "error"}`}
-          </span>
-        )}
-        {message.model && <span>{message.model}</span>}
-        {message.usage && <span>{message.usage.completion_tokens} tokens</span>}
-        {onRegenerate !== null && (
-          <button type="button" onClick={onRegenerate}>
-            Regenerate
-          </button>
-        )}
-      </div>
-    </div>
-  );
-}
-
-function LiveRow({ entry }: { entry: Live }) {
-  const { state } = entry;
-  const running = !isFinished(state);
-  return (
-    <div
-      className="msg assistant"
-      data-testid="answer"
-      data-streaming={running ? "true" : "false"}
-      data-request-id={state.requestId}
-      data-chars={state.text.length}
-    >
-      <span className="who">Assistant</span>
-      {entry.reconnecting && (
-        <p className="notice warn" role="status">
-          Connection lost — reconnecting…
-        </p>
-      )}
-      {state.status === "waiting" && (
-        <p className="muted">{entry.stopWanted ? "Stopping…" : "Waiting for a worker…"}</p>
-      )}
-      <div className={`body${running ? " cursor" : ""}`}>
-        <Markdown text={state.text} />
-      </div>
-      <div className="meta">
-        {state.status === "cancelled" && <span className="notice warn">Stopped</span>}
-        {state.status === "failed" && (
-          <span className="notice error" role="alert">
-            {state.error?.message ?? "The answer failed."}
-          </span>
-        )}
-      </div>
-    </div>
-  );
 }
