@@ -34,6 +34,7 @@ CASES: list[tuple[str, bytes | dict[str, Any], int, str | None]] = [
     ("unknown model", {**GOOD, "model": "no-such-model"}, 404, "model"),
     ("missing model", {"messages": GOOD["messages"]}, 400, "model"),
     ("n above 8", {**GOOD, "n": 9}, 400, "n"),
+    ("n with greedy sampling", {**GOOD, "n": 2, "temperature": 0}, 400, "n"),
     ("max_tokens beyond context", {**GOOD, "max_tokens": 100_000}, 400, "max_tokens"),
     ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
     ("temperature wrong type", {**GOOD, "temperature": "hot"}, 400, "temperature"),

@@ -104,6 +104,16 @@ class TokenLogprob(_Contract):
     top: list[TopLogprob] = Field(default_factory=list)
 
 
+class PromptLogprob(_Contract):
+    """A prompt token's log probability (`completion` with `echo` and `logprobs`), in the legacy
+    completions' shape: `top` maps each likely token's text to its log probability (tokens that
+    decode alike collapse, as in vLLM). The first token has neither (nothing precedes it)."""
+
+    token: str
+    logprob: float | None = None
+    top: dict[str, float] | None = None
+
+
 class GenerationParams(_Contract):
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -261,6 +271,11 @@ class Started(_WithFacts):
     # output (its tool-call parser's marker). A streaming reader holds back text that may be
     # its beginning; None: the answer holds no tool-call markup it has to hide.
     tool_call_start: str | None = None
+    # `completion` with `echo`: the prompt's text, which the answer starts with (a streaming
+    # reader sends it first); with `logprobs` also its tokens' log probabilities, known only
+    # once the engine has read the prompt: such a request's `started` comes after its prefill.
+    echo_text: str | None = None
+    prompt_logprobs: list[PromptLogprob] | None = None
 
 
 class Reset(_Event):
@@ -326,6 +341,8 @@ class Failed(_WithFacts):
     code: str
     message: str
     retriable: bool = False
+    # `invalid_request`: the request field at fault, when known (OpenAI's `param`).
+    param: str | None = None
     text: str = ""
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)

@@ -464,7 +464,7 @@ def terminal_error(event: Failed | Cancelled) -> ApiError:
     if event.code == "context_length_exceeded":
         return errors.ContextLengthExceeded(event.message, param="messages")
     if event.code == "invalid_request":
-        return errors.InvalidRequest(event.message, param="messages")
+        return errors.InvalidRequest(event.message, param=event.param or "messages")
     if event.retriable:
         return errors.ServiceUnavailable(event.message, code=event.code)
     return errors.UpstreamFailed(event.message, code=event.code)

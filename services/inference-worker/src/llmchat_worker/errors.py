@@ -13,7 +13,9 @@ class EngineFailure(WorkerError):
 class RequestRejected(WorkerError):
     """A request the engine cannot serve as asked (e.g. too long for the context)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # The request field at fault, when the engine names one.
+        self.param = param

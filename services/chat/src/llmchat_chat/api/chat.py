@@ -19,6 +19,9 @@ from llmchat_chat.api.chat_request import (
     response_format_of,
     tools_of,
 )
+from llmchat_chat.api.chat_request import (
+    choices_of as n_choices,
+)
 from llmchat_chat.api.chat_stream import ChoiceStream
 from llmchat_chat.api.deps import Caller, CallerDep, ConversationsDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import ChunkWriter, choices_of, completion_body
@@ -106,7 +109,7 @@ async def to_request(
             min_p=body.min_p,
             logit_bias=logit_bias_of(body),
             logprobs=logprobs_of(body),
-            n=body.n or 1,
+            n=n_choices(body),
             response_format=response_format_of(body),
         ),
         tools=tools,

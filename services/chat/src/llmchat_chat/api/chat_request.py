@@ -139,6 +139,14 @@ def response_format_of(body: ChatCompletionRequest) -> ResponseFormat | None:
     return ResponseFormat(type="json_schema", json_schema=schema)
 
 
+def choices_of(body: ChatCompletionRequest) -> int:
+    n = body.n or 1
+    if n > 1 and body.temperature == 0:
+        # vLLM's rule: greedy sampling gives one answer.
+        raise ApiError("n must be 1 with greedy sampling (temperature 0)", param="n")
+    return n
+
+
 def logprobs_of(body: ChatCompletionRequest) -> int | None:
     """vLLM's `logprobs` (how many top tokens; None: none) from OpenAI's pair."""
     if body.top_logprobs and not body.logprobs:
