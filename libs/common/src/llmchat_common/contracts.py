@@ -83,9 +83,12 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 class ResponseFormat(_Contract):
     """Structured output, enforced by the engine's constrained decoding."""
 
-    type: Literal["text", "json_object", "json_schema"] = "text"
+    type: Literal["text", "json_object", "json_schema", "structural_tag"] = "text"
     # The schema itself for `json_schema` (checked by the edge).
     json_schema: dict[str, Any] | None = None
+    # `structural_tag` (the worker's own, never from a client): a forced tool call in the
+    # model's own call format, as vLLM's tool parser constrains it.
+    structural_tag: str | None = None
 
 
 class TopLogprob(_Contract):
@@ -135,6 +138,8 @@ class GenerationParams(_Contract):
     # Choices generated for the one request (each its own `index`).
     n: int = Field(default=1, ge=1)
     response_format: ResponseFormat | None = None
+    # False where a tool-call parser needs the special tokens that mark calls (vLLM's hermes).
+    skip_special_tokens: bool = True
 
 
 class ChatRequested(_Contract):

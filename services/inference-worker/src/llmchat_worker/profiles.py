@@ -156,5 +156,12 @@ def serve_args(profile: ModelProfile, model_path: str) -> list[str]:
     if profile.quantization:
         args += ["--quantization", profile.quantization]
     if profile.tool_call_parser:
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser]
+        # The worker holds every tool's arguments to its schema (`engine.TOOL_STRICT_LEVEL`).
+        args += [
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            profile.tool_call_parser,
+            "--tool-strict-level",
+            "parameter",
+        ]
     return args

@@ -28,8 +28,10 @@ from llmchat_common.contracts import (
     Failed,
     FunctionTool,
     GenerationParams,
+    PromptLogprob,
     Released,
     Reset,
+    ResponseFormat,
     Started,
     Timings,
     TokenLogprob,
@@ -63,6 +65,8 @@ class TokenChunk:
     logprobs: list[TokenLogprob] | None = None
     # The choice (`n` > 1) these tokens belong to.
     index: int = 0
+    # Asked for (`prompt_logprobs`): the prompt's, on the first chunk only.
+    prompt_logprobs: list[PromptLogprob] | None = None
 
 
 class EngineLike(Protocol):
@@ -100,17 +104,56 @@ class EngineLike(Protocol):
     async def abort(self, key: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ToolPlan:
+    """How an engine with a tool-call parser runs a request's tool calling (vLLM's server's way)."""
+
+    # What the output is constrained to (None: nothing).
+    constraint: ResponseFormat | None
+    skip_special_tokens: bool
+    # The text that opens a call in the output, for a streaming reader to hold back; None: the
+    # output is a bare forced call's JSON or plain text.
+    marker: str | None
+    # A finished choice's text and token ids -> its content without the calls, and the calls.
+    parse: Callable[[str, list[int], int], tuple[str | None, list[ToolCall]]]
+
+
 @runtime_checkable
 class ToolCallParsing(Protocol):
-    """An engine whose model writes tool calls in a format a parser reads (`tool_choice:
-    auto`); the profile names vLLM's parser."""
+    """An engine whose profile names a tool-call parser (vLLM's)."""
 
-    @property
-    def tool_call_start(self) -> str | None: ...
+    def tool_plan(self, request: ChatRequested) -> ToolPlan | None: ...
 
-    def parse_tool_calls(
-        self, text: str, request: ChatRequested, choice: int = 0
-    ) -> tuple[str | None, list[ToolCall]]: ...
+
+@runtime_checkable
+class CompletionEngine(Protocol):
+    """An engine that serves legacy completions (`kind: completion`): a raw prompt, no chat
+    template. An engine without it refuses them (the edge only sends them to chat models)."""
+
+    def encode_prompt(self, prompt: str | list[int]) -> tuple[list[int], str]:
+        """The prompt's token ids and its text as an echo shows it, both as vLLM's
+        `/v1/completions` has them: a text is tokenized with the tokenizer's special tokens (a
+        BOS, if the model has one) and echoed as given; token ids are taken as they are and
+        echoed decoded, special tokens kept. Raises ValueError for an empty prompt or an id
+        outside the vocabulary."""
+        ...
+
+    def generate(
+        self,
+        key: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        max_tokens: int,
+        priority: int = 0,
+        trace_headers: Mapping[str, str] | None = None,
+        *,
+        all_top: bool = False,
+        prompt_logprobs: bool = False,
+    ) -> AsyncIterator[TokenChunk]:
+        """As `EngineLike.generate`; the legacy completions' log probabilities: `all_top`, every
+        entry of a step (the sampled token's and the `logprobs` most likely: up to k + 1), and
+        `prompt_logprobs`, the prompt's (on the first chunk)."""
+        ...
 
 
 class ServingEngine(EngineLike, Protocol):
@@ -291,6 +334,8 @@ class RequestRunner:
         self.clock = clock
         self.cancel_reason: CancelReason | None = None
         self._coalesce = coalesce
+        self._plan: ToolPlan | None = None
+        self._plan_known = False
         # Tokens held back by the coalescer go out when this timer fires (its flush runs as a
         # task; `_flush` waits for it, so deltas keep their order and seq).
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -311,6 +356,10 @@ class RequestRunner:
         self._tokens = first.tokens
         self._text = first.text
         self._started_at = 0.0
+        # `completion` with `echo`: the prompt's text. With `logprobs` too, `started` waits for
+        # the engine's first output, which brings the prompt's log probabilities.
+        self._echo_text: str | None = None
+        self._started_pending = False
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
 
@@ -348,17 +397,12 @@ class RequestRunner:
         self._prompt_tokens = len(prompt_ids)
         if self.reset_reason is not None:
             await self._emit(Reset(**self._base(), reason=self.reset_reason))
-        await self._emit(
-            Started(
-                **(self._base() | self.request.facts()),  # type: ignore[arg-type]
-                queue_ms=max(0.0, (self._started_at - self.request.created_at) * 1000.0),
-                prompt_tokens=len(prompt_ids),
-                engine_model=self.engine.model_path,
-                resumed_tokens=len(self.resume.tokens),
-                resumed_chars=len(self.resume.text),
-                tool_call_start=self._tool_call_start(),
-            )
+        remaining = max_tokens - len(self.resume.tokens)
+        self._started_pending = (
+            self._wants_prompt_logprobs() and self.resume.finish_reason is None and remaining > 0
         )
+        if not self._started_pending:
+            await self._emit(self._started())
         if self.resume.finish_reason is not None:
             # The dead attempt had finished the answer but not stored its terminal event.
             return await self._terminal(
@@ -370,7 +414,6 @@ class RequestRunner:
                     timings=self._timings(),
                 )
             )
-        remaining = max_tokens - len(self.resume.tokens)
         if remaining <= 0:
             # The dead attempt had generated everything but its terminal event.
             return await self._terminal(
@@ -405,6 +448,20 @@ class RequestRunner:
             return await self._finish_cancelled(reason)
         except EngineFailure:
             raise
+        except RequestRejected as exc:
+            await self._flush()
+            return await self._terminal(
+                Failed(
+                    **self._base(),
+                    code=exc.code,
+                    message=exc.message,
+                    param=exc.param,
+                    retriable=False,
+                    text="".join(self._text),
+                    usage=self._usage(),
+                    timings=self._timings(),
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - one request's engine error must not kill the worker
             await self._flush()
             return await self._terminal(
@@ -422,13 +479,38 @@ class RequestRunner:
             await self._abort(self.cancel_reason)
             return await self._finish_cancelled(self.cancel_reason)
         await self._flush()
+        if self._started_pending:
+            self._started_pending = False
+            await self._emit(self._started())
         return await self._terminal(self._completed(finish_reason))
+
+    def _started(self, prompt_logprobs: list[PromptLogprob] | None = None) -> Started:
+        return Started(
+            **(self._base() | self.request.facts()),  # type: ignore[arg-type]
+            queue_ms=max(0.0, (self._started_at - self.request.created_at) * 1000.0),
+            prompt_tokens=self._prompt_tokens,
+            engine_model=self.engine.model_path,
+            resumed_tokens=len(self.resume.tokens),
+            resumed_chars=len(self.resume.text),
+            tool_call_start=self._tool_call_start(),
+            echo_text=self._echo_text,
+            prompt_logprobs=prompt_logprobs,
+        )
+
+    def _wants_prompt_logprobs(self) -> bool:
+        request = self.request
+        return request.kind == "completion" and request.echo and request.params.logprobs is not None
+
+    def _completion_engine(self) -> CompletionEngine | None:
+        return self.engine if isinstance(self.engine, CompletionEngine) else None
 
     async def _abort(self, reason: CancelReason) -> None:
         await self.engine.abort(self.engine_key)
         metrics.ABORTS.labels(self.metrics_model, reason).inc()
 
     async def _encode(self) -> list[int]:
+        if self.request.kind == "completion":
+            return await self._encode_prompt()
         try:
             # In a thread: tokenizing a long prompt must not stall every other stream.
             if self.request.tools:
@@ -438,6 +520,21 @@ class RequestRunner:
             return await asyncio.to_thread(self.engine.encode_chat, self.request.messages)
         except Exception as exc:
             raise RequestRejected("invalid_request", f"the messages do not fit this model: {exc}") from exc
+
+    async def _encode_prompt(self) -> list[int]:
+        """A legacy completion's raw prompt: no chat template."""
+        engine, prompt = self._completion_engine(), self.request.prompt
+        if engine is None:
+            raise RequestRejected("invalid_request", "this model does not serve completions")
+        if prompt is None:
+            raise RequestRejected("invalid_request", "a completion request needs a prompt")
+        try:
+            ids, text = await asyncio.to_thread(engine.encode_prompt, prompt)
+        except Exception as exc:
+            raise RequestRejected("invalid_request", f"the prompt does not fit this model: {exc}") from exc
+        if self.request.echo:
+            self._echo_text = text
+        return ids
 
     def _max_tokens(self, prompt_len: int) -> int:
         limit = self.engine.max_model_len
@@ -470,17 +567,38 @@ class RequestRunner:
     async def _generate_events(self, prompt_ids: list[int], max_tokens: int) -> str:
         request = self.request
         params = request.params
-        constraint = tooling.constraint(request)
-        if constraint != params.response_format:
+        plan = self._tool_plan()
+        if plan is not None:
+            params = params.model_copy(
+                update={"response_format": plan.constraint, "skip_special_tokens": plan.skip_special_tokens}
+            )
+        elif (constraint := tooling.constraint(request)) != params.response_format:
             params = params.model_copy(update={"response_format": constraint})
-        async for chunk in self.engine.generate(
-            self.engine_key,
-            prompt_ids,
-            params,
-            max_tokens,
-            request.priority,
-            trace_headers=self.trace_headers,
-        ):
+        completion_engine = self._completion_engine() if request.kind == "completion" else None
+        if completion_engine is not None:
+            chunks = completion_engine.generate(
+                self.engine_key,
+                prompt_ids,
+                params,
+                max_tokens,
+                request.priority,
+                trace_headers=self.trace_headers,
+                all_top=True,
+                prompt_logprobs=self._wants_prompt_logprobs(),
+            )
+        else:
+            chunks = self.engine.generate(
+                self.engine_key,
+                prompt_ids,
+                params,
+                max_tokens,
+                request.priority,
+                trace_headers=self.trace_headers,
+            )
+        async for chunk in chunks:
+            if self._started_pending:
+                self._started_pending = False
+                await self._emit(self._started(chunk.prompt_logprobs))
             now = self.clock()
             choice = self._choice(chunk.index)
             if chunk.token_ids:
@@ -512,23 +630,33 @@ class RequestRunner:
             choice = self._choices[index] = ChoiceState(index, DeltaCoalescer(self._coalesce))
         return choice
 
+    def _tool_plan(self) -> ToolPlan | None:
+        """The engine's way of running this request's tool calls (its profile's parser), once."""
+        if self._plan_known:
+            return self._plan
+        self._plan_known = True
+        if self.request.tools_active() and isinstance(self.engine, ToolCallParsing):
+            self._plan = self.engine.tool_plan(self.request)
+        return self._plan
+
     def _tool_call_start(self) -> str | None:
-        request = self.request
-        if request.tool_choice != "auto" or not request.tools or not isinstance(self.engine, ToolCallParsing):
-            return None
-        return self.engine.tool_call_start
+        plan = self._tool_plan()
+        return None if plan is None else plan.marker
 
     def _outcome(self, choice: ChoiceState, engine_reason: str) -> Choice:
         """A finished choice as OpenAI clients read it: the tool calls in its text, if any."""
         text = "".join(choice.text)
         content: str | None = None
-        calls = tooling.forced_calls(self.request, text, choice.index)
-        if calls is not None:
-            content = ""
-        elif self._tool_call_start() is not None and isinstance(self.engine, ToolCallParsing):
-            parsed_content, calls = self.engine.parse_tool_calls(text, self.request, choice.index)
-            if calls:
-                content = parsed_content
+        plan = self._tool_plan()
+        calls: list[ToolCall] | None
+        if plan is not None:
+            parsed, calls = plan.parse(text, choice.tokens, choice.index)
+            if calls or self.request.tool_choice != "auto":
+                content = parsed or ""
+        else:
+            calls = tooling.forced_calls(self.request, text, choice.index)
+            if calls is not None:
+                content = ""
         calls = calls or []
         if calls and not self.request.parallel_tool_calls:
             calls = calls[:1]
@@ -558,6 +686,7 @@ class RequestRunner:
             tool_calls=first.tool_calls,
             content=first.content,
             logprobs=first.logprobs,
+            echo_text=self._echo_text,
             choices=choices,
         )
 

@@ -124,10 +124,19 @@ def template_tools(tools: list[FunctionTool]) -> list[dict[str, Any]] | None:
     """The tools as chat templates expect them (OpenAI's request shape)."""
     if not tools:
         return None
-    return [
-        {"type": "function", "function": tool.model_dump(exclude_none=True, exclude={"strict"})}
-        for tool in tools
-    ]
+    # vLLM's own rendering (`ChatCompletionToolsParam.model_dump()`): an absent description or
+    # parameters are null, `strict` only when set; the prompt is the same token for token.
+    rendered = []
+    for tool in tools:
+        function: dict[str, Any] = {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        }
+        if tool.strict is not None:
+            function["strict"] = tool.strict
+        rendered.append({"type": "function", "function": function})
+    return rendered
 
 
 def template_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 The deltas carry the model's raw text. What a client may see of it depends on the tool choice:
 - no tools (or `none`): the text, as it comes;
-- a named tool choice: the text *is* the call's arguments (constrained decoding), streamed as
-  argument fragments after a first chunk with the call's id and name;
-- `required`: the text is a JSON array of calls, readable only once whole: the calls go out
-  with the terminal event;
-- `auto`: text streams as content until the tool-call marker of the model's parser (from the
-  `started` event) appears; a tail that may be the marker's beginning is held back. The calls
-  (and any held-back text that was no marker after all) go out with the terminal event, as the
-  worker's parser read them.
+- a named tool choice in bare JSON (a model without a tool-call parser): the text *is* the
+  call's arguments (constrained decoding), streamed as argument fragments after a first chunk
+  with the call's id and name;
+- `required` in bare JSON: the text is a JSON array of calls, readable only once whole: the
+  calls go out with the terminal event;
+- calls in the model's own format (`auto`, or a forced call where vLLM's parser constrains the
+  model to its own call format): text streams as content until the tool-call marker of the
+  model's parser (from the `started` event) appears; a tail that may be the marker's beginning
+  is held back. The calls (and any held-back text that was no marker after all) go out with
+  the terminal event, as the worker's parser read them.
 
 Call ids are derived from the request id (`tool_call_id`), so a call streamed before the
 terminal event has the id the terminal event, history and every replay give it.
@@ -60,11 +62,12 @@ class ChoiceStream:
         request = self.request
         if not request.tools_active():
             return "text"
+        if self._marker:
+            # Calls in the model's own format (auto, or forced by the parser's grammar).
+            return "marker"
         if isinstance(request.tool_choice, NamedToolChoice):
             return "named"
-        if request.tool_choice == "required":
-            return "required"
-        return "auto" if self._marker else "text"
+        return "required" if request.tool_choice == "required" else "text"
 
     def current(self, event: AnyEvent) -> bool:
         """Takes note of a new attempt (and of the marker its `started` names); False for the
@@ -115,9 +118,9 @@ class ChoiceStream:
                 self._named_start(),
                 writer.tool_call_arguments(0, choice.tool_calls[0].function.arguments),
             ]
-        elif mode in ("required", "auto"):
-            if mode == "auto":
-                content = (message_content(choice) or "") if choice.tool_calls else choice.text
+        elif mode in ("required", "marker"):
+            if mode == "marker":
+                content = message_content(choice) or ""
                 sent = self.raw[: self._sent]
                 if len(content) > len(sent) and content.startswith(sent):
                     out.append(writer.content(content[len(sent) :], index=index))
