@@ -45,6 +45,8 @@ from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registr
 from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
 from llmchat_common.telemetry import attached, consumer_span, extract, inject, record_error, tracer
 from llmchat_worker import metrics
+from llmchat_worker.embedding_engine import EmbeddingEngine
+from llmchat_worker.embeddings import EmbeddingRunner, serves_embeddings
 from llmchat_worker.errors import EngineFailure
 from llmchat_worker.profiles import ModelProfile
 from llmchat_worker.publisher import EventPublisher
@@ -166,7 +168,7 @@ def generate_attributes(
         "llmchat.source": request.source,
         "llmchat.priority": request.priority,
         "llmchat.worker_id": worker_id,
-        "gen_ai.operation.name": "chat",
+        "gen_ai.operation.name": "embeddings" if request.kind == "embedding" else "chat",
         "gen_ai.request.model": request.model,
     }
     if request.params.max_tokens is not None:
@@ -212,6 +214,11 @@ def capabilities(profile: ModelProfile) -> ModelCapabilities:
     return ModelCapabilities(kind="chat", modalities=list(profile.modalities), fim=profile.fim)
 
 
+def _embedding_capabilities(engine: object) -> ModelCapabilities | None:
+    """An embedding engine's own (its vector size is known once it has started)."""
+    return engine.capabilities() if isinstance(engine, EmbeddingEngine) else None
+
+
 class RequestConsumer:
     def __init__(
         self,
@@ -228,7 +235,7 @@ class RequestConsumer:
         self.token = subjects.model_token(alias)
         self.capacity = settings.capacity or engine.profile.max_num_seqs
         self.on_fatal = on_fatal
-        self.runners: dict[str, RequestRunner] = {}
+        self.runners: dict[str, RequestRunner | EmbeddingRunner] = {}
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
@@ -461,18 +468,32 @@ class RequestConsumer:
                 span.set_attribute("llmchat.reset_reason", reset_reason)
         resumed_tokens = len(resume.tokens) if resume is not None else 0
         span.set_attribute("llmchat.resumed_tokens", resumed_tokens)
-        runner = RequestRunner(
-            request,
-            attempt=attempt,
-            worker_id=self.settings.worker_id,
-            engine=self.engine,
-            sink=sink,
-            coalesce=CoalesceConfig(self.settings.delta_max_tokens, self.settings.delta_max_ms),
-            resume=resume,
-            reset_reason=reset_reason,
-            trace_headers=trace_headers,
-            metrics_model=self.alias,
-        )
+        runner: RequestRunner | EmbeddingRunner
+        if serves_embeddings(request, self.engine):
+            # The same consumer; only the work per request differs (no deltas, no resume).
+            runner = EmbeddingRunner(
+                request,
+                attempt=attempt,
+                worker_id=self.settings.worker_id,
+                engine=self.engine,
+                sink=sink,
+                trace_headers=trace_headers,
+                metrics_model=self.alias,
+                max_event_bytes=self.settings.nats.max_msg_bytes,
+            )
+        else:
+            runner = RequestRunner(
+                request,
+                attempt=attempt,
+                worker_id=self.settings.worker_id,
+                engine=self.engine,
+                sink=sink,
+                coalesce=CoalesceConfig(self.settings.delta_max_tokens, self.settings.delta_max_ms),
+                resume=resume,
+                reset_reason=reset_reason,
+                trace_headers=trace_headers,
+                metrics_model=self.alias,
+            )
         if await self._cancelled_while_queued(request):
             runner.cancel("client")
         self.runners[request.request_id] = runner
@@ -533,7 +554,9 @@ class RequestConsumer:
             },
         )
 
-    async def _fail_unexpected(self, runner: RequestRunner, msg: Msg, exc: Exception) -> None:
+    async def _fail_unexpected(
+        self, runner: RequestRunner | EmbeddingRunner, msg: Msg, exc: Exception
+    ) -> None:
         """Hand the request back; after its last delivery JetStream's advisory ends it
         `failed` (see fail_exhausted_request)."""
         log.error("request failed", extra={"error": repr(exc)})
@@ -643,7 +666,7 @@ class RequestConsumer:
             version=VERSION,
             heartbeat_at=time.time(),
             started_at=self.started_at,
-            capabilities=capabilities(self.engine.profile),
+            capabilities=_embedding_capabilities(self.engine) or capabilities(self.engine.profile),
         )
 
     async def _heartbeat_once(self) -> None:

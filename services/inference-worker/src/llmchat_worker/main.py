@@ -21,6 +21,7 @@ from fastapi import FastAPI, Response
 from llmchat_common.logging import configure_vllm_logging, install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry, stop_metrics
+from llmchat_worker.embedding_engine import EmbeddingEngine
 from llmchat_worker.engine import VllmEngine
 from llmchat_worker.handlers import RequestConsumer, register_handlers
 from llmchat_worker.logs import JsonLines
@@ -46,6 +47,8 @@ def make_engine(settings: WorkerSettings, profile: ModelProfile) -> ServingEngin
             extra={"tokens_per_s": settings.synthetic_tokens_per_s},
         )
         return SyntheticEngine(profile, settings.synthetic_tokens_per_s)
+    if profile.kind == "embedding":
+        return EmbeddingEngine(profile, settings.models_dir)
     return VllmEngine(profile, settings.models_dir)
 
 

