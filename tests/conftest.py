@@ -86,6 +86,24 @@ def worker(stack: LocalStack, models_dir: Path) -> Iterator[Worker]:
         proc.stop()
 
 
+# The built-in embedding model: its worker is started only for the tests that ask for it.
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="session")
+def embedding_worker(stack: LocalStack, models_dir: Path) -> Iterator[Worker]:
+    """A worker of the embedding model (its own engine, ~35 s or more to start), serving it to
+    the shared edge through the registry. Started, not waited for, so that it starts while the
+    edge's fixtures do; `wait_for_worker` before use (tests/e2e/test_embeddings.py)."""
+    proc, port = start_worker(
+        stack, model=EMBEDDING_MODEL, models_dir=models_dir, name="worker-embedding", wait=False
+    )
+    try:
+        yield Worker(proc, port)
+    finally:
+        proc.stop()
+
+
 # The shared edge's limits are out of the way of the functional tests; the limits tests start
 # their own edge with small ones.
 ROOMY_LIMITS = {

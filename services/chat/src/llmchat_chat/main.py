@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
 
-from llmchat_chat.api import build_router
+from llmchat_chat.api import build_router, embeddings
 from llmchat_chat.api import errors as api_errors
 from llmchat_chat.api.limits import BodySizeLimit
 from llmchat_chat.api.security import SecurityHeaders
@@ -131,6 +131,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HttpMetrics)
     app.include_router(build_router())
+    app.include_router(embeddings.router)
     # Last: everything no API route claimed is the web app's.
     app.mount("/", WebApp(settings.web_dir), name="web")
     # Outermost: the server span covers everything above, the metrics and access log included.
