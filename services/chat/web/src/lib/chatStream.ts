@@ -56,7 +56,8 @@ export async function startAnswer(
 ): Promise<{ state: AnswerState; done: Promise<AnswerState> }> {
   const response = await session.fetch("/v1/chat/completions", {
     method: "POST",
-    body: JSON.stringify({ ...body, stream: true, disconnect: "detach" }),
+    // Stored explicitly: the web app's chats are conversations (history).
+    body: JSON.stringify({ ...body, stream: true, disconnect: "detach", store: true }),
     signal,
   });
   const requestId = response.headers.get("X-Request-Id") ?? "";
