@@ -52,6 +52,7 @@ from llmchat_worker.profiles import ModelProfile
 from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import (
     CoalesceConfig,
+    CompletionEngine,
     Event,
     RequestRunner,
     Resume,
@@ -599,7 +600,12 @@ class RequestConsumer:
 
     def _settle(self, request: ChatRequested, stored: Resume) -> Resume | None:
         try:
-            prompt_ids = self.engine.encode_chat(request.messages, request.tools or None)
+            if request.kind == "completion" and request.prompt is not None:
+                # A raw prompt (the runner's `_encode_prompt`); the decode context below.
+                assert isinstance(self.engine, CompletionEngine)
+                prompt_ids = self.engine.encode_prompt(request.prompt)[0]
+            else:
+                prompt_ids = self.engine.encode_chat(request.messages, request.tools or None)
         except Exception:  # noqa: BLE001 - the run itself rejects such a request
             prompt_ids = []
         try:

@@ -59,6 +59,11 @@ class SyntheticEngine:
             ids.extend(zlib.crc32(word.encode()) % 50_000 for word in message.content.split())
         return ids
 
+    def encode_prompt(self, prompt: str | list[int]) -> tuple[list[int], str]:
+        if isinstance(prompt, str):
+            return [zlib.crc32(word.encode()) % 50_000 for word in prompt.split()] or [1], prompt
+        return list(prompt), self.decode(list(prompt))
+
     def decode(self, ids: list[int]) -> str:
         return "".join(f"{i} " for i in ids)
 
@@ -70,7 +75,11 @@ class SyntheticEngine:
         max_tokens: int,
         priority: int = 0,
         trace_headers: Mapping[str, str] | None = None,
+        *,
+        all_top: bool = False,
+        prompt_logprobs: bool = False,
     ) -> AsyncGenerator[TokenChunk, None]:
+        # No log probabilities here: the pipeline's cost is what is measured.
         loop = asyncio.get_running_loop()
         self._running.add(key)
         try:

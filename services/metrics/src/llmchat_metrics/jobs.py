@@ -1,6 +1,6 @@
-"""The jobs projection: one `usage.jobs` row per chat request, merged from its `requested`
-message (CHAT_REQUESTS, its own durable consumer) and its `started` and terminal events
-(CHAT_EVENTS, another one). Title requests (kind `title`) are not jobs.
+"""The jobs projection: one `usage.jobs` row per chat request (and legacy completion), merged
+from its `requested` message (CHAT_REQUESTS, its own durable consumer) and its `started` and
+terminal events (CHAT_EVENTS, another one). Title requests (kind `title`) are not jobs.
 
 The two consumers run independently, so a row may be made by any of its messages first (an
 event before its request, a terminal before its `started`), and any message may come again
@@ -52,6 +52,8 @@ TERMINAL_FIELDS = (
     "error_message",
 )
 DEADLINE_MESSAGE = "the request was stopped at its deadline"
+# What a caller asked for: a chat completion or a legacy completion (not a conversation title).
+JOB_KINDS = frozenset({"chat", "completion"})
 
 
 def utc(ts: float) -> datetime:
@@ -90,7 +92,7 @@ def _row(
 
 
 def row_of_request(request: ChatRequested) -> Row | None:
-    if request.kind != "chat":
+    if request.kind not in JOB_KINDS:
         return None
     return _row(
         request.request_id,
@@ -127,7 +129,7 @@ def terminal_outcome(event: Completed | Failed | Cancelled) -> dict[str, Any]:
 
 
 def row_of_event(event: Started | Completed | Failed | Cancelled) -> Row | None:
-    if event.kind != "chat":
+    if event.kind not in JOB_KINDS:
         return None
     facts: dict[str, Any] = {
         "user_id": event.user_id,

@@ -1,6 +1,17 @@
 from fastapi import APIRouter
 
-from llmchat_chat.api import admin, auth, chat, conversations, health, jobs, models, requests, usage
+from llmchat_chat.api import (
+    admin,
+    auth,
+    chat,
+    completions,
+    conversations,
+    health,
+    jobs,
+    models,
+    requests,
+    usage,
+)
 
 
 def build_router() -> APIRouter:
@@ -8,6 +19,7 @@ def build_router() -> APIRouter:
     router.include_router(health.router)
     router.include_router(models.router)
     router.include_router(chat.router)
+    router.include_router(completions.router)
     router.include_router(auth.router)
     router.include_router(admin.router)
     router.include_router(conversations.router)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from llmchat_chat.api.completions_format import Echo, completion_choices, completion_object
 from llmchat_chat.api.openai_format import completion_body, usage_body
 from llmchat_common.contracts import Cancelled, Completed, Failed, Started
 
@@ -78,7 +79,14 @@ def job_body(
         "error": error_of(terminal),
         "links": job_links(request_id),
     }
-    if isinstance(terminal, Completed):
+    if isinstance(terminal, Completed) and terminal.kind == "completion":
+        # A legacy completion: its `text_completion` (a call with several prompts is a job each).
+        echo = Echo.of(started, terminal) if terminal.echo_text is not None else None
+        choices = completion_choices(terminal, echo=echo, logprobs=terminal.logprobs is not None)
+        body["result"] = completion_object(
+            request_id, model or "", int(created_at or terminal.ts), choices, terminal.usage
+        )
+    elif isinstance(terminal, Completed):
         body["result"] = completion_body(
             request_id, model or "", int(created_at or terminal.ts), terminal, conversation_id or ""
         )
