@@ -3,11 +3,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from llmchat_common.testing.services import wait_for_worker
+from llmchat_common.testing.vllm_serve import start_vllm_serve
+from llmchat_worker.profiles import load_profile, serve_args
+from tests.conftest import EMBEDDING_MODEL, MAIN_MODEL, Worker
 
 CASES: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": "Hello there, how are you?"}], "max_tokens": 40},
@@ -70,3 +76,37 @@ def reference(worker: object, models_dir: Path, stack: Any) -> Iterator[Referenc
         yield ref
     finally:
         ref.stop()
+
+
+@pytest.fixture(scope="session")
+def embedding_model(embedding_worker: Worker, edge_url: str) -> str:
+    """The embedding model, once its worker is ready and the edge sees it in the registry. The
+    worker is asked for first, so its engine starts while the edge's fixtures start theirs."""
+    started = time.monotonic()
+    wait_for_worker(embedding_worker.proc, embedding_worker.port, timeout=600)
+    print(f"\nembedding worker ready after a further {time.monotonic() - started:.1f} s")
+    return EMBEDDING_MODEL
+
+
+# The tool template of tiny-random's profile: for requests without tools it gives the model's
+# own prompt, so one server serves every side-by-side case.
+TOOL_TEMPLATE = Path(__file__).resolve().parents[2] / (
+    "services/inference-worker/src/llmchat_worker/profiles/chatml_tools.jinja"
+)
+
+
+@pytest.fixture(scope="session")
+def vllm_serve(worker: object, models_dir: Path, stack: Any) -> Iterator[tuple[str, str]]:
+    """vLLM's own OpenAI server on the suite's model, with the worker's engine arguments, tool
+    parser and strict level (`serve_args`): the reference of the side-by-side tests. Started
+    after the worker has built the model; (url, api key)."""
+    profile = load_profile(MAIN_MODEL)
+    server = start_vllm_serve(
+        [*serve_args(profile, str(models_dir / MAIN_MODEL)), "--chat-template", str(TOOL_TEMPLATE)],
+        logs=stack.logs,
+        kvcache_space_gib=profile.cpu_kvcache_space_gib,
+    )
+    try:
+        yield server.url, server.api_key
+    finally:
+        server.stop()

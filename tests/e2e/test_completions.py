@@ -7,11 +7,6 @@ the same answers at temperature 0."""
 from __future__ import annotations
 
 import json
-import os
-import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +16,8 @@ import pytest
 from openai import AsyncOpenAI
 from transformers import AutoTokenizer
 
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
 from llmchat_common.testing.services import wait_for_worker
 from llmchat_common.testing.stack import LocalStack
-from llmchat_worker.profiles import load_profile, serve_args
 from tests.conftest import EMBEDDING_MODEL, MAIN_MODEL, Worker
 from tests.helpers import eventually
 
@@ -349,50 +342,6 @@ PARITY: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def vllm_completions(worker: object, models_dir: Path, stack: LocalStack) -> Iterator[tuple[str, str]]:
-    """vLLM's server with the worker's engine arguments (for this module only: its memory is
-    freed before the suite goes on)."""
-    profile = load_profile(MAIN_MODEL)
-    port = free_port()
-    api_key = f"sk-parity-{uuid.uuid4().hex}"
-    env = {
-        **os.environ,
-        "VLLM_HOST_IP": "127.0.0.1",
-        "VLLM_API_KEY": api_key,
-        "VLLM_CPU_KVCACHE_SPACE": str(profile.cpu_kvcache_space_gib or 1),
-        "PYTHONUNBUFFERED": "1",
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        *serve_args(profile, str(models_dir / MAIN_MODEL)),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    started = time.monotonic()
-    proc = ManagedProcess(
-        "vllm-serve-completions", argv, env=env, log_path=stack.logs / "vllm-serve-completions.log"
-    )
-    proc.start()
-    try:
-        wait_until(lambda: _healthy(port), timeout=300, what="vllm serve", proc=proc)
-        print(f"\nvllm serve ready in {time.monotonic() - started:.1f} s")
-        yield f"http://127.0.0.1:{port}", api_key
-    finally:
-        proc.stop()
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _rounded(logprobs: dict[str, Any] | None) -> Any:
     if logprobs is None:
         return None
@@ -479,9 +428,9 @@ async def ask(base: str, key: str, body: dict[str, Any], *, stream: bool) -> dic
     ],
 )
 async def test_same_answer_as_vllm_serve(
-    case: str, stream: bool, vllm_completions: tuple[str, str], edge_url: str, api_key: str
+    case: str, stream: bool, vllm_serve: tuple[str, str], edge_url: str, api_key: str
 ) -> None:
     body = {"model": MAIN_MODEL, "temperature": 0, **PARITY[case]}
-    theirs = normalise(await ask(*vllm_completions, body, stream=stream))
+    theirs = normalise(await ask(*vllm_serve, body, stream=stream))
     ours = normalise(await ask(edge_url, api_key, body, stream=stream))
     assert ours == theirs

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import math
 import struct
-import time
 from typing import Any
 
 import asyncpg
@@ -18,9 +17,8 @@ from openai import AsyncOpenAI, BadRequestError
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Started
-from llmchat_common.testing.services import wait_for_worker
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import EMBEDDING_MODEL, MAIN_MODEL, Worker
+from tests.conftest import MAIN_MODEL
 from tests.helpers import Account, connect_nats, eventually, read_request_events, register_account
 
 pytestmark = pytest.mark.asyncio
@@ -29,16 +27,6 @@ DIMENSIONS = 384
 # all-MiniLM-L6-v2's BERT vocabulary: [CLS] hello world [SEP].
 HELLO_WORLD_IDS = [101, 7592, 2088, 102]
 UNRELATED = "The invoice is due at the end of the month."
-
-
-@pytest.fixture(scope="session")
-def embedding_model(embedding_worker: Worker, edge_url: str) -> str:
-    """The embedding model, once its worker is ready and the edge sees it in the registry. The
-    worker is asked for first, so its engine starts while the edge's fixtures start theirs."""
-    started = time.monotonic()
-    wait_for_worker(embedding_worker.proc, embedding_worker.port, timeout=600)
-    print(f"\nembedding worker ready after a further {time.monotonic() - started:.1f} s")
-    return EMBEDDING_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,11 @@ for the streamed form, accumulated."""
 from __future__ import annotations
 
 import json
-import os
-import sys
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
-from llmchat_common.testing.stack import LocalStack
-from llmchat_worker.profiles import load_profile, serve_args
-
-TEMPLATE = Path(__file__).resolve().parents[2] / (
-    "services/inference-worker/src/llmchat_worker/profiles/chatml_tools.jinja"
-)
 WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
@@ -126,47 +114,6 @@ MATRIX: dict[str, dict[str, Any]] = {
     "stops": {"messages": ASK, "max_tokens": 40, "stop": ["zz0", "zz1", "zz2", "e"]},
     "seeded n": {"messages": ASK, "max_tokens": 6, "n": 3, "temperature": 0.9, "seed": 11},
 }
-
-
-@pytest.fixture(scope="session")
-def vllm_serve(worker: object, models_dir: Path, stack: LocalStack) -> Iterator[tuple[str, str]]:
-    """vLLM's server with the worker's engine arguments and tool parser (its tool template: the
-    same prompt as the model's own template for requests without tools)."""
-    profile = load_profile("tiny-random")
-    port = free_port()
-    api_key = f"sk-parity-{uuid.uuid4().hex}"
-    env = {
-        **os.environ,
-        "VLLM_HOST_IP": "127.0.0.1",
-        "VLLM_API_KEY": api_key,
-        "VLLM_CPU_KVCACHE_SPACE": str(profile.cpu_kvcache_space_gib or 1),
-        "PYTHONUNBUFFERED": "1",
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        *serve_args(profile, str(models_dir / "tiny-random")),
-        "--chat-template",
-        str(TEMPLATE),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = ManagedProcess("vllm-serve", argv, env=env, log_path=stack.logs / "vllm-serve.log").start()
-    try:
-        wait_until(lambda: _healthy(port), timeout=300, what="vllm serve", proc=proc)
-        yield f"http://127.0.0.1:{port}", api_key
-    finally:
-        proc.stop()
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _logprobs(value: Any) -> Any:

@@ -151,6 +151,8 @@ def serve_args(profile: ModelProfile, model_path: str) -> list[str]:
         "--scheduling-policy",
         "priority",
     ]
+    if profile.kind == "embedding":
+        args += ["--runner", "pooling"]
     if profile.enforce_eager:
         args.append("--enforce-eager")
     if profile.quantization:
