@@ -75,6 +75,7 @@ EXPECTED_OPERATIONS = {
     "GET /v1/models/{model}",
     "POST /v1/chat/completions",
     "POST /v1/embeddings",
+    "POST /v1/completions",
     "POST /v1/auth/register",
     "POST /v1/auth/login",
     "POST /v1/auth/refresh",
