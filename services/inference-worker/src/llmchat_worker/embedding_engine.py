@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,10 @@ from typing import Any
 import numpy as np
 
 from llmchat_common.contracts import ChatMessage, FunctionTool, GenerationParams, ModelCapabilities
-from llmchat_common.telemetry import traces_endpoint
-from llmchat_worker import minilm
+from llmchat_worker import engine_setup, minilm
 from llmchat_worker.embeddings import Vector
 from llmchat_worker.errors import EngineFailure, RequestRejected
-from llmchat_worker.profiles import BUILTIN_PREFIX, ModelProfile, check_hardware, resolve_model_path
+from llmchat_worker.profiles import BUILTIN_PREFIX, ModelProfile, resolve_model_path
 from llmchat_worker.service import TokenChunk
 
 log = logging.getLogger(__name__)
@@ -63,41 +61,13 @@ class EmbeddingEngine:
     def start(self) -> None:
         # Imported here: importing vllm is slow and must not happen at module import.
         from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        is_cpu = current_platform.is_cpu()
-        gpu_count = 0
-        if not is_cpu:
-            import torch
-
-            gpu_count = torch.cuda.device_count()
-        check_hardware(self.profile, is_cpu=is_cpu, gpu_count=gpu_count)
-        if is_cpu and self.profile.cpu_kvcache_space_gib:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.profile.cpu_kvcache_space_gib))
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-        self._traces_endpoint = traces_endpoint()
-        if self._traces_endpoint:
-            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
-
+        self._traces_endpoint = engine_setup.prepare(self.profile)
         self.model_path = resolve_embedding_model_path(self.profile, self.models_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        args = AsyncEngineArgs(
-            model=self.model_path,
-            served_model_name=[self.profile.alias],
-            runner="pooling",
-            dtype=self.profile.dtype,  # type: ignore[arg-type]
-            max_model_len=self.profile.max_model_len,
-            tensor_parallel_size=self.profile.tensor_parallel_size,
-            gpu_memory_utilization=self.profile.gpu_memory_utilization,
-            quantization=self.profile.quantization,
-            max_num_seqs=self.profile.max_num_seqs,
-            enforce_eager=self.profile.enforce_eager,
-            seed=self.profile.seed,
-            otlp_traces_endpoint=self._traces_endpoint,
-            disable_log_stats=False,
-            use_tqdm_on_load=False,
+        args = engine_setup.engine_args(
+            self.profile, self.model_path, self._traces_endpoint, runner="pooling"
         )
         self._engine = AsyncLLM.from_engine_args(args)
         config = self._engine.model_config

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,10 @@ from llmchat_common.contracts import (
     TopLogprob,
     tool_call_id,
 )
-from llmchat_common.telemetry import traces_endpoint
+from llmchat_worker import engine_setup
 from llmchat_worker import tools as tooling
 from llmchat_worker.errors import EngineFailure, RequestRejected
-from llmchat_worker.profiles import ModelProfile, check_hardware, resolve_chat_template, resolve_model_path
+from llmchat_worker.profiles import ModelProfile, resolve_chat_template, resolve_model_path
 from llmchat_worker.service import TokenChunk, ToolPlan
 
 # vLLM's server clamps -inf log probabilities so that they serialise as JSON numbers.
@@ -58,31 +57,9 @@ class VllmEngine:
     def start(self) -> None:
         # Imported here: importing vllm is slow and must not happen at module import.
         from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        is_cpu = current_platform.is_cpu()
-        gpu_count = 0
-        if not is_cpu:
-            import torch
-
-            gpu_count = torch.cuda.device_count()
-        check_hardware(self.profile, is_cpu=is_cpu, gpu_count=gpu_count)
-        if is_cpu and self.profile.cpu_kvcache_space_gib:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.profile.cpu_kvcache_space_gib))
-        # The engine's internal sockets must stay on loopback.
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-
-        # vLLM's engine tracing: it emits an `llm_request` span per finished request, child of
-        # the trace headers it is given. Its exporter speaks gRPC unless told otherwise; ours is
-        # OTLP/HTTP. Its spans go through the process's tracer provider (ours: the same
-        # service name and exporter); the engine-core process builds its own from the same
-        # environment.
-        self.traces_endpoint = traces_endpoint()
-        if self.traces_endpoint:
-            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
-
+        self.traces_endpoint = engine_setup.prepare(self.profile)
         self.model_path = resolve_model_path(self.profile, self.models_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._chat_template = resolve_chat_template(self.profile)
@@ -98,25 +75,12 @@ class VllmEngine:
                 model_name=self.profile.alias,
                 tool_strict_level=TOOL_STRICT_LEVEL,
             )
-        args = AsyncEngineArgs(
-            model=self.model_path,
-            served_model_name=[self.profile.alias],
-            dtype=self.profile.dtype,  # type: ignore[arg-type]
-            max_model_len=self.profile.max_model_len,
-            tensor_parallel_size=self.profile.tensor_parallel_size,
-            gpu_memory_utilization=self.profile.gpu_memory_utilization,
-            quantization=self.profile.quantization,
-            max_num_seqs=self.profile.max_num_seqs,
-            enforce_eager=self.profile.enforce_eager,
-            seed=self.profile.seed,
+        args = engine_setup.engine_args(
+            self.profile,
+            self.model_path,
+            self.traces_endpoint,
             # Background work (conversation titles) yields to people waiting for an answer.
             scheduling_policy="priority",
-            otlp_traces_endpoint=self.traces_endpoint,
-            # Stats stay on: they feed the vllm:* Prometheus metrics, and the request spans
-            # are built from them.
-            disable_log_stats=False,
-            # Progress bars are not log lines.
-            use_tqdm_on_load=False,
         )
         self._engine = AsyncLLM.from_engine_args(args)
         self._stop_token_ids = self._eos_ids(self._engine.model_config.try_get_generation_config())
