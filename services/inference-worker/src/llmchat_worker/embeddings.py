@@ -33,14 +33,13 @@ from llmchat_common.contracts import (
     ChatRequested,
     Completed,
     Failed,
-    Released,
     Started,
     Timings,
     Usage,
 )
 from llmchat_worker import metrics
 from llmchat_worker.errors import EngineFailure, RequestRejected
-from llmchat_worker.service import EventHeader, EventSink, Terminal
+from llmchat_worker.service import EventSink, EventWriter, Terminal
 
 Vector = npt.NDArray[np.float32]
 # Room for the event's other fields next to the vectors, within the broker's message limit.
@@ -78,7 +77,7 @@ def as_floats(vectors: list[Vector]) -> list[list[float]]:
     return [[float(text) for text in vector.astype(np.float32).astype(str)] for vector in vectors]
 
 
-class EmbeddingRunner:
+class EmbeddingRunner(EventWriter):
     def __init__(
         self,
         request: ChatRequested,
@@ -92,24 +91,15 @@ class EmbeddingRunner:
         max_event_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.request = request
-        self.attempt = attempt
-        self.worker_id = worker_id
+        super().__init__(request, attempt=attempt, worker_id=worker_id, sink=sink, clock=clock)
         self.engine = engine
-        self.sink = sink
         self.trace_headers = trace_headers
         self.metrics_model = metrics_model or request.model
         self.max_event_bytes = max_event_bytes
-        self.clock = clock
         self.cancel_reason: CancelReason | None = None
         self._task: asyncio.Task[list[Vector]] | None = None
-        self._seq = 0
         self._prompt_tokens = 0
         self._started_at = 0.0
-
-    @property
-    def engine_key(self) -> str:
-        return f"{self.request.request_id}-{self.attempt}"
 
     @property
     def prompt_tokens(self) -> int:
@@ -252,8 +242,7 @@ class EmbeddingRunner:
 
     async def release(self, reason: str) -> None:
         """Hands the unfinished request back on purpose (shutdown): another worker runs it."""
-        await self.sink.emit_terminal(Released(**self._base(), reason=reason))
-        self._seq += 1
+        await self._released(reason)
 
     async def _cancelled(self, reason: CancelReason) -> Terminal:
         if self._task is not None:  # stopped in the engine, not while queued
@@ -273,24 +262,3 @@ class EmbeddingRunner:
             queue_ms=max(0.0, (self._started_at - created) * 1000.0),
             e2e_ms=(self.clock() - created) * 1000.0,
         )
-
-    def _base(self) -> EventHeader:
-        return {
-            "request_id": self.request.request_id,
-            "attempt": self.attempt,
-            "seq": self._seq,
-            "worker_id": self.worker_id,
-            "ts": self.clock(),
-            "user_id": self.request.user_id,
-            "api_key_id": self.request.api_key_id,
-        }
-
-    async def _emit(self, event: Started) -> None:
-        await self.sink.emit(event)
-        self._seq += 1
-
-    async def _terminal(self, event: Terminal) -> Terminal:
-        event = event.model_copy(update=self.request.facts())
-        await self.sink.emit_terminal(event)
-        self._seq += 1
-        return event

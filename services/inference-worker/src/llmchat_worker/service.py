@@ -184,6 +184,57 @@ class EventSink(Protocol):
         this returns."""
 
 
+class EventWriter:
+    """What every runner of one request attempt shares: the events' header (seq counted from 0
+    per attempt) and how they go out (a terminal event carries the request's facts and is
+    awaited). `RequestRunner` and `embeddings.EmbeddingRunner` build on it."""
+
+    def __init__(
+        self,
+        request: ChatRequested,
+        *,
+        attempt: int,
+        worker_id: str,
+        sink: EventSink,
+        clock: Callable[[], float],
+    ) -> None:
+        self.request = request
+        self.attempt = attempt
+        self.worker_id = worker_id
+        self.sink = sink
+        self.clock = clock
+        self._seq = 0
+
+    @property
+    def engine_key(self) -> str:
+        return f"{self.request.request_id}-{self.attempt}"
+
+    def _base(self) -> EventHeader:
+        return {
+            "request_id": self.request.request_id,
+            "attempt": self.attempt,
+            "seq": self._seq,
+            "worker_id": self.worker_id,
+            "ts": self.clock(),
+            "user_id": self.request.user_id,
+            "api_key_id": self.request.api_key_id,
+        }
+
+    async def _emit(self, event: Event) -> None:
+        await self.sink.emit(event)
+        self._seq += 1
+
+    async def _terminal(self, event: Terminal) -> Terminal:
+        event = event.model_copy(update=self.request.facts())
+        await self.sink.emit_terminal(event)
+        self._seq += 1
+        return event
+
+    async def _released(self, reason: str) -> None:
+        await self.sink.emit_terminal(Released(**self._base(), reason=reason))
+        self._seq += 1
+
+
 @dataclass(frozen=True, slots=True)
 class Resume:
     """Where an earlier attempt stopped: its generated token ids and their text."""
@@ -306,7 +357,7 @@ class ChoiceState:
     finish_reason: str = "stop"
 
 
-class RequestRunner:
+class RequestRunner(EventWriter):
     def __init__(
         self,
         request: ChatRequested,
@@ -322,16 +373,12 @@ class RequestRunner:
         metrics_model: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.request = request
+        super().__init__(request, attempt=attempt, worker_id=worker_id, sink=sink, clock=clock)
         self.trace_headers = trace_headers
         # The `model` label of the worker's metrics (the alias it serves).
         self.metrics_model = metrics_model or request.model
         self._generated = metrics.GENERATED_TOKENS.labels(self.metrics_model)
-        self.attempt = attempt
-        self.worker_id = worker_id
         self.engine = engine
-        self.sink = sink
-        self.clock = clock
         self.cancel_reason: CancelReason | None = None
         self._coalesce = coalesce
         self._plan: ToolPlan | None = None
@@ -342,7 +389,6 @@ class RequestRunner:
         self._timer_flush: asyncio.Task[None] | None = None
         self._sending = asyncio.Lock()
         self._gen_task: asyncio.Task[str] | None = None
-        self._seq = 0
         self._prompt_tokens = 0
         # Failover: the answer goes on after what earlier attempts generated (their text is
         # part of this attempt's terminal text and usage, but not of its deltas); or, when it
@@ -362,10 +408,6 @@ class RequestRunner:
         self._started_pending = False
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
-
-    @property
-    def engine_key(self) -> str:
-        return f"{self.request.request_id}-{self.attempt}"
 
     @property
     def next_seq(self) -> int:
@@ -694,8 +736,7 @@ class RequestRunner:
         """Hands the unfinished request back on purpose: what it generated is stored (so the
         next attempt continues from all of it), then a `released` event says so."""
         await self._flush()
-        await self.sink.emit_terminal(Released(**self._base(), reason=reason))
-        self._seq += 1
+        await self._released(reason)
 
     def _on_flush_timer(self) -> None:
         self._flush_timer = None
@@ -741,27 +782,6 @@ class RequestRunner:
                 timings=self._timings(),
             )
         )
-
-    def _base(self) -> EventHeader:
-        return {
-            "request_id": self.request.request_id,
-            "attempt": self.attempt,
-            "seq": self._seq,
-            "worker_id": self.worker_id,
-            "ts": self.clock(),
-            "user_id": self.request.user_id,
-            "api_key_id": self.request.api_key_id,
-        }
-
-    async def _emit(self, event: Event) -> None:
-        await self.sink.emit(event)
-        self._seq += 1
-
-    async def _terminal(self, event: Terminal) -> Terminal:
-        event = event.model_copy(update=self.request.facts())
-        await self.sink.emit_terminal(event)
-        self._seq += 1
-        return event
 
     def _usage(self) -> Usage:
         generated = sum(len(choice.tokens) for choice in self._choices.values())
