@@ -43,6 +43,7 @@ from llmchat_common.contracts import (
 )
 from llmchat_worker.handlers import RequestConsumer
 from llmchat_worker.service import CoalesceConfig, RequestRunner, Resume, TokenChunk
+from tests.unit.sinks import ListSink
 
 
 def lp(token: str, logprob: float, *top: tuple[str, float]) -> TokenLogprob:
@@ -276,17 +277,6 @@ class PromptEngine:
 
     async def abort(self, key: str) -> None:
         pass
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    async def emit(self, event: object) -> None:
-        self.events.append(event)
-
-    async def emit_terminal(self, event: object) -> None:
-        self.events.append(event)
 
 
 def completion_request(

@@ -26,6 +26,7 @@ from llmchat_common.request_log import LoggedEvent, Progress, progress_of
 from llmchat_worker.handlers import RequestConsumer
 from llmchat_worker.service import CoalesceConfig, RequestRunner, Resume, TokenChunk, settle_resume
 from llmchat_worker.settings import WorkerSettings
+from tests.unit.sinks import ListSink
 
 RID = "chatcmpl-cont"
 
@@ -60,17 +61,6 @@ class PositionalEngine:
 
     async def abort(self, key: str) -> None:
         return None
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[AnyEvent] = []
-
-    async def emit(self, event: AnyEvent) -> None:
-        self.events.append(event)
-
-    async def emit_terminal(self, event: AnyEvent) -> None:
-        self.events.append(event)
 
 
 def request(max_tokens: int = 20) -> ChatRequested:

@@ -20,6 +20,7 @@ from llmchat_worker import minilm
 from llmchat_worker.embeddings import EmbeddingRunner, Vector, as_floats, serves_embeddings
 from llmchat_worker.errors import ProfileError
 from llmchat_worker.profiles import load_profile
+from tests.unit.sinks import ListSink
 
 DIMS = 4
 
@@ -54,17 +55,6 @@ class ScriptedEmbedder:
 class NotAnEmbedder:
     max_model_len = 8
     model_path = "chat"
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    async def emit(self, event: object) -> None:
-        self.events.append(event)
-
-    async def emit_terminal(self, event: object) -> None:
-        self.events.append(event)
 
 
 def request(

@@ -22,6 +22,7 @@ from llmchat_common.contracts import (
 )
 from llmchat_worker.errors import EngineFailure
 from llmchat_worker.service import CoalesceConfig, DeltaCoalescer, RequestRunner, TokenChunk
+from tests.unit.sinks import ListSink
 
 
 class ScriptedEngine:
@@ -66,17 +67,6 @@ class ScriptedEngine:
 
     async def abort(self, key: str) -> None:
         self.aborted.append(key)
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    async def emit(self, event: object) -> None:
-        self.events.append(event)
-
-    async def emit_terminal(self, event: object) -> None:
-        self.events.append(event)
 
 
 def make_request(words: int = 3, max_tokens: int | None = 10, timeout: float = 30.0) -> ChatRequested:
