@@ -25,12 +25,11 @@ from llmchat_chat.api.chat_request import (
 from llmchat_chat.api.chat_stream import ChoiceStream
 from llmchat_chat.api.deps import Caller, CallerDep, ConversationsDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import ChunkWriter, choices_of, completion_body
+from llmchat_chat.api.request_checks import check_max_tokens, known_model, submit_admitted
 from llmchat_chat.api.schemas import ChatCompletionRequest
 from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.errors import (
     ApiError,
-    ContextLengthExceeded,
-    ModelNotFound,
     error_body,
 )
 from llmchat_chat.following import Diverged
@@ -68,9 +67,7 @@ async def to_request(
     request_id: str | None = None,
 ) -> ChatRequested:
     settings = service.settings
-    if not await service.registry.known(body.model):
-        raise ModelNotFound(f"the model {body.model!r} does not exist", param="model")
-    check_capabilities(body, await service.registry.capabilities_of(body.model))
+    check_capabilities(body, await known_model(service, body.model))
     if len(body.messages) > settings.max_messages:
         raise ApiError(f"at most {settings.max_messages} messages", param="messages")
     for i, message in enumerate(body.messages):
@@ -80,12 +77,7 @@ async def to_request(
                 param=f"messages.{i}.content",
             )
     max_tokens = body.wanted_max_tokens()
-    context = await service.context_of(body.model)
-    if max_tokens is not None and context is not None and max_tokens >= context:
-        raise ContextLengthExceeded(
-            f"max_tokens ({max_tokens}) must be below this model's context of {context} tokens",
-            param="max_tokens",
-        )
+    check_max_tokens(max_tokens, await service.context_of(body.model))
     messages = messages_of(body)
     tools, tool_choice = tools_of(body)
     now = time.time()
@@ -226,13 +218,7 @@ async def create_chat_completion(
     conversation = await conversation_for(body, caller, conversations)
     request = await to_request(body, service, caller, conversation=conversation)
     admission = await admit(service, limiter, caller, request)
-    try:
-        handle = await service.submit(request)
-        assert handle is not None
-    except BaseException:
-        admission.used_tokens = 0  # never queued: nothing was used
-        await limiter.release(admission)
-        raise
+    handle = await submit_admitted(service, limiter, request, admission)
     streaming = False
     try:
         response = await respond(body, http_request, service, handle, admission, limiter)

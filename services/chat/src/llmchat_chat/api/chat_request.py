@@ -10,7 +10,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from llmchat_chat.api.schemas import ChatCompletionRequest, MessageIn
+from llmchat_chat.api.schemas import ChatCompletionRequest, MessageIn, logit_bias_ids
 from llmchat_chat.errors import ApiError
 from llmchat_common.contracts import (
     ChatMessage,
@@ -157,6 +157,4 @@ def logprobs_of(body: ChatCompletionRequest) -> int | None:
 
 
 def logit_bias_of(body: ChatCompletionRequest) -> dict[int, float] | None:
-    if not body.logit_bias:
-        return None
-    return {int(token): bias for token, bias in body.logit_bias.items()}
+    return logit_bias_ids(body.logit_bias)

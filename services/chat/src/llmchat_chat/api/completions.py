@@ -46,7 +46,8 @@ from llmchat_chat.api.completions_format import (
 from llmchat_chat.api.completions_schema import CompletionRequest, Prompt, parse_prompt
 from llmchat_chat.api.deps import Caller, CallerDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import choices_of
-from llmchat_chat.errors import ApiError, ContextLengthExceeded, ModelNotFound, error_body
+from llmchat_chat.api.request_checks import check_kind, check_max_tokens, known_model
+from llmchat_chat.errors import ApiError, ContextLengthExceeded, error_body
 from llmchat_chat.following import Diverged
 from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import ChatService, Submitted, terminal_error
@@ -77,14 +78,13 @@ def new_completion_id() -> str:
 async def check_request(body: CompletionRequest, service: ChatService) -> list[Prompt]:
     """Everything that needs more than one field, the model's capabilities or its context; the
     prompts to complete."""
-    if not await service.registry.known(body.model):
-        raise ModelNotFound(f"the model {body.model!r} does not exist", param="model")
-    capabilities = await service.registry.capabilities_of(body.model)
-    if capabilities is not None and capabilities.kind != "chat":
-        raise ApiError(
-            f"the model {body.model!r} is an embedding model: it completes no text (use /v1/embeddings)",
-            param="model",
-        )
+    capabilities = await known_model(service, body.model)
+    check_kind(
+        body.model,
+        capabilities,
+        "chat",
+        "is an embedding model: it completes no text (use /v1/embeddings)",
+    )
     if body.suffix is not None:
         # The request contract carries no suffix and the worker renders no fill-in-the-middle
         # prompt, so even a model whose profile says `fim` cannot be sent one yet.
@@ -111,11 +111,7 @@ async def check_request(body: CompletionRequest, service: ChatService) -> list[P
             param="max_tokens",
         )
     context = await service.context_of(body.model)
-    if context is not None and max_tokens >= context:
-        raise ContextLengthExceeded(
-            f"max_tokens ({max_tokens}) must be below this model's context of {context} tokens",
-            param="max_tokens",
-        )
+    check_max_tokens(max_tokens, context)
     prompts = parse_prompt(body.prompt, max_chars=service.settings.max_message_chars)
     if context is not None:
         for i, prompt in enumerate(prompts):

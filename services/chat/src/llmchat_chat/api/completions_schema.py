@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from llmchat_chat.api.schemas import MAX_CHOICES, MAX_STOPS, StreamOptions, Text
+from llmchat_chat.api.schemas import (
+    MAX_CHOICES,
+    StreamOptions,
+    Text,
+    check_logit_bias,
+    check_stops,
+    logit_bias_ids,
+    stop_list,
+)
 from llmchat_chat.errors import ApiError
 
 # The legacy API's bound on `logprobs` (the most likely tokens reported per position).
@@ -75,29 +83,11 @@ class CompletionRequest(BaseModel):
     timeout: float | None = Field(default=None, gt=0, description="deadline in seconds")
     disconnect: Literal["cancel", "detach"] | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def bounded_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop sequences")
-        if value == "" or (isinstance(value, list) and "" in value):
-            raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for token, bias in (value or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys are token ids; {token!r} is not one")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"the bias of token {token} must be within -100..100")
-        return value
+    bounded_stops = field_validator("stop")(check_stops)
+    token_biases = field_validator("logit_bias")(check_logit_bias)
 
     def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return stop_list(self.stop)
 
     def choices(self) -> int:
         return self.n or 1
@@ -106,9 +96,7 @@ class CompletionRequest(BaseModel):
         return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
 
     def logit_bias_ids(self) -> dict[int, float] | None:
-        if not self.logit_bias:
-            return None
-        return {int(token): bias for token, bias in self.logit_bias.items()}
+        return logit_bias_ids(self.logit_bias)
 
 
 def _bad(message: str) -> ApiError:

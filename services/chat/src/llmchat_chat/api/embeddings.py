@@ -31,7 +31,8 @@ from llmchat_chat.api.embedding_schemas import (
     max_inputs,
     parse_input,
 )
-from llmchat_chat.errors import ApiError, ModelNotFound
+from llmchat_chat.api.request_checks import check_kind, known_model, submit_admitted
+from llmchat_chat.errors import ApiError
 from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import ChatService, Submitted, terminal_error
 from llmchat_chat.settings import LimitSettings
@@ -51,14 +52,13 @@ def new_embedding_id() -> str:
 
 async def to_request(body: EmbeddingRequest, service: ChatService, caller: Caller) -> ChatRequested:
     settings = service.settings
-    if not await service.registry.known(body.model):
-        raise ModelNotFound(f"the model {body.model!r} does not exist", param="model")
-    capabilities = await service.registry.capabilities_of(body.model)
-    if capabilities is not None and capabilities.kind != "embedding":
-        raise ApiError(
-            f"the model {body.model!r} is a chat model: it makes no embeddings (use /v1/chat/completions)",
-            param="model",
-        )
+    capabilities = await known_model(service, body.model)
+    check_kind(
+        body.model,
+        capabilities,
+        "embedding",
+        "is a chat model: it makes no embeddings (use /v1/chat/completions)",
+    )
     check_dimensions(body.model, body.dimensions, capabilities)
     inputs = parse_input(
         body.input,
@@ -153,13 +153,7 @@ async def create_embeddings(
 ) -> Response:
     request = await to_request(body, service, caller)
     admission = await admit(service, limiter, caller, request)
-    try:
-        handle = await service.submit(request)
-        assert handle is not None
-    except BaseException:
-        admission.used_tokens = 0  # never queued: nothing was used
-        await limiter.release(admission)
-        raise
+    handle = await submit_admitted(service, limiter, request, admission)
     try:
         completed = await until_disconnected(http_request, outcome(service, handle, admission))
     except ApiError as exc:

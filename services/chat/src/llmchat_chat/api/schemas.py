@@ -38,6 +38,37 @@ MAX_STOPS = 64
 MAX_TOOLS = 128
 
 
+# `stop` and `logit_bias` as chat and legacy completions take them (each request model's
+# validators and accessors).
+def check_stops(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > MAX_STOPS:
+        raise ValueError(f"at most {MAX_STOPS} stop sequences")
+    if value == "" or (isinstance(value, list) and "" in value):
+        raise ValueError("stop sequences must not be empty")
+    return value
+
+
+def check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    for token, bias in (value or {}).items():
+        if not token.isdigit():
+            raise ValueError(f"keys are token ids; {token!r} is not one")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"the bias of token {token} must be within -100..100")
+    return value
+
+
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def logit_bias_ids(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not logit_bias:
+        return None
+    return {int(token): bias for token, bias in logit_bias.items()}
+
+
 class ContentPart(BaseModel):
     """One part of a message's content. Only text is read; the other kinds OpenAI defines
     (`image_url`, `input_audio`, `file`) are accepted here so that the edge can refuse them with
@@ -215,14 +246,8 @@ class ChatCompletionRequest(BaseModel):
     # new answer without storing that message a second time.
     regenerate: bool = False
 
-    @field_validator("stop")
-    @classmethod
-    def bounded_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop sequences")
-        if value == "" or (isinstance(value, list) and "" in value):
-            raise ValueError("stop sequences must not be empty")
-        return value
+    bounded_stops = field_validator("stop")(check_stops)
+    token_biases = field_validator("logit_bias")(check_logit_bias)
 
     @field_validator("functions", "function_call")
     @classmethod
@@ -231,20 +256,8 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("legacy function calling is not supported; use tools and tool_choice")
         return value
 
-    @field_validator("logit_bias")
-    @classmethod
-    def token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for token, bias in (value or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys are token ids; {token!r} is not one")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"the bias of token {token} must be within -100..100")
-        return value
-
     def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return stop_list(self.stop)
 
     def wanted_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
