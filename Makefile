@@ -62,9 +62,10 @@ web-test: web
 	cd $(WEB) && npm run --silent lint
 	cd $(WEB) && npm test --silent
 
-# The README's screenshots (docs/screenshots), taken by the browser test on a platform it starts.
+# The README's screenshots (docs/screenshots) with real answers: the platform as `make run` starts
+# it (its real model), a user asking questions in Chromium (services/chat/web/e2e/screenshots.e2e.ts).
 screenshots: setup web
-	LLMCHAT_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(VENV)/bin/pytest tests/e2e/test_web_ui.py -k chromium
+	$(PY) infra/screenshots.py
 
 run: setup web
 	$(PY) infra/run.py
