@@ -61,3 +61,31 @@ async def test_a_stream_that_ran_cleans_up_once_by_itself() -> None:
     sent = await serve(response, leave_at_once=False)
     assert b"".join(m.get("body", b"") for m in sent) == b"data: one\n\ndata: two\n\n"
     assert cleaned == ["generator"]
+
+
+def test_a_token_without_text_still_streams_its_log_probability() -> None:
+    """A delta of tokens whose character is not complete yet has no text, but its log
+    probabilities must reach the client (one per token, whatever the coalescing did)."""
+    import time
+
+    from llmchat_chat.api.chat_stream import ChoiceStream
+    from llmchat_chat.api.openai_format import ChunkWriter
+    from llmchat_common.contracts import ChatMessage, ChatRequested, Delta, TokenLogprob
+
+    request = ChatRequested(
+        request_id="chatcmpl-x",
+        model="m",
+        messages=[ChatMessage(role="user", content="hi")],
+        created_at=time.time(),
+        deadline=time.time() + 60,
+    )
+    stream = ChoiceStream(ChunkWriter("chatcmpl-x", "m", 0, False, None), request, 0)
+    base: dict[str, Any] = {"request_id": "chatcmpl-x", "attempt": 1, "worker_id": "w", "ts": 0.0}
+    empty = Delta(**base, seq=1, text="", token_ids=[7], logprobs=[TokenLogprob(token="", logprob=-1.5)])
+    full = Delta(**base, seq=2, text="é", token_ids=[8], logprobs=[TokenLogprob(token="é", logprob=-0.5)])
+    stream.current(empty)
+    chunks = [*stream.delta(empty), *stream.delta(full)]
+    import json
+
+    entries = [e for c in chunks for e in json.loads(c)["choices"][0]["logprobs"]["content"]]
+    assert [(e["token"], e["logprob"]) for e in entries] == [("", -1.5), ("é", -0.5)]

@@ -79,11 +79,19 @@ class ChoiceStream:
     def delta(self, delta: Delta) -> list[str]:
         """The chunks for a delta of this choice (raises `Diverged` as `TextFollower` does)."""
         text = self.follower.text(delta)
-        if not text:
-            return []
-        self.raw += text
         mode = self.mode
         writer, index = self.writer, self.index
+        if not text:
+            if delta.text or not delta.logprobs:
+                return []  # already sent by an earlier attempt, or nothing at all
+            # Tokens with no text yet (bytes of a character still incomplete) still have their
+            # log probabilities: one per token, whatever the coalescing made of them.
+            if mode == "text":
+                return [writer.content("", index=index, logprobs=delta.logprobs)]
+            if mode == "marker":
+                self._held_logprobs.extend(delta.logprobs)
+            return []
+        self.raw += text
         if mode == "text":
             return [writer.content(text, index=index, logprobs=delta.logprobs)]
         if mode == "named":
