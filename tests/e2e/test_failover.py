@@ -35,7 +35,10 @@ from tests.helpers import connect_nats, eventually, read_request_events, wait_st
 
 # Short ack_wait so redelivery after a SIGKILL happens within the test's patience.
 FAST_REDELIVERY = {"LLMCHAT_WORKER_ACK_WAIT_S": "8", "LLMCHAT_WORKER_IN_PROGRESS_INTERVAL_S": "2"}
-LONG = {"max_tokens": 1800, "temperature": 0, "extra_body": {"ignore_eos": True, "timeout": 600}}
+LONG_EXTRA = {"ignore_eos": True, "timeout": 600}
+LONG = {"max_tokens": 1800, "temperature": 0, "extra_body": LONG_EXTRA}
+# The requests whose history rows are checked: an API key's call is stored only with `store`.
+STORED = {**LONG, "extra_body": {**LONG_EXTRA, "store": True}}
 
 
 @pytest.fixture
@@ -214,9 +217,9 @@ async def test_queue_cancel_engine_death_and_sigkill(
     # The tiny model writes 1800 tokens in seconds, so the kill must not wait on anything slow:
     # the stream starts first and shows text, then the pending request starts, and the worker
     # is killed the moment that start is seen.
-    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **LONG)
+    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **STORED)
     shown, stream = await first_content(stream)
-    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **LONG))
+    pending = asyncio.create_task(completions.create(model=FAILOVER_MODEL, messages=messages, **STORED))
     await watcher.wait_for("worker-b2", 3)  # the survivor, the stream, then the pending request
     b2.kill()  # SIGKILL to the worker and its engine processes at once
     assert not pending.done()
@@ -354,7 +357,7 @@ async def test_overload_poison_and_reset(
     # ... the second takes it over, with an ordinary stream beside it: both die with it.
     second = await watcher.attempt(poison, 2)
     assert second.worker_id != first.worker_id
-    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **LONG)
+    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **STORED)
     shown, stream = await first_content(stream)
     assert (await watcher.attempt(stream_id(stream), 1)).worker_id == second.worker_id
     victims.pop(second.worker_id).kill()
