@@ -62,7 +62,13 @@ async def chat(
         temperature=0,
         stream=True,
         # The random model may end on EOS before 16 tokens; the span's count is checked exactly.
-        extra_body={"ignore_eos": True, **({"conversation_id": conversation} if conversation else {})},
+        # Stored (an API key's call is a conversation only with `store`): the tests follow the
+        # answer into history.
+        extra_body={
+            "ignore_eos": True,
+            "store": True,
+            **({"conversation_id": conversation} if conversation else {}),
+        },
     )
     text = ""
     request_id = ""
