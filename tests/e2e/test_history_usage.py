@@ -74,7 +74,8 @@ async def test_three_turns_one_conversation_search_export(edge_url: str) -> None
     cid: str | None = None
     for i, turn in enumerate(turns):
         messages.append({"role": "user", "content": turn})
-        extra = {"conversation_id": cid} if cid else {}
+        # An API key's call is stored as a conversation only with `store` (or a conversation id).
+        extra = {"conversation_id": cid} if cid else {"store": True}
         raw = await client.chat.completions.with_raw_response.create(
             model=MAIN_MODEL,
             messages=messages,  # type: ignore[arg-type]
@@ -173,7 +174,10 @@ async def test_three_turns_one_conversation_search_export(edge_url: str) -> None
 async def test_other_users_get_404(edge_url: str, stack: LocalStack) -> None:
     owner = register_account(edge_url)
     resp = await sdk(edge_url, owner.api_key).chat.completions.create(
-        model=MAIN_MODEL, messages=[{"role": "user", "content": "private"}], max_tokens=4
+        model=MAIN_MODEL,
+        messages=[{"role": "user", "content": "private"}],
+        max_tokens=4,
+        extra_body={"store": True},
     )
     cid = (resp.model_extra or {})["conversation_id"]
     other = register_account(edge_url)
@@ -382,7 +386,10 @@ async def test_replay_reproduces_the_live_projections(edge_url: str, stack: Loca
     since = datetime.now(UTC).isoformat()
     client = sdk(edge_url, user.api_key)
     first = await client.chat.completions.create(
-        model=MAIN_MODEL, messages=[{"role": "user", "content": "replay me"}], max_tokens=6
+        model=MAIN_MODEL,
+        messages=[{"role": "user", "content": "replay me"}],
+        max_tokens=6,
+        extra_body={"store": True},
     )
     cid = (first.model_extra or {})["conversation_id"]
     await client.chat.completions.create(
