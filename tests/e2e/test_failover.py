@@ -28,7 +28,7 @@ from llmchat_common.contracts import (
 )
 from llmchat_common.messaging import cancels_kv
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge, start_worker
+from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import FAILOVER_MODEL, MAIN_MODEL, ROOMY_LIMITS
 from tests.helpers import connect_nats, eventually, read_request_events, wait_status
@@ -52,10 +52,17 @@ def workers(stack: LocalStack) -> Iterator[list[ManagedProcess]]:
 def start_b(
     stack: LocalStack, models_dir: Any, name: str, started: list[ManagedProcess], **env: str
 ) -> ManagedProcess:
-    proc, _ = start_worker(
-        stack, alias=FAILOVER_MODEL, models_dir=models_dir, name=name, extra_env={**FAST_REDELIVERY, **env}
+    proc, port = start_worker(
+        stack,
+        alias=FAILOVER_MODEL,
+        models_dir=models_dir,
+        name=name,
+        extra_env={**FAST_REDELIVERY, **env},
+        wait=False,
     )
+    # Stopped at teardown even when it never gets ready (else it serves the next test's pool).
     started.append(proc)
+    wait_for_worker(proc, port)
     return proc
 
 
