@@ -19,6 +19,14 @@ class ModelProfile(BaseModel):
 
     alias: str
     model: str
+    # One line for the catalog (what the model is good for, its licence's gist).
+    description: str = ""
+    # The model's Hugging Face `config.json` for the hardware check before any load: a file in
+    # the built-in `profiles/configs/` folder, or a path. None: the model folder's own, if local.
+    config: str | None = None
+    # A Jinja chat template for every request (a file name in the built-in profiles folder, or
+    # a path). None: the tokenizer's own, or ChatML (`chatml.jinja`) when it has none.
+    chat_template: str | None = None
     dtype: str = "auto"
     max_model_len: int = Field(default=4096, ge=16)
     tensor_parallel_size: int = Field(default=1, ge=1)
