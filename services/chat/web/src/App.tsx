@@ -1,8 +1,11 @@
 import { useState } from "react";
+import { useTranslation } from "react-i18next";
 import { BrowserRouter, Navigate, NavLink, Outlet, Route, Routes, useLocation, useNavigate } from "react-router";
 
 import { AuthProvider, useAuth } from "./auth";
+import { LanguageSwitch } from "./components/LanguageSwitch";
 import { session } from "./lib/api";
+import AdminModelsPage from "./pages/AdminModelsPage";
 import AdminPage from "./pages/AdminPage";
 import AuthPage from "./pages/AuthPage";
 import ChatPage from "./pages/ChatPage";
@@ -23,6 +26,7 @@ export default function App() {
             <Route path="/usage" element={<UsagePage />} />
             <Route path="/keys" element={<KeysPage />} />
             <Route path="/admin" element={<AdminPage />} />
+            <Route path="/admin/models" element={<AdminModelsPage />} />
             <Route path="*" element={<Navigate to="/" replace />} />
           </Route>
         </Routes>
@@ -36,10 +40,11 @@ function Shell() {
   const location = useLocation();
   const navigate = useNavigate();
   const [theme, setTheme] = useState<Theme>(initialTheme);
+  const { t } = useTranslation();
   if (loading)
     return (
       <p className="muted" style={{ padding: 20 }}>
-        Loading…
+        {t("common.loading")}
       </p>
     );
   if (user === null) return <Navigate to="/login" replace state={{ from: location.pathname }} />;
@@ -54,26 +59,27 @@ function Shell() {
         <NavLink to="/" className="brand">
           llmchat
         </NavLink>
-        <nav aria-label="Main">
+        <nav aria-label={t("nav.main")}>
           <NavLink
             to="/"
             end
             className={({ isActive }) => (isActive || location.pathname.startsWith("/c/") ? "active" : "")}
           >
-            Chat
+            {t("nav.chat")}
           </NavLink>
-          <NavLink to="/usage">Usage</NavLink>
-          <NavLink to="/keys">API keys</NavLink>
-          {user.role === "admin" && <NavLink to="/admin">Admin</NavLink>}
+          <NavLink to="/usage">{t("nav.usage")}</NavLink>
+          <NavLink to="/keys">{t("nav.keys")}</NavLink>
+          {user.role === "admin" && <NavLink to="/admin">{t("nav.admin")}</NavLink>}
         </nav>
         <span className="spacer" />
         <span className="who">{user.email}</span>
+        <LanguageSwitch />
         <button
           type="button"
           className="icon"
           onClick={toggleTheme}
-          aria-label={theme === "dark" ? "Switch to light theme" : "Switch to dark theme"}
-          title="Theme"
+          aria-label={theme === "dark" ? t("theme.toLight") : t("theme.toDark")}
+          title={t("theme.title")}
         >
           {theme === "dark" ? "☀" : "☾"}
         </button>
@@ -83,7 +89,7 @@ function Shell() {
             void session.logout().then(() => navigate("/login"));
           }}
         >
-          Sign out
+          {t("nav.signOut")}
         </button>
       </header>
       <Outlet />

@@ -1,4 +1,5 @@
 import { useState } from "react";
+import { useTranslation } from "react-i18next";
 
 /** The words of one kind of confirmed action (revoking a key, disabling a user). */
 export interface ConfirmWords {
@@ -56,6 +57,7 @@ export function ConfirmButton({
   onAsk,
   onCancel,
 }: ConfirmRow & { words: ConfirmWords; target: string; busy: boolean; onConfirm: () => void }) {
+  const { t } = useTranslation();
   if (!asking) {
     return (
       <button
@@ -76,7 +78,7 @@ export function ConfirmButton({
         {busy ? words.busy : words.yes}
       </button>
       <button type="button" onClick={onCancel} disabled={busy}>
-        Cancel
+        {t("common.cancel")}
       </button>
     </span>
   );

@@ -1,4 +1,5 @@
 import { memo, useState, type ReactNode } from "react";
+import { useTranslation } from "react-i18next";
 import ReactMarkdown, { type Components } from "react-markdown";
 import rehypeHighlight from "rehype-highlight";
 import remarkGfm from "remark-gfm";
@@ -26,6 +27,7 @@ const COMPONENTS: Components = {
 };
 
 function CodeBlock({ children }: { children: ReactNode }) {
+  const { t } = useTranslation();
   const [copied, setCopied] = useState(false);
   const [node, setNode] = useState<HTMLPreElement | null>(null);
   const copy = async () => {
@@ -36,8 +38,8 @@ function CodeBlock({ children }: { children: ReactNode }) {
   return (
     <div className="codeblock">
       <pre ref={setNode}>{children}</pre>
-      <button type="button" className="copy" onClick={() => void copy()} aria-label="Copy code">
-        {copied ? "Copied" : "Copy"}
+      <button type="button" className="copy" onClick={() => void copy()} aria-label={t("markdown.copyCode")}>
+        {copied ? t("common.copied") : t("common.copy")}
       </button>
     </div>
   );

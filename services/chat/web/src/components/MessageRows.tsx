@@ -1,3 +1,5 @@
+import { useTranslation } from "react-i18next";
+
 import { isFinished } from "../lib/answer";
 import { jsonAnswer } from "../lib/json";
 import type { Live } from "../lib/live";
@@ -25,11 +27,12 @@ export function StoredRow({
   callNames: ReadonlyMap<string, string>;
   onRegenerate: (() => void) | null;
 }) {
+  const { t } = useTranslation();
   const content = message.content ?? "";
   if (message.role === "user") {
     return (
       <div className="msg user">
-        <span className="who">You</span>
+        <span className="who">{t("messages.you")}</span>
         <div className="body">{content}</div>
       </div>
     );
@@ -50,7 +53,7 @@ export function StoredRow({
       data-request-id={message.request_id}
       data-status={message.status}
     >
-      <span className="who">{earlier ? "Earlier answer" : "Assistant"}</span>
+      <span className="who">{earlier ? t("messages.earlier") : t("messages.assistant")}</span>
       {(content !== "" || calls.length === 0) && (
         <div className="body">
           <AnswerText text={content} />
@@ -66,14 +69,16 @@ export function StoredRow({
       <div className="meta">
         {message.status !== "completed" && (
           <span className="notice warn">
-            {message.status === "cancelled" ? "Stopped" : `Failed: ${message.error ?? "error"}`}
+            {message.status === "cancelled"
+              ? t("messages.stopped")
+              : t("messages.failed", { error: message.error ?? t("messages.unknownError") })}
           </span>
         )}
         {message.model && <span>{message.model}</span>}
-        {message.usage && <span>{message.usage.completion_tokens} tokens</span>}
+        {message.usage && <span>{t("messages.tokens", { count: message.usage.completion_tokens })}</span>}
         {onRegenerate !== null && (
           <button type="button" onClick={onRegenerate}>
-            Regenerate
+            {t("messages.regenerate")}
           </button>
         )}
       </div>
@@ -83,6 +88,7 @@ export function StoredRow({
 
 /** The answer being streamed (JSON is shown as JSON once it has ended: a partial one is not JSON yet). */
 export function LiveRow({ entry }: { entry: Live }) {
+  const { t } = useTranslation();
   const { state } = entry;
   const running = !isFinished(state);
   return (
@@ -93,23 +99,23 @@ export function LiveRow({ entry }: { entry: Live }) {
       data-request-id={state.requestId}
       data-chars={state.text.length}
     >
-      <span className="who">Assistant</span>
+      <span className="who">{t("messages.assistant")}</span>
       {entry.reconnecting && (
         <p className="notice warn" role="status">
-          Connection lost — reconnecting…
+          {t("messages.reconnecting")}
         </p>
       )}
       {state.status === "waiting" && (
-        <p className="muted">{entry.stopWanted ? "Stopping…" : "Waiting for a worker…"}</p>
+        <p className="muted">{entry.stopWanted ? t("messages.stopping") : t("messages.waiting")}</p>
       )}
       <div className={`body${running ? " cursor" : ""}`}>
         {running ? <Markdown text={state.text} /> : <AnswerText text={state.text} />}
       </div>
       <div className="meta">
-        {state.status === "cancelled" && <span className="notice warn">Stopped</span>}
+        {state.status === "cancelled" && <span className="notice warn">{t("messages.stopped")}</span>}
         {state.status === "failed" && (
           <span className="notice error" role="alert">
-            {state.error?.message ?? "The answer failed."}
+            {state.error?.message ?? t("messages.answerFailed")}
           </span>
         )}
       </div>

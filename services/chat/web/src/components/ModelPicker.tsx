@@ -1,3 +1,5 @@
+import { useTranslation } from "react-i18next";
+
 import { modelFeatures, modelOptionLabel } from "../lib/models";
 import type { Model } from "../lib/types";
 
@@ -14,12 +16,13 @@ export function ModelPicker({
   value: string;
   onChange: (id: string) => void;
 }) {
+  const { t } = useTranslation();
   const selected = models.find((m) => m.id === value);
   const features = selected === undefined ? [] : modelFeatures(selected);
   return (
     <div className="model-picker">
       <label className="sr-only" htmlFor="model">
-        Model
+        {t("model.label")}
       </label>
       <select
         id="model"
@@ -35,9 +38,9 @@ export function ModelPicker({
       </select>
       {features.length > 0 && (
         <span id="model-features" className="badges">
-          <span className="sr-only">Supports: </span>
+          <span className="sr-only">{t("model.supports")}</span>
           {features.map((f) => (
-            <span key={f.label} className="badge" title={`This model ${f.description}`}>
+            <span key={f.label} className="badge" title={f.description}>
               {f.label}
             </span>
           ))}

@@ -1,3 +1,5 @@
+import { useTranslation } from "react-i18next";
+
 /** Why the last action failed, read out at once; nothing when it did not. */
 export function ErrorNotice({ error }: { error: string | null }) {
   if (error === null) return null;
@@ -17,16 +19,14 @@ interface Loadable {
 
 /** A failed load with "Try again", or the first load still running; nothing once data is shown. */
 export function LoadStatus({ load, failed, loading }: { load: Loadable; failed: string; loading: string }) {
+  const { t } = useTranslation();
   return (
     <>
       {load.error !== null && (
         <div className="notice error usage-error" role="alert">
-          <span>
-            {`${failed}: `}
-            {load.error}
-          </span>
+          <span>{t("common.failedWith", { what: failed, error: load.error })}</span>
           <button type="button" onClick={load.reload}>
-            Try again
+            {t("common.tryAgain")}
           </button>
         </div>
       )}

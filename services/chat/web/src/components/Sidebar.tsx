@@ -1,7 +1,10 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from "react";
+import { useTranslation } from "react-i18next";
 import { Link, useNavigate } from "react-router";
 
+import i18n from "../i18n";
 import { ApiError, session } from "../lib/api";
+import { fmtDateTime } from "../lib/format";
 import type { ConversationPage, ConversationSummary } from "../lib/types";
 
 interface Props {
@@ -17,6 +20,7 @@ interface Props {
 /** The caller's conversations, newest first, with search, rename, delete and "New chat". */
 export function Sidebar({ current, open, version, onNavigate, onClose }: Props) {
   const navigate = useNavigate();
+  const { t } = useTranslation();
   const [query, setQuery] = useState("");
   const [items, setItems] = useState<ConversationSummary[]>([]);
   const [cursor, setCursor] = useState<string | null>(null);
@@ -36,7 +40,7 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
       setCursor(page.next_cursor);
       setError(null);
     } catch (caught) {
-      setError(caught instanceof ApiError ? caught.describe() : "Could not load conversations.");
+      setError(caught instanceof ApiError ? caught.describe() : i18n.t("sidebar.loadFailed"));
     }
   }, []);
 
@@ -59,32 +63,32 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
       });
       setItems((old) => old.map((c) => (c.id === id ? { ...c, title: updated.title } : c)));
     } catch (caught) {
-      setError(caught instanceof ApiError ? caught.describe() : "Could not rename.");
+      setError(caught instanceof ApiError ? caught.describe() : t("sidebar.renameFailed"));
     }
   };
 
   const remove = async (item: ConversationSummary) => {
-    if (!window.confirm(`Delete “${item.title}” and all its messages? This cannot be undone.`)) return;
+    if (!window.confirm(t("sidebar.confirmDelete", { title: item.title }))) return;
     try {
       await session.fetch(`/v1/conversations/${item.id}`, { method: "DELETE" });
       setItems((old) => old.filter((c) => c.id !== item.id));
       if (item.id === current) void navigate("/");
     } catch (caught) {
-      setError(caught instanceof ApiError ? caught.describe() : "Could not delete.");
+      setError(caught instanceof ApiError ? caught.describe() : t("sidebar.deleteFailed"));
     }
   };
 
   return (
     <aside
       className={`sidebar${open ? " open" : ""}`}
-      aria-label="Conversations"
+      aria-label={t("sidebar.label")}
       onKeyDown={(e) => {
         if (e.key === "Escape" && open) onClose();
       }}
     >
       <div className="tools">
         <button type="button" className="drawer-close" onClick={onClose}>
-          Close conversations
+          {t("sidebar.close")}
         </button>
         <button
           type="button"
@@ -94,12 +98,12 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
             onNavigate();
           }}
         >
-          + New chat
+          {t("sidebar.newChat")}
         </button>
         <input
           type="search"
-          placeholder="Search conversations"
-          aria-label="Search conversations"
+          placeholder={t("sidebar.search")}
+          aria-label={t("sidebar.search")}
           value={query}
           onChange={(e) => setQuery(e.target.value)}
         />
@@ -116,7 +120,7 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
               <form onSubmit={(e) => void rename(e, item.id)} style={{ display: "flex", flex: 1 }}>
                 <input
                   autoFocus
-                  aria-label="New title"
+                  aria-label={t("sidebar.newTitle")}
                   value={title}
                   maxLength={200}
                   onChange={(e) => setTitle(e.target.value)}
@@ -135,17 +139,17 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
               <Link
                 to={`/c/${item.id}`}
                 onClick={onNavigate}
-                title={item.title}
+                title={`${item.title}\n${t("sidebar.updated", { date: fmtDateTime(item.updated_at) })}`}
                 aria-current={item.id === current ? "page" : undefined}
               >
-                {item.title || "Untitled"}
+                {item.title || t("sidebar.untitled")}
               </Link>
               <span className="actions">
                 <button
                   type="button"
                   className="icon"
-                  aria-label={`Rename ${item.title}`}
-                  title="Rename"
+                  aria-label={t("sidebar.renameItem", { title: item.title })}
+                  title={t("sidebar.rename")}
                   onClick={() => {
                     renaming.current = item.id;
                     setEditing(item.id);
@@ -157,8 +161,8 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
                 <button
                   type="button"
                   className="icon"
-                  aria-label={`Delete ${item.title}`}
-                  title="Delete"
+                  aria-label={t("sidebar.deleteItem", { title: item.title })}
+                  title={t("sidebar.delete")}
                   onClick={() => void remove(item)}
                 >
                   <Icon path="M5 7h14M10 7V4h4v3M7 7l1 13h8l1-13" />
@@ -169,13 +173,13 @@ export function Sidebar({ current, open, version, onNavigate, onClose }: Props) 
         )}
         {items.length === 0 && error === null && (
           <li className="muted" style={{ padding: 10 }}>
-            {query ? "Nothing found." : "No conversations yet."}
+            {query ? t("sidebar.nothingFound") : t("sidebar.none")}
           </li>
         )}
         {cursor !== null && (
           <li>
             <button type="button" className="icon" onClick={() => void load(query, cursor)}>
-              More…
+              {t("sidebar.more")}
             </button>
           </li>
         )}

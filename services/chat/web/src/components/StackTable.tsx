@@ -1,4 +1,5 @@
 import type { ReactNode } from "react";
+import { useTranslation } from "react-i18next";
 
 /**
  * A list with a column of buttons, shown as one card per row on phones (pages.css:
@@ -17,6 +18,7 @@ export function StackTable({
   /** The rows: `<tr role="row">` with `<td role="cell" data-label=…>`, the buttons last. */
   children: ReactNode;
 }) {
+  const { t } = useTranslation();
   return (
     <table className={`data-table stack ${className}`} role="table">
       <caption className="sr-only">{caption}</caption>
@@ -28,7 +30,7 @@ export function StackTable({
             </th>
           ))}
           <th scope="col" role="columnheader">
-            <span className="sr-only">Actions</span>
+            <span className="sr-only">{t("common.actions")}</span>
           </th>
         </tr>
       </thead>

@@ -4,7 +4,13 @@
  * refreshes are serialised across tabs with a Web Lock, each reading the newest stored token
  * under the lock, so two tabs never present one refresh token twice (the auth service treats a
  * reused refresh token as stolen and revokes the whole family).
+ *
+ * Messages from the server are shown as they come (the edge speaks English); what the app says
+ * itself around them is translated.
  */
+
+import i18n from "../i18n";
+import { fmtWait } from "./format";
 
 const REFRESH_KEY = "llmchat.refresh";
 const LOCK = "llmchat-refresh";
@@ -26,25 +32,16 @@ export class ApiError extends Error {
     super(message);
   }
 
-  /** What to tell a person: the server's message, with when to retry where it said. */
+  /** What to tell a person, in the app's language: the server's message, with when to retry where it said. */
   describe(): string {
-    if (this.status === 0) return "The server cannot be reached. Check your connection and try again.";
-    if (this.status === 429) {
-      const wait = this.retryAfter !== null ? ` Try again in ${formatWait(this.retryAfter)}.` : "";
-      return `Too many requests: ${this.message}.${wait}`;
-    }
-    if (this.status === 503 && this.code === "model_overloaded") {
-      const wait = this.retryAfter !== null ? ` Try again in ${formatWait(this.retryAfter)}.` : "";
-      return `The model is busy right now.${wait}`;
-    }
-    if (this.status === 503) return `The service is unavailable: ${this.message}`;
+    if (this.status === 0) return i18n.t("errors.network");
+    if (this.code === "session_expired") return i18n.t("errors.sessionExpired");
+    const wait = this.retryAfter !== null ? ` ${i18n.t("errors.tryAgainIn", { wait: fmtWait(this.retryAfter) })}` : "";
+    if (this.status === 429) return `${i18n.t("errors.tooMany", { message: this.message })}${wait}`;
+    if (this.status === 503 && this.code === "model_overloaded") return `${i18n.t("errors.modelBusy")}${wait}`;
+    if (this.status === 503) return i18n.t("errors.unavailable", { message: this.message });
     return this.message;
   }
-}
-
-export function formatWait(seconds: number): string {
-  if (seconds < 60) return `${Math.max(1, Math.ceil(seconds))} s`;
-  return `${Math.ceil(seconds / 60)} min`;
 }
 
 export async function errorFrom(response: Response): Promise<ApiError> {
@@ -149,8 +146,7 @@ export class Session {
   async token(): Promise<string> {
     if (this.access !== null && Date.now() < this.expiresAt - EARLY_MS) return this.access;
     await this.refresh();
-    if (this.access === null)
-      throw new ApiError(401, "Your session has expired. Please sign in again.", "session_expired");
+    if (this.access === null) throw new ApiError(401, "session expired", "session_expired");
     return this.access;
   }
 

@@ -1,3 +1,4 @@
+import i18n from "../i18n";
 import type { Model } from "./types";
 
 /** The models a chat can use: all but embedding models (a model without capabilities is a chat model). */
@@ -16,13 +17,15 @@ export function modelFeatures(model: Model): Feature[] {
   const caps = model.capabilities;
   if (caps === undefined || caps === null) return [];
   const features: Feature[] = [];
-  if (caps.tools) features.push({ label: "tools", description: "calls tools (functions)" });
-  if (caps.json_output) features.push({ label: "JSON", description: "answers in JSON (JSON mode, JSON schemas)" });
+  if (caps.tools)
+    features.push({ label: i18n.t("model.featureTools"), description: i18n.t("model.featureToolsDescription") });
+  if (caps.json_output)
+    features.push({ label: i18n.t("model.featureJson"), description: i18n.t("model.featureJsonDescription") });
   return features;
 }
 
 /** A model's line in the picker: its id, whether a worker serves it, what it supports. */
 export function modelOptionLabel(model: Model): string {
-  const live = model.workers > 0 ? `${model.workers} live worker${model.workers > 1 ? "s" : ""}` : "no live worker";
-  return [`${model.id} — ${live}`, ...modelFeatures(model).map((f) => f.label)].join(" · ");
+  const live = model.workers > 0 ? i18n.t("model.liveWorkers", { count: model.workers }) : i18n.t("model.noLiveWorker");
+  return [i18n.t("model.option", { id: model.id, live }), ...modelFeatures(model).map((f) => f.label)].join(" · ");
 }

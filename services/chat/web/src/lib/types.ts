@@ -21,6 +21,8 @@ export interface Model {
   running: number;
   max_model_len: number | null;
   capabilities?: ModelCapabilities | null;
+  /** Admin view: whether a live worker serves it (a configured model may have none). */
+  status?: "serving" | "no_worker";
 }
 
 export interface ConversationSummary {
@@ -104,6 +106,26 @@ export interface ApiKeyCreated extends ApiKey {
   key: string;
 }
 
+/** What a worker is doing with its engine (`ready`: serving its model). */
+export type WorkerState = "ready" | "draining" | "unloading" | "loading" | "failed";
+
+/** A model switch's step: the worker drains its requests, unloads, checks the new profile fits, loads it. */
+export type SwitchStep = "draining" | "unloading" | "checking" | "loading" | "ready" | "failed" | "rolled_back";
+
+/** A worker's latest model switch (kept after it ended, so its outcome stays visible). */
+export interface ModelSwitch {
+  from: string;
+  target: string;
+  step: SwitchStep;
+  /** 0..1 within the step where the worker can tell; null when it cannot. */
+  progress: number | null;
+  message: string;
+  error: string | null;
+  requested_by: string;
+  started_at: number;
+  updated_at: number;
+}
+
 export interface WorkerView {
   worker_id: string;
   model: string;
@@ -114,9 +136,64 @@ export interface WorkerView {
   version: string;
   heartbeat_at: number;
   started_at: number;
+  /** Absent from workers that predate model switching: they are ready. */
+  state?: WorkerState;
+  switch?: ModelSwitch | null;
+  hardware?: { kind: "cpu" | "gpu"; summary: string } | null;
 }
 
 export interface WorkerList {
   data: WorkerView[];
   models: Model[];
+}
+
+/** Whether a model profile fits a worker's hardware, with the numbers behind the answer. */
+export type VerdictKind = "fits" | "fits_with_changes" | "does_not_fit";
+
+export interface ProfileVerdict {
+  worker_id: string;
+  hardware: string;
+  verdict: VerdictKind;
+  /** One sentence with the numbers (from the server, in English). */
+  reason: string;
+  weights_bytes: number;
+  kv_cache_bytes: number;
+  activation_bytes: number;
+  available_bytes: number;
+  /** What to change for it to fit (with `fits_with_changes`), e.g. "max_model_len 8192". */
+  suggestion: string | null;
+}
+
+/** A model profile of the catalog (builtin, or added by the operator). */
+export interface ModelProfile {
+  alias: string;
+  model: string;
+  kind: string;
+  source: "builtin" | "operator";
+  description: string;
+  dtype: string;
+  quantization: string | null;
+  tensor_parallel_size: number;
+  max_model_len: number;
+  max_num_seqs: number;
+  tool_call_parser: string | null;
+  /** "model" (the model's own), a file name, or "chatml (fallback)". */
+  chat_template: string;
+  chat_template_fallback: boolean;
+  parameters: number | null;
+  /** One per live worker (none when no worker is live). */
+  verdicts: ProfileVerdict[];
+}
+
+export interface ProfileList {
+  object: "list";
+  data: ModelProfile[];
+}
+
+export interface SwitchAccepted {
+  object: "model_switch";
+  worker_id: string;
+  from: string;
+  to: string;
+  status: "accepted";
 }

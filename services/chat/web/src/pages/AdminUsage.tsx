@@ -1,4 +1,5 @@
 import { useMemo, useState } from "react";
+import { useTranslation } from "react-i18next";
 
 import { LoadStatus } from "../components/Notices";
 import type { User } from "../lib/api";
@@ -11,6 +12,7 @@ import { lastDays, useDailyUsage, useDateRange, useJson, usagePath, type Breakdo
 
 /** Everyone's usage over a date range: totals, tokens per day, and a table by user. */
 export function AdminUsage() {
+  const { t } = useTranslation();
   const [initial] = useState(() => lastDays());
   const rangeState = useDateRange(initial);
   const range = rangeState.applied;
@@ -30,39 +32,39 @@ export function AdminUsage() {
   return (
     <section id="admin-usage" aria-labelledby="admin-usage-title" className="admin-section">
       <div className="admin-section-head">
-        <h2 id="admin-usage-title">Platform usage</h2>
+        <h2 id="admin-usage-title">{t("adminUsage.title")}</h2>
         <UsageDownload base="/v1/admin/usage" range={range} groups={["day", "model", "user"]} />
       </div>
-      <UsageRangePicker state={rangeState} label="Platform usage date range" />
+      <UsageRangePicker state={rangeState} label={t("adminUsage.rangeLabel")} />
       <div aria-busy={byDay.loading}>
-        <LoadStatus load={byDay} failed="Platform usage could not be loaded" loading="Loading platform usage…" />
+        <LoadStatus load={byDay} failed={t("adminUsage.loadFailed")} loading={t("adminUsage.loading")} />
         {byDay.data !== null && (
           <>
             <RangeSummary range={range} updating={byDay.loading} />
             <UsageTotals total={byDay.data.total} />
-            <TokensPerDayChart points={points} caption="Tokens per day, all users" />
+            <TokensPerDayChart points={points} caption={t("adminUsage.tokensAll")} />
           </>
         )}
       </div>
 
-      <h3>By user</h3>
+      <h3>{t("adminUsage.byUser")}</h3>
       <div aria-busy={byUser.loading}>
-        <LoadStatus load={byUser} failed="The per-user breakdown could not be loaded" loading="Loading…" />
+        <LoadStatus load={byUser} failed={t("adminUsage.byUserFailed")} loading={t("common.loading")} />
         {byUser.data !== null &&
           (rows.length === 0 ? (
-            <p className="muted">Nobody used the platform in this range.</p>
+            <p className="muted">{t("adminUsage.nobody")}</p>
           ) : (
             <BreakdownTable
               rows={rows}
-              keyTitle="User"
-              caption="Usage by user"
+              keyTitle={t("adminUsage.user")}
+              caption={t("adminUsage.byUserCaption")}
               total={byUser.data.total}
               rowTestId="admin-usage-user-row"
               renderLabel={(row) =>
                 row.label !== row.key ? (
-                  <span title={`User id ${row.key}`}>{row.label}</span>
+                  <span title={t("adminUsage.userId", { id: row.key })}>{row.label}</span>
                 ) : (
-                  <code title="No account with this id on record">{row.key}</code>
+                  <code title={t("adminUsage.noAccount")}>{row.key}</code>
                 )
               }
             />

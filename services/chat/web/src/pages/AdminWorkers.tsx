@@ -1,6 +1,9 @@
 import { useEffect, useState } from "react";
+import { useTranslation } from "react-i18next";
 
+import { fmtWait } from "../lib/format";
 import type { Model, WorkerList } from "../lib/types";
+import { WorkerStateBadge } from "./modelsView";
 import { fmtAgo, fmtDateTime, fmtDuration, fmtInt, fmtPercent, isoOf, useJson } from "./usageData";
 
 const REFRESH_MS = 5000;
@@ -8,7 +11,7 @@ const REFRESH_MS = 5000;
 const LATE_HEARTBEAT_S = 20;
 
 /** Seconds since the epoch, ticking every second (for "Ns ago"). */
-function useNow(): number {
+export function useNow(): number {
   const [now, setNow] = useState(() => Date.now() / 1000);
   useEffect(() => {
     const timer = setInterval(() => setNow(Date.now() / 1000), 1000);
@@ -18,7 +21,8 @@ function useNow(): number {
 }
 
 /** Running requests against capacity, as a bar coloured by how full it is and as numbers. */
-function LoadBar({ running, capacity }: { running: number; capacity: number }) {
+export function LoadBar({ running, capacity }: { running: number; capacity: number }) {
+  const { t } = useTranslation();
   const share = capacity > 0 ? Math.min(1, running / capacity) : 0;
   const level = capacity === 0 ? "none" : share >= 1 ? "full" : share >= 0.75 ? "high" : "ok";
   return (
@@ -28,7 +32,7 @@ function LoadBar({ running, capacity }: { running: number; capacity: number }) {
       </span>
       <span className="admin-load-text">
         {fmtInt(running)} / {fmtInt(capacity)}
-        <span className="muted"> ({capacity > 0 ? fmtPercent(running, capacity) : "no capacity"})</span>
+        <span className="muted"> ({capacity > 0 ? fmtPercent(running, capacity) : t("workers.noCapacity")})</span>
       </span>
     </span>
   );
@@ -36,6 +40,7 @@ function LoadBar({ running, capacity }: { running: number; capacity: number }) {
 
 /** The live workers and the models they serve, with their load; refreshed every few seconds while visible. */
 export function AdminWorkers() {
+  const { t } = useTranslation();
   const workers = useJson<WorkerList>("/v1/admin/workers");
   const { reload, data } = workers;
   const [auto, setAuto] = useState(true);
@@ -61,49 +66,51 @@ export function AdminWorkers() {
   return (
     <section id="admin-workers" aria-labelledby="admin-workers-title" className="admin-section">
       <div className="admin-section-head">
-        <h2 id="admin-workers-title">Workers &amp; models</h2>
+        <h2 id="admin-workers-title">{t("admin.workersModels")}</h2>
         <div className="admin-refresh">
           <label className="admin-check">
             <input type="checkbox" checked={auto} onChange={(e) => setAuto(e.target.checked)} />
-            Auto-refresh every 5 s
+            {t("workers.autoRefresh", { every: fmtWait(REFRESH_MS / 1000) })}
           </label>
           <button type="button" onClick={reload} disabled={workers.loading}>
-            Refresh now
+            {t("workers.refreshNow")}
           </button>
-          <span className="muted admin-updated">{updatedAt !== null ? `Updated ${fmtAgo(now - updatedAt)}` : ""}</span>
+          <span className="muted admin-updated">
+            {updatedAt !== null ? t("workers.updated", { ago: fmtAgo(now - updatedAt) }) : ""}
+          </span>
         </div>
       </div>
       {workers.error !== null && (
         <p className="notice error" role="alert">
-          Workers could not be loaded: {workers.error}
-          {data !== null && " (showing the last answer)"}
+          {t("workers.loadFailed", { error: workers.error })}
+          {data !== null && t("workers.showingLast")}
         </p>
       )}
       {data === null && workers.error === null && (
         <p className="muted" role="status">
-          Loading workers…
+          {t("workers.loading")}
         </p>
       )}
       {data !== null && (
         <>
-          <h3>Models</h3>
+          <h3>{t("workers.models")}</h3>
           {models.length === 0 ? (
-            <p className="muted">No models are configured or served.</p>
+            <p className="muted">{t("workers.noModels")}</p>
           ) : (
-            <div className="usage-table-wrap" role="region" aria-label="Models" tabIndex={0}>
+            <div className="usage-table-wrap" role="region" aria-label={t("workers.models")} tabIndex={0}>
               <table className="usage-table admin-models">
                 <thead>
                   <tr>
-                    <th scope="col">Model</th>
+                    <th scope="col">{t("workers.colModel")}</th>
                     <th scope="col" className="num">
-                      Live workers
+                      {t("workers.colLiveWorkers")}
                     </th>
                     <th scope="col" className="num">
-                      Capacity
+                      {t("workers.colCapacity")}
                     </th>
-                    <th scope="col">Running (load)</th>
+                    <th scope="col">{t("workers.colLoad")}</th>
                     <th scope="col" className="num">
-                      Max context
+                      {t("workers.colMaxContext")}
                     </th>
                   </tr>
                 </thead>
@@ -114,7 +121,11 @@ export function AdminWorkers() {
                         {model.id}
                       </th>
                       <td className="num">
-                        {model.workers === 0 ? <span className="badge off">none</span> : fmtInt(model.workers)}
+                        {model.workers === 0 ? (
+                          <span className="badge off">{t("common.none")}</span>
+                        ) : (
+                          fmtInt(model.workers)
+                        )}
                       </td>
                       <td className="num">{fmtInt(model.capacity)}</td>
                       <td>
@@ -128,28 +139,29 @@ export function AdminWorkers() {
             </div>
           )}
 
-          <h3>Live workers ({fmtInt(list.length)})</h3>
+          <h3>{t("workers.live", { count: list.length })}</h3>
           {list.length === 0 ? (
-            <p className="notice warn">No worker has sent a heartbeat recently: no model can answer.</p>
+            <p className="notice warn">{t("workers.noWorker")}</p>
           ) : (
-            <div className="usage-table-wrap" role="region" aria-label="Live workers" tabIndex={0}>
+            <div className="usage-table-wrap" role="region" aria-label={t("workers.colLiveWorkers")} tabIndex={0}>
               <table className="usage-table admin-workers">
                 <thead>
                   <tr>
-                    <th scope="col">Worker</th>
-                    <th scope="col">Model</th>
+                    <th scope="col">{t("workers.colWorker")}</th>
+                    <th scope="col">{t("workers.colModel")}</th>
+                    <th scope="col">{t("workers.colState")}</th>
                     <th scope="col" className="num">
-                      Capacity
+                      {t("workers.colCapacity")}
                     </th>
                     <th scope="col" className="num">
-                      Running
+                      {t("workers.colRunning")}
                     </th>
                     <th scope="col" className="num">
-                      Max context
+                      {t("workers.colMaxContext")}
                     </th>
-                    <th scope="col">Version</th>
-                    <th scope="col">Last heartbeat</th>
-                    <th scope="col">Up since</th>
+                    <th scope="col">{t("workers.colVersion")}</th>
+                    <th scope="col">{t("workers.colHeartbeat")}</th>
+                    <th scope="col">{t("workers.colUpSince")}</th>
                   </tr>
                 </thead>
                 <tbody>
@@ -161,9 +173,18 @@ export function AdminWorkers() {
                           <code>{w.worker_id}</code>
                         </th>
                         <td>
-                          <span title={w.engine_model !== w.model ? `Engine model: ${w.engine_model}` : undefined}>
+                          <span
+                            title={
+                              w.engine_model !== w.model
+                                ? t("workers.engineModel", { model: w.engine_model })
+                                : undefined
+                            }
+                          >
                             {w.model}
                           </span>
+                        </td>
+                        <td>
+                          <WorkerStateBadge worker={w} />
                         </td>
                         <td className="num">{fmtInt(w.capacity)}</td>
                         <td className="num">{fmtInt(w.running)}</td>
@@ -179,7 +200,10 @@ export function AdminWorkers() {
                           </time>
                         </td>
                         <td>
-                          <time dateTime={isoOf(w.started_at)} title={`Up ${fmtDuration(now - w.started_at)}`}>
+                          <time
+                            dateTime={isoOf(w.started_at)}
+                            title={t("workers.up", { duration: fmtDuration(now - w.started_at) })}
+                          >
                             {fmtDateTime(w.started_at)}
                           </time>
                           <span className="muted admin-uptime"> ({fmtDuration(now - w.started_at)})</span>

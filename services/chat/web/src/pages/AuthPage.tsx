@@ -1,11 +1,15 @@
 import { useState, type FormEvent } from "react";
+import { useTranslation } from "react-i18next";
 import { Link, Navigate, useLocation, useNavigate } from "react-router";
 
 import { useAuth } from "../auth";
+import { LanguageSwitch } from "../components/LanguageSwitch";
+import i18n from "../i18n";
 import { ApiError, session } from "../lib/api";
 
 export default function AuthPage({ mode }: { mode: "login" | "register" }) {
   const { user, ended } = useAuth();
+  const { t } = useTranslation();
   const navigate = useNavigate();
   const location = useLocation();
   const [email, setEmail] = useState("");
@@ -33,11 +37,14 @@ export default function AuthPage({ mode }: { mode: "login" | "register" }) {
   const register = mode === "register";
   return (
     <main className="auth">
-      <form onSubmit={(e) => void submit(e)} aria-label={register ? "Create an account" : "Sign in"}>
-        <h1>{register ? "Create an account" : "Sign in to llmchat"}</h1>
+      <div className="auth-language">
+        <LanguageSwitch />
+      </div>
+      <form onSubmit={(e) => void submit(e)} aria-label={register ? t("auth.registerTitle") : t("auth.signInForm")}>
+        <h1>{register ? t("auth.registerTitle") : t("auth.signInTitle")}</h1>
         {ended === "expired" && !register && error === null && (
           <p className="notice warn" role="status">
-            Your session has expired. Please sign in again.
+            {t("errors.sessionExpired")}
           </p>
         )}
         {error !== null && (
@@ -46,11 +53,11 @@ export default function AuthPage({ mode }: { mode: "login" | "register" }) {
           </p>
         )}
         <label>
-          Email
+          {t("auth.email")}
           <input type="email" autoComplete="email" required value={email} onChange={(e) => setEmail(e.target.value)} />
         </label>
         <label>
-          Password
+          {t("auth.password")}
           <input
             type="password"
             autoComplete={register ? "new-password" : "current-password"}
@@ -60,16 +67,16 @@ export default function AuthPage({ mode }: { mode: "login" | "register" }) {
           />
         </label>
         <button type="submit" className="primary" disabled={busy}>
-          {register ? "Create account" : "Sign in"}
+          {register ? t("auth.createAccount") : t("auth.signIn")}
         </button>
         <p className="muted">
           {register ? (
             <>
-              Already have an account? <Link to="/login">Sign in</Link>
+              {t("auth.haveAccount")} <Link to="/login">{t("auth.signIn")}</Link>
             </>
           ) : (
             <>
-              New here? <Link to="/register">Create an account</Link>
+              {t("auth.newHere")} <Link to="/register">{t("auth.createLink")}</Link>
             </>
           )}
         </p>
@@ -79,7 +86,7 @@ export default function AuthPage({ mode }: { mode: "login" | "register" }) {
 }
 
 function describe(error: unknown, mode: "login" | "register"): string {
-  if (!(error instanceof ApiError)) return "Something went wrong. Please try again.";
-  if (mode === "login" && error.status === 401) return "Wrong email or password.";
+  if (!(error instanceof ApiError)) return i18n.t("errors.generic");
+  if (mode === "login" && error.status === 401) return i18n.t("auth.wrongPassword");
   return error.describe();
 }

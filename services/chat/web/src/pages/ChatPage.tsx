@@ -8,11 +8,13 @@ import {
   type FormEvent,
   type KeyboardEvent,
 } from "react";
+import { useTranslation } from "react-i18next";
 import { useNavigate, useParams } from "react-router";
 
 import { LiveRow, StoredRow } from "../components/MessageRows";
 import { ModelPicker } from "../components/ModelPicker";
 import { Sidebar } from "../components/Sidebar";
+import i18n from "../i18n";
 import { isFinished, newAnswer } from "../lib/answer";
 import { ApiError, session } from "../lib/api";
 import { resumeAnswer, savedAnswers, startAnswer, stopAnswer, type StreamCallbacks } from "../lib/chatStream";
@@ -67,6 +69,7 @@ let resumedAfterLoad = false;
 export default function ChatPage() {
   const { conversationId = null } = useParams();
   const navigate = useNavigate();
+  const { t } = useTranslation();
   const here = useLive(conversationId);
   // The last conversation loaded and the last load's failure, each with the id it was for: the page
   // shows them only while that is still the conversation in the address.
@@ -274,7 +277,7 @@ export default function ChatPage() {
     try {
       await run(entry, body, go);
     } catch (caught) {
-      setError(caught instanceof ApiError ? caught.describe() : "The message could not be sent.");
+      setError(caught instanceof ApiError ? caught.describe() : t("chat.notSent"));
       if (userText !== null) setDraft(userText);
     }
     setVersion((v) => v + 1);
@@ -299,7 +302,7 @@ export default function ChatPage() {
     if (here.state.requestId === "") live.patch(here.run, { stopWanted: true });
     else
       void stopAnswer(here.state.requestId).catch((caught: unknown) =>
-        setError(caught instanceof ApiError ? caught.describe() : "Could not stop."),
+        setError(caught instanceof ApiError ? caught.describe() : t("chat.couldNotStop")),
       );
   };
 
@@ -324,18 +327,18 @@ export default function ChatPage() {
         onNavigate={() => setSidebarOpen(false)}
         onClose={() => setSidebarOpen(false)}
       />
-      <section className="conversation" aria-label="Chat">
+      <section className="conversation" aria-label={t("chat.label")}>
         <div className="conv-head">
           <button
             type="button"
             className="drawer-toggle"
-            aria-label="Open conversations"
+            aria-label={t("chat.openConversations")}
             aria-expanded={sidebarOpen}
             onClick={() => setSidebarOpen((o) => !o)}
           >
             ☰
           </button>
-          <h2>{conversation?.title ?? "New chat"}</h2>
+          <h2>{conversation?.title ?? t("chat.newChat")}</h2>
           <ModelPicker
             models={models}
             value={model}
@@ -345,7 +348,7 @@ export default function ChatPage() {
             }}
           />
           <button type="button" onClick={() => setShowSystem((s) => !s)} aria-expanded={showSystem}>
-            System prompt
+            {t("chat.systemPrompt")}
           </button>
         </div>
         <div className="messages" ref={scroller} onScroll={onScroll} aria-live="polite">
@@ -356,9 +359,7 @@ export default function ChatPage() {
               </p>
             )}
             {messages.length === 0 && !showLive && loadError === null && (
-              <p className="empty">
-                {conversationId === null ? "Ask anything. Enter sends, Shift+Enter starts a new line." : "Loading…"}
-              </p>
+              <p className="empty">{conversationId === null ? t("chat.empty") : t("common.loading")}</p>
             )}
             {messages.map((m, i) => (
               <StoredRow
@@ -373,7 +374,7 @@ export default function ChatPage() {
             ))}
             {showLiveUser && (
               <div className="msg user">
-                <span className="who">You</span>
+                <span className="who">{t("messages.you")}</span>
                 <div className="body">{here.userText}</div>
               </div>
             )}
@@ -384,17 +385,17 @@ export default function ChatPage() {
           <div className="inner">
             {showSystem && (
               <label className="system-prompt">
-                System prompt (for this conversation's next messages)
+                {t("chat.systemPromptLabel")}
                 <textarea
                   value={system}
                   onChange={(e) => setSystem(e.target.value)}
-                  placeholder="You are a helpful assistant."
+                  placeholder={t("chat.systemPlaceholder")}
                 />
               </label>
             )}
             {selected !== undefined && selected.workers === 0 && (
               <p className="notice warn" role="status">
-                No worker serves {selected.id} right now: a message will wait until one starts.
+                {t("chat.noWorker", { model: selected.id })}
               </p>
             )}
             {error !== null && (
@@ -405,8 +406,8 @@ export default function ChatPage() {
             <div className="row">
               <textarea
                 ref={composer}
-                aria-label="Message"
-                placeholder="Message (Enter to send, Shift+Enter for a new line)"
+                aria-label={t("chat.message")}
+                placeholder={t("chat.messagePlaceholder")}
                 value={draft}
                 rows={Math.min(8, draft.split("\n").length)}
                 onChange={(e) => setDraft(e.target.value)}
@@ -414,11 +415,11 @@ export default function ChatPage() {
               />
               {streaming ? (
                 <button type="button" className="danger" onClick={stop} disabled={here.stopWanted}>
-                  Stop
+                  {t("chat.stop")}
                 </button>
               ) : (
                 <button type="submit" className="primary" disabled={draft.trim() === "" || model === ""}>
-                  Send
+                  {t("chat.send")}
                 </button>
               )}
             </div>
@@ -430,6 +431,6 @@ export default function ChatPage() {
 }
 
 function loadErrorMessage(caught: unknown): string {
-  if (caught instanceof ApiError && caught.status === 404) return "This conversation does not exist.";
-  return caught instanceof ApiError ? caught.describe() : "Could not load the conversation.";
+  if (caught instanceof ApiError && caught.status === 404) return i18n.t("chat.notFound");
+  return caught instanceof ApiError ? caught.describe() : i18n.t("chat.loadFailed");
 }

@@ -1,4 +1,5 @@
 import { useEffect, useMemo, useRef, useState, type FormEvent } from "react";
+import { Trans, useTranslation } from "react-i18next";
 
 import { ConfirmButton, useConfirmRows, type ConfirmWords } from "../components/ConfirmButton";
 import { ErrorNotice, LoadStatus } from "../components/Notices";
@@ -7,14 +8,6 @@ import { session } from "../lib/api";
 import type { ApiKey, ApiKeyCreated } from "../lib/types";
 import { fmtDateTime, useAction, useJson } from "./usageData";
 import { When } from "./When";
-
-const REVOKE: ConfirmWords = {
-  action: "Revoke",
-  asking: "Confirm revoking",
-  question: "Revoke? Programs using it stop working.",
-  yes: "Yes, revoke",
-  busy: "Revoking…",
-};
 
 /** Active keys first, newest first within each group. */
 function ordered(keys: ApiKey[]): ApiKey[] {
@@ -30,6 +23,14 @@ function labelOf(key: ApiKey): string {
 }
 
 export default function KeysPage() {
+  const { t } = useTranslation();
+  const revokeWords: ConfirmWords = {
+    action: t("keys.revokeAction"),
+    asking: t("keys.revokeAsking"),
+    question: t("keys.revokeQuestion"),
+    yes: t("keys.revokeYes"),
+    busy: t("keys.revokeBusy"),
+  };
   const list = useJson<{ keys: ApiKey[] }>("/v1/auth/api-keys");
   const [name, setName] = useState("");
   const creation = useAction<true>();
@@ -60,39 +61,42 @@ export default function KeysPage() {
       await session.fetch(`/v1/auth/api-keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
       confirm.close();
       if (created?.id === key.id) setCreated(null);
-      setStatus(`Key ${labelOf(key)} revoked.`);
+      setStatus(t("keys.revokedStatus", { name: labelOf(key) }));
       list.reload();
     });
 
   return (
     <main className="page keys-page">
       <div className="inner">
-        <h1>API keys</h1>
+        <h1>{t("keys.title")}</h1>
         <p className="muted">
-          API keys let programs call the OpenAI-compatible API as you: send one as <code>Authorization: Bearer …</code>{" "}
-          to <code>{`${window.location.origin}/v1`}</code>. Revoke a key as soon as you no longer need it or it may have
-          leaked.
+          <Trans
+            i18nKey="keys.intro"
+            values={{ url: `${window.location.origin}/v1` }}
+            components={{ code: <code /> }}
+            shouldUnescape
+          />
         </p>
 
         <section aria-labelledby="keys-create">
-          <h2 id="keys-create">Create a key</h2>
+          <h2 id="keys-create">{t("keys.createTitle")}</h2>
           <form className="keys-form" onSubmit={(e) => void create(e)}>
             <label>
               <span>
-                Name <span className="muted">(optional)</span>
+                {t("keys.name")} <span className="muted">{t("keys.optional")}</span>
               </span>
               <input
                 type="text"
                 name="name"
                 value={name}
                 maxLength={100}
-                placeholder="e.g. laptop scripts"
+                placeholder={t("keys.namePlaceholder")}
                 autoComplete="off"
                 onChange={(e) => setName(e.target.value)}
               />
             </label>
             <button type="submit" className="primary" disabled={creating}>
-              {creating ? "Creating…" : "Create key"}
+              {creating ? t("keys.creating") : t("keys.create")}
             </button>
           </form>
           <ErrorNotice error={creation.error} />
@@ -101,51 +105,59 @@ export default function KeysPage() {
 
         <section aria-labelledby="keys-list" aria-busy={list.loading}>
           <h2 id="keys-list">
-            Your keys
-            {list.data !== null && <span className="muted keys-count"> ({active} active)</span>}
+            {t("keys.yours")}
+            {list.data !== null && (
+              <span className="muted keys-count"> {t("keys.activeCount", { count: active })}</span>
+            )}
           </h2>
           <p className="sr-only" role="status" aria-live="polite">
             {status}
           </p>
-          <LoadStatus load={list} failed="Your keys could not be loaded" loading="Loading keys…" />
+          <LoadStatus load={list} failed={t("keys.loadFailed")} loading={t("keys.loading")} />
           <ErrorNotice error={revocation.error} />
-          {list.data !== null && keys.length === 0 && <p className="muted">You have no API keys yet.</p>}
+          {list.data !== null && keys.length === 0 && <p className="muted">{t("keys.none")}</p>}
           {keys.length > 0 && (
             <StackTable
               className="keys-table"
-              caption="Your API keys"
-              columns={["Name", "Key", "Created", "Last used", "Status"]}
+              caption={t("keys.caption")}
+              columns={[
+                t("keys.colName"),
+                t("keys.colKey"),
+                t("keys.colCreated"),
+                t("keys.colLastUsed"),
+                t("keys.colStatus"),
+              ]}
             >
               {keys.map((key) => {
                 const revoked = key.revoked_at !== null;
                 return (
                   <tr key={key.id} role="row" data-testid="key-row" className={revoked ? "is-revoked" : undefined}>
-                    <td role="cell" data-label="Name">
-                      {key.name !== "" ? key.name : <span className="muted">Unnamed</span>}
+                    <td role="cell" data-label={t("keys.colName")}>
+                      {key.name !== "" ? key.name : <span className="muted">{t("keys.unnamed")}</span>}
                     </td>
-                    <td role="cell" data-label="Key">
+                    <td role="cell" data-label={t("keys.colKey")}>
                       <code>{key.prefix}…</code>
                     </td>
-                    <td role="cell" data-label="Created">
+                    <td role="cell" data-label={t("keys.colCreated")}>
                       <When value={key.created_at} empty="" />
                     </td>
-                    <td role="cell" data-label="Last used">
-                      <When value={key.last_used_at} empty="Never" />
+                    <td role="cell" data-label={t("keys.colLastUsed")}>
+                      <When value={key.last_used_at} empty={t("common.never")} />
                     </td>
-                    <td role="cell" data-label="Status">
+                    <td role="cell" data-label={t("keys.colStatus")}>
                       {revoked ? (
-                        <span className="badge off" title={`Revoked ${fmtDateTime(key.revoked_at)}`}>
-                          Revoked
+                        <span className="badge off" title={t("keys.revokedOn", { date: fmtDateTime(key.revoked_at) })}>
+                          {t("keys.revoked")}
                         </span>
                       ) : (
-                        <span className="badge ok">Active</span>
+                        <span className="badge ok">{t("common.active")}</span>
                       )}
                     </td>
                     <td role="cell" data-label="" className="actions">
                       {!revoked && (
                         <ConfirmButton
                           {...confirm.row(key.id)}
-                          words={REVOKE}
+                          words={revokeWords}
                           target={labelOf(key)}
                           busy={revocation.running === key.id}
                           onConfirm={() => void revoke(key)}
@@ -165,6 +177,7 @@ export default function KeysPage() {
 
 /** The new key, shown this once, with a Copy button. */
 function NewKey({ created, onDone }: { created: ApiKeyCreated; onDone: () => void }) {
+  const { t } = useTranslation();
   const box = useRef<HTMLDivElement>(null);
   const code = useRef<HTMLElement>(null);
   const [copy, setCopy] = useState<"idle" | "copied" | "failed">("idle");
@@ -205,22 +218,24 @@ function NewKey({ created, onDone }: { created: ApiKeyCreated; onDone: () => voi
 
   return (
     <div className="new-key" data-testid="new-key" ref={box} tabIndex={-1} aria-labelledby="new-key-title">
-      <h3 id="new-key-title">New key{created.name !== "" ? `: ${created.name}` : ""}</h3>
+      <h3 id="new-key-title">
+        {created.name !== "" ? t("keys.newKeyNamed", { name: created.name }) : t("keys.newKey")}
+      </h3>
       <p className="new-key-warning">
-        <strong>Copy this key now.</strong> It won't be shown again; if you lose it, revoke it and create a new one.
+        <Trans i18nKey="keys.copyNow" components={{ strong: <strong /> }} />
       </p>
       <div className="new-key-value">
         <code ref={code}>{created.key}</code>
         <button type="button" className="primary" onClick={() => void doCopy()}>
-          {copy === "copied" ? "Copied" : "Copy"}
+          {copy === "copied" ? t("common.copied") : t("common.copy")}
         </button>
       </div>
       <p className="muted new-key-status" role="status" aria-live="polite">
-        {copy === "copied" && "Copied to the clipboard."}
-        {copy === "failed" && "Copying is not available here: the key is selected, copy it with Ctrl+C (⌘C)."}
+        {copy === "copied" && t("keys.copiedStatus")}
+        {copy === "failed" && t("keys.copyUnavailable")}
       </p>
       <button type="button" onClick={onDone}>
-        I've saved it
+        {t("keys.saved")}
       </button>
     </div>
   );

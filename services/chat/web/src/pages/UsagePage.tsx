@@ -1,4 +1,5 @@
 import { useCallback, useMemo, useState } from "react";
+import { useTranslation } from "react-i18next";
 import { useSearchParams } from "react-router";
 
 import { LoadStatus } from "../components/Notices";
@@ -25,6 +26,7 @@ function rangeFromParams(params: URLSearchParams): DateRange {
 }
 
 export default function UsagePage() {
+  const { t } = useTranslation();
   const [params, setParams] = useSearchParams();
   const [initial] = useState(() => rangeFromParams(params));
   const onApply = useCallback(
@@ -40,10 +42,10 @@ export default function UsagePage() {
     () =>
       (byModel.data?.data ?? []).map((bucket) => ({
         key: bucket.model ?? "",
-        label: bucket.model ?? "(unknown model)",
+        label: bucket.model ?? t("usage.unknownModel"),
         bucket,
       })),
-    [byModel.data],
+    [byModel.data, t],
   );
   const empty = byDay.data !== null && byDay.data.total.requests === 0;
 
@@ -51,25 +53,25 @@ export default function UsagePage() {
     <main className="page usage-page">
       <div className="inner">
         <div className="usage-head">
-          <h1>Usage</h1>
+          <h1>{t("usage.title")}</h1>
           <UsageDownload base="/v1/usage" range={range} groups={["day", "model"]} />
         </div>
-        <p className="muted">Your requests and tokens, counted on the UTC day each request ended.</p>
+        <p className="muted">{t("usage.intro")}</p>
 
         <UsageRangePicker state={rangeState} />
 
         <section aria-labelledby="usage-overview" aria-busy={byDay.loading}>
           <h2 id="usage-overview" className="sr-only">
-            Overview
+            {t("usage.overview")}
           </h2>
-          <LoadStatus load={byDay} failed="Usage could not be loaded" loading="Loading usage…" />
+          <LoadStatus load={byDay} failed={t("usage.loadFailed")} loading={t("usage.loading")} />
           {byDay.data !== null && (
             <>
               <RangeSummary range={range} updating={byDay.loading} live />
               <UsageTotals total={byDay.data.total} />
               {empty && (
                 <p className="notice info" role="status">
-                  No requests in this range.
+                  {t("usage.noRequests")}
                 </p>
               )}
               <div className="usage-charts">
@@ -82,21 +84,21 @@ export default function UsagePage() {
         </section>
 
         <section aria-labelledby="usage-models" aria-busy={byModel.loading}>
-          <h2 id="usage-models">By model</h2>
-          <LoadStatus load={byModel} failed="The per-model breakdown could not be loaded" loading="Loading…" />
+          <h2 id="usage-models">{t("usage.byModel")}</h2>
+          <LoadStatus load={byModel} failed={t("usage.byModelFailed")} loading={t("common.loading")} />
           {byModel.data !== null &&
             (models.length === 0 ? (
-              <p className="muted">No model was used in this range.</p>
+              <p className="muted">{t("usage.noModel")}</p>
             ) : (
               <div className="usage-breakdown">
                 <BreakdownTable
                   rows={models}
-                  keyTitle="Model"
-                  caption="Usage by model"
+                  keyTitle={t("usage.model")}
+                  caption={t("usage.byModelCaption")}
                   total={byModel.data.total}
                   rowTestId="usage-model-row"
                 />
-                {models.length > 1 && <BreakdownChart rows={models} caption="Tokens by model" />}
+                {models.length > 1 && <BreakdownChart rows={models} caption={t("usage.tokensByModel")} />}
               </div>
             ))}
         </section>

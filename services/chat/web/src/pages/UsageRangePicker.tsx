@@ -1,11 +1,13 @@
 import { useId, type ChangeEvent } from "react";
+import { useTranslation } from "react-i18next";
 
 import { fmtDay, lastDays, type DateRange, type RangeState } from "./usageData";
 
 const PRESETS = [7, 30, 90] as const;
 
 /** The usage pages' From/To dates, with quick ranges; the dates are checked as they are typed. */
-export function UsageRangePicker({ state, label = "Date range" }: { state: RangeState; label?: string }) {
+export function UsageRangePicker({ state, label }: { state: RangeState; label?: string }) {
+  const { t } = useTranslation();
   const id = useId();
   const { draft, setDraft, applied, error, choose } = state;
   const errorId = `${id}-error`;
@@ -22,22 +24,22 @@ export function UsageRangePicker({ state, label = "Date range" }: { state: Range
   });
   return (
     <fieldset className="usage-range">
-      <legend className="sr-only">{label}</legend>
+      <legend className="sr-only">{label ?? t("range.label")}</legend>
       <label>
-        From
+        {t("range.from")}
         <input max={draft.until || undefined} {...dateInput("since")} />
       </label>
       <label>
-        To
+        {t("range.to")}
         <input min={draft.since || undefined} {...dateInput("until")} />
       </label>
-      <div className="usage-presets" role="group" aria-label="Quick ranges">
+      <div className="usage-presets" role="group" aria-label={t("range.quick")}>
         {PRESETS.map((days) => {
           const range = lastDays(days);
           const active = error === null && applied.since === range.since && applied.until === range.until;
           return (
             <button key={days} type="button" aria-pressed={active} onClick={() => choose(range)}>
-              Last {days} days
+              {t("range.lastDays", { count: days })}
             </button>
           );
         })}
@@ -48,7 +50,7 @@ export function UsageRangePicker({ state, label = "Date range" }: { state: Range
         </p>
       ) : (
         <p id={hintId} className="muted usage-hint">
-          Days are UTC days, both ends included.
+          {t("range.hint")}
         </p>
       )}
     </fieldset>
@@ -65,10 +67,11 @@ export function RangeSummary({
   updating: boolean;
   live?: boolean;
 }) {
+  const { t } = useTranslation();
   return (
     <p className="usage-range-text" aria-live={live ? "polite" : undefined}>
-      {`${fmtDay(range.since)} – ${fmtDay(range.until)}`}
-      {updating && <span className="muted"> · updating…</span>}
+      {t("range.text", { since: fmtDay(range.since), until: fmtDay(range.until) })}
+      {updating && <span className="muted">{t("range.updating")}</span>}
     </p>
   );
 }

@@ -5,13 +5,12 @@
  * Colours come from the theme's CSS variables (see pages.css: --series-*), so both themes apply.
  */
 import { useMemo, useSyncExternalStore, type ReactElement } from "react";
+import { useTranslation } from "react-i18next";
 import { Bar, BarChart, CartesianGrid, Legend, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
 
 import { fmtCompact, fmtDay, fmtInt, totalTokens, type BreakdownRow, type DayPoint } from "./usageData";
 
 const TICK = { fill: "var(--fg-muted)", fontSize: 12 };
-/** recharts' accessibility layer: the focused chart moves its tooltip with the arrow keys. */
-const KEYS_HINT = "Use the left and right arrow keys to read the values bar by bar.";
 const DAY_CHART_HEIGHT = 260;
 /** The breakdown chart shows this many rows at most, the largest. */
 const BREAKDOWN_MAX = 12;
@@ -31,13 +30,23 @@ function useAnimate(): boolean {
   );
 }
 
+type SeriesName =
+  | "usage.prompt"
+  | "usage.completion"
+  | "usage.total"
+  | "usage.completed"
+  | "usage.failed"
+  | "usage.cancelled"
+  | "usage.other"
+  | "usage.requests";
+
 type NumberKey<T> = { [K in keyof T]: T[K] extends number ? K : never }[keyof T] & string;
 
 /** One part of a stacked bar. */
 interface Series<T> {
   key: NumberKey<T>;
-  /** In the legend and the tooltip. */
-  name: string;
+  /** In the legend and the tooltip (a catalog key). */
+  name: SeriesName;
   /** The colour: `--series-<swatch>` on the bar, `.usage-swatch.<swatch>` in the tooltip. */
   swatch: string;
   /** Drawn only where it is not zero: in the chart when some bar has it, in a bar's tooltip when that bar has it. */
@@ -47,7 +56,7 @@ interface Series<T> {
 /** What a chart stacks, the sum its tooltip ends with, and the tooltip's title for a bar. */
 interface Stack<T> {
   series: readonly Series<T>[];
-  total: { key: NumberKey<T>; name: string };
+  total: { key: NumberKey<T>; name: SeriesName };
   title: (point: T) => string;
 }
 
@@ -60,21 +69,21 @@ interface TokenSplit {
 // `as const` rather than a Series<TokenSplit>[] type: its literal keys then serve DayPoint and
 // BreakdownPoint too (TypeScript takes Series<T> as invariant in T).
 const TOKEN_SERIES = [
-  { key: "prompt_tokens", name: "Prompt", swatch: "prompt" },
-  { key: "completion_tokens", name: "Completion", swatch: "completion" },
+  { key: "prompt_tokens", name: "usage.prompt", swatch: "prompt" },
+  { key: "completion_tokens", name: "usage.completion", swatch: "completion" },
 ] as const satisfies readonly Series<TokenSplit>[];
-const TOKEN_TOTAL = { key: "total_tokens", name: "Total" } as const;
+const TOKEN_TOTAL = { key: "total_tokens", name: "usage.total" } as const;
 
 const DAY_TOKENS: Stack<DayPoint> = { series: TOKEN_SERIES, total: TOKEN_TOTAL, title: (p) => fmtDay(p.day) };
 
 const DAY_REQUESTS: Stack<DayPoint> = {
   series: [
-    { key: "completed", name: "Completed", swatch: "completed" },
-    { key: "failed", name: "Failed", swatch: "failed" },
-    { key: "cancelled", name: "Cancelled", swatch: "cancelled" },
-    { key: "other", name: "Other", swatch: "other", optional: true },
+    { key: "completed", name: "usage.completed", swatch: "completed" },
+    { key: "failed", name: "usage.failed", swatch: "failed" },
+    { key: "cancelled", name: "usage.cancelled", swatch: "cancelled" },
+    { key: "other", name: "usage.other", swatch: "other", optional: true },
   ],
-  total: { key: "requests", name: "Requests" },
+  total: { key: "requests", name: "usage.requests" },
   title: (p) => fmtDay(p.day),
 };
 
@@ -112,15 +121,16 @@ interface TipProps {
 
 /** The hovered (or keyboard-focused) bar's parts and their sum. */
 function StackTip<T>({ active, payload, stack }: TipProps & { stack: Stack<T> }) {
+  const { t } = useTranslation();
   const point = active === true ? (payload?.[0]?.payload as T | undefined) : undefined;
   if (point === undefined) return null;
   return (
     <div className="usage-tip">
       <div className="usage-tip-title">{stack.title(point)}</div>
       {present(stack.series, [point]).map((s) => (
-        <TipRow key={s.key} swatch={s.swatch} label={s.name} value={valueOf(point, s.key)} />
+        <TipRow key={s.key} swatch={s.swatch} label={t(s.name)} value={valueOf(point, s.key)} />
       ))}
-      <TipRow label={stack.total.name} value={valueOf(point, stack.total.key)} />
+      <TipRow label={t(stack.total.name)} value={valueOf(point, stack.total.key)} />
     </div>
   );
 }
@@ -181,6 +191,7 @@ function StackedBarChart<T>({
   byLabel?: boolean;
 }) {
   const animate = useAnimate();
+  const { t } = useTranslation();
   return (
     <ChartFigure caption={caption} height={height} testId={testId}>
       <BarChart
@@ -188,7 +199,8 @@ function StackedBarChart<T>({
         layout={byLabel ? "vertical" : "horizontal"}
         margin={{ top: 8, right: byLabel ? 16 : 8, bottom: 0, left: 0 }}
         title={caption}
-        desc={KEYS_HINT}
+        // recharts' accessibility layer: the focused chart moves its tooltip with the arrow keys.
+        desc={t("usage.chartKeysHint")}
       >
         {byLabel ? (
           <>
@@ -219,7 +231,7 @@ function StackedBarChart<T>({
           <Bar
             key={s.key}
             dataKey={s.key}
-            name={s.name}
+            name={t(s.name)}
             stackId="stack"
             fill={`var(--series-${s.swatch})`}
             isAnimationActive={animate}
@@ -231,10 +243,11 @@ function StackedBarChart<T>({
 }
 
 /** Tokens per day, prompt and completion stacked. */
-export function TokensPerDayChart({ points, caption = "Tokens per day" }: { points: DayPoint[]; caption?: string }) {
+export function TokensPerDayChart({ points, caption }: { points: DayPoint[]; caption?: string }) {
+  const { t } = useTranslation();
   return (
     <StackedBarChart
-      caption={caption}
+      caption={caption ?? t("usage.tokensPerDay")}
       testId="usage-tokens-chart"
       height={DAY_CHART_HEIGHT}
       points={points}
@@ -245,9 +258,10 @@ export function TokensPerDayChart({ points, caption = "Tokens per day" }: { poin
 
 /** Requests per day, by how they ended. */
 export function RequestsPerDayChart({ points }: { points: DayPoint[] }) {
+  const { t } = useTranslation();
   return (
     <StackedBarChart
-      caption="Requests per day"
+      caption={t("usage.requestsPerDay")}
       testId="usage-requests-chart"
       height={DAY_CHART_HEIGHT}
       points={points}

@@ -1,11 +1,12 @@
 /**
  * Shared by the usage, API keys and admin pages: date ranges (UTC days, as the edge counts
- * them), filling a per-day report's gaps, number and date formatting in the reader's locale,
+ * them), filling a per-day report's gaps, number and date formatting in the app's language,
  * a small hook that loads one JSON resource with the session's token, and one that runs a
  * button's call.
  */
 import { useCallback, useEffect, useMemo, useState } from "react";
 
+import i18n from "../i18n";
 import { ApiError, session } from "../lib/api";
 import type { UsageBucket, UsageReport } from "../lib/types";
 
@@ -56,13 +57,13 @@ export function daysIn(range: DateRange): number {
 
 /** What is wrong with a range, for a person; null when the edge will accept it. */
 export function rangeError(range: DateRange): string | null {
-  if (range.since === "" || range.until === "") return "Enter both a start and an end date.";
+  if (range.since === "" || range.until === "") return i18n.t("range.errorBoth");
   const since = parseDay(range.since);
   const until = parseDay(range.until);
-  if (since === null) return "The start date is not a valid date.";
-  if (until === null) return "The end date is not a valid date.";
-  if (since > until) return "The start date must be on or before the end date.";
-  if (daysIn(range) > MAX_RANGE_DAYS) return `A range can cover at most ${MAX_RANGE_DAYS} days.`;
+  if (since === null) return i18n.t("range.errorStart");
+  if (until === null) return i18n.t("range.errorEnd");
+  if (since > until) return i18n.t("range.errorOrder");
+  if (daysIn(range) > MAX_RANGE_DAYS) return i18n.t("range.errorTooLong", { days: MAX_RANGE_DAYS });
   return null;
 }
 
@@ -145,83 +146,16 @@ export function fillDays(buckets: readonly UsageBucket[], range: DateRange): Day
   return points;
 }
 
-// -- formatting, in the reader's locale ---------------------------------------------------------
+// -- formatting, in the app's language (lib/format.ts) -----------------------------------------
 
-export function fmtInt(value: number): string {
-  return value.toLocaleString();
-}
-
-const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
-
-/** Short numbers for chart axes: 1.2K, 3.4M. */
-export function fmtCompact(value: number): string {
-  return compact.format(value);
-}
-
-export function fmtPercent(part: number, whole: number): string {
-  if (whole <= 0) return "0%";
-  return (part / whole).toLocaleString(undefined, { style: "percent", maximumFractionDigits: 0 });
-}
-
-const dayShort = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
-const dayLong = new Intl.DateTimeFormat(undefined, {
-  weekday: "short",
-  year: "numeric",
-  month: "short",
-  day: "numeric",
-  timeZone: "UTC",
-});
-
-/** A UTC day (`YYYY-MM-DD`) in the reader's words; short for axes, long for tables and tooltips. */
-export function fmtDay(day: string, style: "short" | "long" = "long"): string {
-  const time = parseDay(day.slice(0, 10));
-  if (time === null) return day;
-  return (style === "short" ? dayShort : dayLong).format(time);
-}
-
-const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-const dateTimeFull = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
-
-/** An ISO timestamp (or unix seconds) in the reader's locale and time zone. */
-export function fmtDateTime(value: string | number | null | undefined, style: "medium" | "full" = "medium"): string {
-  if (value === null || value === undefined || value === "") return "";
-  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
-  if (Number.isNaN(date.getTime())) return String(value);
-  return (style === "full" ? dateTimeFull : dateTime).format(date);
-}
-
-/** An ISO timestamp as `YYYY-MM-DDTHH:MM:SSZ`, for `<time dateTime>`. */
-export function isoOf(value: string | number): string {
-  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
-  return Number.isNaN(date.getTime()) ? "" : date.toISOString();
-}
-
-/** "4s ago", "3 min ago", "2 h ago". */
-export function fmtAgo(seconds: number): string {
-  const s = Math.max(0, Math.round(seconds));
-  if (s < 60) return `${s}s ago`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86_400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86_400)} d ago`;
-}
-
-/** An uptime: "45 s", "12 min", "3 h 5 min", "2 d 4 h". */
-export function fmtDuration(seconds: number): string {
-  const s = Math.max(0, Math.floor(seconds));
-  if (s < 60) return `${s} s`;
-  const minutes = Math.floor(s / 60);
-  if (minutes < 60) return `${minutes} min`;
-  const hours = Math.floor(minutes / 60);
-  if (hours < 24) return `${hours} h ${minutes % 60} min`;
-  return `${Math.floor(hours / 24)} d ${hours % 24} h`;
-}
+export { fmtAgo, fmtCompact, fmtDateTime, fmtDay, fmtDuration, fmtInt, fmtPercent, isoOf } from "../lib/format";
 
 // -- loading ------------------------------------------------------------------------------------
 
 /** What to tell a person about a failed call. */
 export function describeError(error: unknown): string {
   if (error instanceof ApiError) return error.describe();
-  return "Something went wrong. Please try again.";
+  return i18n.t("errors.generic");
 }
 
 export interface Loaded<T> {

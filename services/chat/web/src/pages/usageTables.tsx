@@ -1,34 +1,35 @@
 /** The usage pages' numbers as text: the totals, the sortable per-model or per-user breakdown, and the per-day table. */
 import { useMemo, useState, type ReactNode } from "react";
+import { useTranslation } from "react-i18next";
 
 import type { UsageBucket } from "../lib/types";
 import { fmtDay, fmtInt, fmtPercent, totalTokens, type BreakdownRow, type DayPoint } from "./usageData";
 
 /** Requests (and how many failed or were cancelled) and tokens over the whole range. */
 export function UsageTotals({ total }: { total: UsageBucket }) {
-  const problems = [
-    total.failed > 0 ? `${fmtInt(total.failed)} failed` : null,
-    total.cancelled > 0 ? `${fmtInt(total.cancelled)} cancelled` : null,
+  const { t } = useTranslation();
+  const parts = [
+    t("usage.completedCount", { count: total.completed }),
+    total.failed > 0 ? t("usage.failedCount", { count: total.failed }) : null,
+    total.cancelled > 0 ? t("usage.cancelledCount", { count: total.cancelled }) : null,
   ].filter((part): part is string => part !== null);
   return (
     <dl className="usage-totals" data-testid="usage-totals">
       <div>
-        <dt>Requests</dt>
+        <dt>{t("usage.requests")}</dt>
         <dd className="usage-total-value">{fmtInt(total.requests)}</dd>
-        <dd className="muted usage-total-sub">
-          {fmtInt(total.completed)} completed{problems.length > 0 ? `, ${problems.join(", ")}` : ""}
-        </dd>
+        <dd className="muted usage-total-sub">{parts.join(", ")}</dd>
       </div>
       <div>
-        <dt>Prompt tokens</dt>
+        <dt>{t("usage.promptTokens")}</dt>
         <dd className="usage-total-value">{fmtInt(total.prompt_tokens)}</dd>
       </div>
       <div>
-        <dt>Completion tokens</dt>
+        <dt>{t("usage.completionTokens")}</dt>
         <dd className="usage-total-value">{fmtInt(total.completion_tokens)}</dd>
       </div>
       <div>
-        <dt>Total tokens</dt>
+        <dt>{t("usage.totalTokens")}</dt>
         <dd className="usage-total-value">{fmtInt(totalTokens(total))}</dd>
       </div>
     </dl>
@@ -37,13 +38,13 @@ export function UsageTotals({ total }: { total: UsageBucket }) {
 
 type SortKey = "label" | "requests" | "failed" | "prompt_tokens" | "completion_tokens" | "total_tokens";
 
-const COLUMNS: { key: Exclude<SortKey, "label">; title: string }[] = [
-  { key: "requests", title: "Requests" },
-  { key: "failed", title: "Failed" },
-  { key: "prompt_tokens", title: "Prompt tokens" },
-  { key: "completion_tokens", title: "Completion tokens" },
-  { key: "total_tokens", title: "Total tokens" },
-];
+const COLUMNS = [
+  { key: "requests", title: "usage.requests" },
+  { key: "failed", title: "usage.failed" },
+  { key: "prompt_tokens", title: "usage.promptTokens" },
+  { key: "completion_tokens", title: "usage.completionTokens" },
+  { key: "total_tokens", title: "usage.totalTokens" },
+] as const satisfies { key: Exclude<SortKey, "label">; title: string }[];
 
 function sortValue(row: BreakdownRow, key: SortKey): number | string {
   if (key === "label") return row.label.toLocaleLowerCase();
@@ -97,6 +98,7 @@ export function BreakdownTable({
   rowTestId: string;
   renderLabel?: (row: BreakdownRow) => ReactNode;
 }) {
+  const { t } = useTranslation();
   const [sort, setSort] = useState<{ key: SortKey; desc: boolean }>({ key: "total_tokens", desc: true });
   const sorted = useMemo(
     () =>
@@ -114,15 +116,15 @@ export function BreakdownTable({
   return (
     <div className="usage-table-wrap" role="region" aria-label={caption} tabIndex={0}>
       <table className="usage-table">
-        <caption className="sr-only">{caption} (select a column heading to sort)</caption>
+        <caption className="sr-only">{t("usage.sortHint", { caption })}</caption>
         <thead>
           <tr>
             <SortHeader title={keyTitle} column="label" sort={sort} onSort={onSort} numeric={false} />
             {COLUMNS.map((c) => (
-              <SortHeader key={c.key} title={c.title} column={c.key} sort={sort} onSort={onSort} numeric />
+              <SortHeader key={c.key} title={t(c.title)} column={c.key} sort={sort} onSort={onSort} numeric />
             ))}
             <th scope="col" className="num">
-              Share
+              {t("usage.share")}
             </th>
           </tr>
         </thead>
@@ -143,7 +145,7 @@ export function BreakdownTable({
         </tbody>
         <tfoot>
           <tr>
-            <th scope="row">All</th>
+            <th scope="row">{t("usage.all")}</th>
             <td className="num">{fmtInt(total.requests)}</td>
             <td className="num">{fmtInt(total.failed)}</td>
             <td className="num">{fmtInt(total.prompt_tokens)}</td>
@@ -159,41 +161,33 @@ export function BreakdownTable({
 
 /** The per-day numbers behind the charts, for reading rather than looking (collapsed). */
 export function DailyTable({ points }: { points: DayPoint[] }) {
+  const { t } = useTranslation();
   const active = points.filter((p) => p.requests > 0 || p.total_tokens > 0);
+  const columns = [
+    "usage.requests",
+    "usage.completed",
+    "usage.failed",
+    "usage.cancelled",
+    "usage.promptTokens",
+    "usage.completionTokens",
+    "usage.totalTokens",
+  ] as const;
   return (
     <details className="usage-daily">
-      <summary>
-        Daily numbers as a table ({active.length} {active.length === 1 ? "day" : "days"} with usage)
-      </summary>
+      <summary>{t("usage.dailySummary", { count: active.length })}</summary>
       {active.length === 0 ? (
-        <p className="muted">No usage on any day of this range.</p>
+        <p className="muted">{t("usage.noDaily")}</p>
       ) : (
-        <div className="usage-table-wrap" role="region" aria-label="Daily numbers" tabIndex={0}>
+        <div className="usage-table-wrap" role="region" aria-label={t("usage.dailyNumbers")} tabIndex={0}>
           <table className="usage-table">
             <thead>
               <tr>
-                <th scope="col">Day (UTC)</th>
-                <th scope="col" className="num">
-                  Requests
-                </th>
-                <th scope="col" className="num">
-                  Completed
-                </th>
-                <th scope="col" className="num">
-                  Failed
-                </th>
-                <th scope="col" className="num">
-                  Cancelled
-                </th>
-                <th scope="col" className="num">
-                  Prompt tokens
-                </th>
-                <th scope="col" className="num">
-                  Completion tokens
-                </th>
-                <th scope="col" className="num">
-                  Total tokens
-                </th>
+                <th scope="col">{t("usage.dayUtc")}</th>
+                {columns.map((key) => (
+                  <th key={key} scope="col" className="num">
+                    {t(key)}
+                  </th>
+                ))}
               </tr>
             </thead>
             <tbody>
