@@ -358,7 +358,11 @@ def _cached_hub_config(model: str) -> dict[str, Any] | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(model, "config.json")
+    try:
+        found = try_to_load_from_cache(model, "config.json")
+    except ValueError:
+        # Not a valid repository id (HFValidationError): nothing of it can be cached.
+        return None
     if not isinstance(found, str):
         return None
     return _parse_config(Path(found).read_text(), found)
@@ -499,7 +503,7 @@ def _changes(
 
 def _shorter(setup: _Setup, words: list[str]) -> Iterator[tuple[_Setup, str]]:
     """Powers of two below max_model_len, longest first, down to 2048."""
-    length = 1 << (setup.max_model_len - 1).bit_length() - 1 if setup.max_model_len > 1 else 0
+    length = 1 << ((setup.max_model_len - 1).bit_length() - 1) if setup.max_model_len > 1 else 0
     while length >= MIN_SUGGESTED_LEN:
         yield replace(setup, max_model_len=length), ", ".join([*words, f"max_model_len {length}"])
         length //= 2
