@@ -75,8 +75,9 @@ CPU_RAM_FRACTION = 0.8
 CHUNKED_BATCH_TOKENS = 2048
 MIN_SUGGESTED_LEN = 2048
 ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet"})
-# Model types whose configs omit `tie_word_embeddings` when they tie (transformers' defaults
-# per config class; PretrainedConfig's own default is True).
+# Model types whose transformers config class defaults to separate LM head weights: a config of
+# theirs without `tie_word_embeddings` does not tie. Others default to tying, as
+# PretrainedConfig does (Gemma 2's published config omits the key and ties).
 UNTIED_BY_DEFAULT = frozenset({"llama", "mistral", "qwen2", "phi3"})
 QUANT_BITS = {
     "awq": INT4_BITS,
