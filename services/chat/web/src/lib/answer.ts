@@ -13,6 +13,7 @@
  * terminal event holds the whole text.
  */
 
+import i18n from "../i18n";
 import type { SseEvent } from "./sse";
 
 export type AnswerStatus = "waiting" | "streaming" | "completed" | "failed" | "cancelled";
@@ -155,7 +156,10 @@ function applyLogEvent(state: AnswerState, event: LogEvent): AnswerState {
         status: code === "cancelled" ? "cancelled" : "failed",
         text: event.text ?? state.text,
         usage: event.usage ?? null,
-        error: { code, message: event.message ?? (code === "cancelled" ? "stopped" : "the answer was cut off") },
+        error: {
+          code,
+          message: event.message ?? (code === "cancelled" ? i18n.t("messages.stopped") : i18n.t("messages.cutOff")),
+        },
       };
     }
     default:
@@ -168,6 +172,6 @@ function failWith(state: AnswerState, error: Chunk["error"]): AnswerState {
   return {
     ...state,
     status: code === "cancelled" ? "cancelled" : "failed",
-    error: { code, message: error?.message ?? "the answer failed" },
+    error: { code, message: error?.message ?? i18n.t("messages.answerFailed") },
   };
 }
