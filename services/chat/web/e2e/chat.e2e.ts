@@ -2,14 +2,22 @@
  * The web app in Debian's Chromium (driven by playwright-core, no browser download) against a
  * real platform: tests/e2e/test_web_ui.py starts it and passes
  *   LLMCHAT_E2E_URL, LLMCHAT_E2E_ADMIN_EMAIL, LLMCHAT_E2E_ADMIN_PASSWORD, LLMCHAT_E2E_SCREENSHOTS.
- * The steps share one user and run in order.
+ * The steps share one user and run in order, once per language of the app (a browser whose
+ * locale is English, then one whose locale is Korean: the app follows it); what they look for on
+ * the page comes from the app's own catalogs. Screenshots are `<name>.png` in English and
+ * `<name>.ko.png` in Korean. With LLMCHAT_E2E_SWITCH=1 (the platform can switch a worker's model)
+ * a last step switches the worker serving tiny-random to smollm2-135m-instruct and back.
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 
+import type { TFunction } from "i18next";
 import { chromium, type Browser, type BrowserContext, type Page, type Request } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+
+import i18n, { type Language } from "../src/i18n";
+import { fmtAgo, fmtWait } from "../src/lib/format";
 
 const BASE = required("LLMCHAT_E2E_URL");
 const ADMIN_EMAIL = required("LLMCHAT_E2E_ADMIN_EMAIL");
@@ -18,8 +26,19 @@ const SHOTS = process.env.LLMCHAT_E2E_SCREENSHOTS ?? "";
 const CHROMIUM = process.env.LLMCHAT_E2E_CHROMIUM ?? "/usr/bin/chromium";
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
+const SWITCH = process.env.LLMCHAT_E2E_SWITCH === "1";
+/** Each language's run, with the browser locale that makes the app choose it. */
+const LANGUAGES: [Language, string][] = [
+  ["en", "en-US"],
+  ["ko", "ko-KR"],
+];
 
-const email = `e2e-${Date.now().toString(36)}@example.com`;
+/** The language of the run in progress, its browser locale and the app's words in it. */
+let lang: Language = "en";
+let locale = "en-US";
+let t: TFunction = i18n.getFixedT("en");
+/** This language's user (each run registers its own). */
+let email = "";
 const password = "e2e correct horse battery staple";
 
 function required(name: string): string {
@@ -117,7 +136,7 @@ async function newContext(
   colorScheme: "light" | "dark" = "light",
   baseURL = BASE,
 ) {
-  const ctx = await browser.newContext({ baseURL, viewport, colorScheme, deviceScaleFactor: 1 });
+  const ctx = await browser.newContext({ baseURL, viewport, colorScheme, locale, deviceScaleFactor: 1 });
   await ctx.addInitScript(RECORDER);
   await ctx.route("**/v1/chat/completions", async (route) => {
     const body = JSON.parse(route.request().postData() ?? "{}") as Record<string, unknown>;
@@ -220,21 +239,33 @@ async function login(who: string, secret: string): Promise<string> {
 async function shot(p: Page, name: string) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
-  await p.screenshot({ path: join(SHOTS, `${name}.png`) });
+  // The page in the run's language (a screenshot of the wrong one would pass unnoticed).
+  expect(await p.evaluate(() => document.documentElement.lang)).toBe(lang);
+  await p.screenshot({ path: join(SHOTS, `${name}${lang === "en" ? "" : `.${lang}`}.png`) });
+}
+
+/** A regular expression matching `text` at the start of a name ("Revoke laptop", "폐기 laptop"). */
+function startsWith(text: string): RegExp {
+  const escaped = text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`^${escaped}`);
 }
 
 async function signIn(p: Page, who: string, secret: string) {
   await p.goto("/login");
-  await p.getByLabel("Email").fill(who);
-  await p.getByLabel("Password").fill(secret);
-  await p.getByRole("button", { name: "Sign in" }).click();
-  await p.getByRole("button", { name: "Sign out" }).waitFor();
+  await p.getByLabel(t("auth.email")).fill(who);
+  await p.getByLabel(t("auth.password")).fill(secret);
+  await p.getByRole("button", { name: t("auth.signIn"), exact: true }).click();
+  await p.getByRole("button", { name: t("nav.signOut"), exact: true }).waitFor();
+}
+
+function composer(p: Page) {
+  return p.getByLabel(t("chat.message"), { exact: true });
 }
 
 async function send(p: Page, text: string) {
   await expectAnswer(p);
-  await p.getByLabel("Message").fill(text);
-  await p.getByLabel("Message").press("Enter");
+  await composer(p).fill(text);
+  await composer(p).press("Enter");
 }
 
 beforeAll(async () => {
@@ -251,8 +282,6 @@ beforeAll(async () => {
       "--disable-sync",
     ],
   });
-  context = await newContext(DESKTOP);
-  page = await context.newPage();
 });
 
 afterEach(async (ctx) => {
@@ -269,14 +298,52 @@ afterAll(async () => {
   await browser?.close();
 });
 
-describe("the web app", () => {
+describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
+  beforeAll(async () => {
+    lang = language;
+    locale = browserLocale;
+    t = i18n.getFixedT(language);
+    email = `e2e-${language}-${Date.now().toString(36)}@example.com`;
+    cachedToken = null;
+    conversationId = "";
+    networkConversation = "";
+    shape = {};
+    context = await newContext(DESKTOP);
+    page = await context.newPage();
+  });
+
+  afterAll(async () => {
+    await context?.close();
+  });
+
+  it("follows the browser's language, and switches and remembers it from the sign-in page", async () => {
+    await page.goto("/login");
+    await page.getByRole("heading", { name: t("auth.signInTitle") }).waitFor();
+    expect(await page.evaluate(() => document.documentElement.lang)).toBe(lang);
+    // The other language, chosen on the sign-in page, stays after a reload; then back.
+    const other: Language = lang === "en" ? "ko" : "en";
+    await page.getByTestId("language-switch").selectOption(other);
+    await page.getByRole("heading", { name: i18n.getFixedT(other)("auth.signInTitle") }).waitFor();
+    await page.reload();
+    await page.getByRole("heading", { name: i18n.getFixedT(other)("auth.signInTitle") }).waitFor();
+    expect(await page.evaluate(() => [document.documentElement.lang, localStorage.getItem("llmchat.lang")])).toEqual([
+      other,
+      other,
+    ]);
+    await page.getByTestId("language-switch").selectOption(lang);
+    await page.getByRole("heading", { name: t("auth.signInTitle") }).waitFor();
+  });
+
   it("says plainly when a sign-in is refused: wrong password, too many attempts", async () => {
     await page.goto("/");
     await page.waitForURL(/\/login$/);
-    await page.getByLabel("Email").fill(`nobody-${Date.now()}@example.com`);
-    await page.getByLabel("Password").fill("not the password at all");
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("alert").filter({ hasText: "Wrong email or password." }).waitFor();
+    await page.getByLabel(t("auth.email")).fill(`nobody-${Date.now()}@example.com`);
+    await page.getByLabel(t("auth.password")).fill("not the password at all");
+    await page.getByRole("button", { name: t("auth.signIn"), exact: true }).click();
+    await page
+      .getByRole("alert")
+      .filter({ hasText: t("auth.wrongPassword") })
+      .waitFor();
     await page.route("**/v1/auth/login", (route) =>
       route.fulfill({
         status: 429,
@@ -286,17 +353,20 @@ describe("the web app", () => {
         }),
       }),
     );
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("alert").filter({ hasText: "Try again in 2 min" }).waitFor();
+    await page.getByRole("button", { name: t("auth.signIn"), exact: true }).click();
+    await page
+      .getByRole("alert")
+      .filter({ hasText: t("errors.tryAgainIn", { wait: fmtWait(120, lang) }) })
+      .waitFor();
     await page.unroute("**/v1/auth/login");
   });
 
   it("registers a new account and lands in an empty chat", async () => {
     await page.goto("/register");
-    await page.getByLabel("Email").fill(email);
-    await page.getByLabel("Password").fill(password);
-    await page.getByRole("button", { name: "Create account" }).click();
-    await page.getByLabel("Message").waitFor();
+    await page.getByLabel(t("auth.email")).fill(email);
+    await page.getByLabel(t("auth.password")).fill(password);
+    await page.getByRole("button", { name: t("auth.createAccount"), exact: true }).click();
+    await composer(page).waitFor();
     expect(new URL(page.url()).pathname).toBe("/");
     await expect.poll(() => page.locator("#model option").count()).toBeGreaterThan(0);
     expect(await page.locator("#model").inputValue()).not.toBe("");
@@ -310,9 +380,9 @@ describe("the web app", () => {
     await waitForGrowth(page, id, 5);
     await page.waitForURL(/\/c\/[0-9a-f-]+$/);
     conversationId = new URL(page.url()).pathname.split("/").pop() ?? "";
-    await page.getByRole("button", { name: "Stop" }).click();
+    await page.getByRole("button", { name: t("chat.stop"), exact: true }).click();
     const shown = await finalText(page, id);
-    await page.getByText("Stopped").first().waitFor();
+    await page.getByText(t("messages.stopped")).first().waitFor();
     expect(shown.length).toBeGreaterThan(0);
     expect(await storedText(page, id)).toBe(shown);
     const { body } = await api<{ messages: { role: string; status: string; request_id: string }[] }>(
@@ -331,7 +401,7 @@ describe("the web app", () => {
     // A small window, so the answer overflows it early, while most of it is still to come.
     await page.setViewportSize({ width: 820, height: 420 });
     try {
-      await page.getByRole("button", { name: "+ New chat" }).click();
+      await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
       shape = { ignore_eos: true, max_tokens: 1900 };
       await send(page, "Tell me everything about tides.");
       const id = await liveRequestId(page);
@@ -355,7 +425,7 @@ describe("the web app", () => {
 
   it("resumes an answer after a reload in the middle, without duplicated or missing text", async () => {
     // A new chat: the tiny model's context (2,048 tokens) holds one long answer.
-    await page.getByRole("button", { name: "+ New chat" }).click();
+    await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
     shape = { ignore_eos: true, max_tokens: 1500 };
     await send(page, "Second question: tell me more.");
     const id = await liveRequestId(page);
@@ -387,7 +457,7 @@ describe("the web app", () => {
   });
 
   it("follows answers in two conversations at once", async () => {
-    await page.getByRole("button", { name: "+ New chat" }).click();
+    await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
     shape = { ignore_eos: true, max_tokens: 1200 };
     await send(page, "The first of two questions.");
     const first = await liveRequestId(page);
@@ -395,8 +465,8 @@ describe("the web app", () => {
     await page.waitForURL(/\/c\/[0-9a-f-]+$/);
     const firstConversation = new URL(page.url()).pathname.split("/").pop() ?? "";
     // While the first answer streams, a second question in a new chat.
-    await page.getByRole("button", { name: "+ New chat" }).click();
-    await page.getByText("Ask anything.").waitFor();
+    await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
+    await page.getByText(t("chat.empty")).waitFor();
     shape = { max_tokens: 30 };
     await send(page, "The second of two questions.");
     const second = await liveRequestId(page);
@@ -421,16 +491,16 @@ describe("the web app", () => {
     try {
       const p = await ctx.newPage();
       await signIn(p, email, password);
-      await p.getByText("Ask anything.").waitFor();
+      await p.getByText(t("chat.empty")).waitFor();
       shape = { ignore_eos: true, max_tokens: 1500 };
       await send(p, "Third: and then?");
       const id = await liveRequestId(p);
       await waitForGrowth(p, id, 1);
       relay.cut(2_000);
-      await p.getByText("Connection lost — reconnecting…").waitFor({ timeout: 30_000 });
+      await p.getByText(t("messages.reconnecting")).waitFor({ timeout: 30_000 });
       const shown = await finalText(p, id);
       expect(await storedText(p, id)).toBe(shown);
-      await expect.poll(() => p.getByText("Connection lost — reconnecting…").count()).toBe(0);
+      await expect.poll(() => p.getByText(t("messages.reconnecting")).count()).toBe(0);
       const third = new URL(p.url()).pathname.split("/").pop() ?? "";
       networkConversation = third;
       const { body } = await api<{ messages: { content: string }[] }>(`/v1/conversations/${third}`, await userToken());
@@ -448,19 +518,19 @@ describe("the web app", () => {
     shape = { max_tokens: 40 };
     const first = await page.locator('[data-testid="answer"]').last().getAttribute("data-request-id");
     await expectAnswer(page);
-    await page.getByRole("button", { name: "Regenerate" }).click();
+    await page.getByRole("button", { name: t("messages.regenerate"), exact: true }).click();
     const id = await liveRequestId(page);
     expect(id).not.toBe(first);
     await finalText(page, id);
     await storedText(page, id);
-    await expect.poll(() => page.getByText("Earlier answer").count()).toBe(1);
+    await expect.poll(() => page.getByText(t("messages.earlier")).count()).toBe(1);
     const here = new URL(page.url()).pathname.split("/").pop() ?? "";
     const { body } = await api<{ messages: { role: string }[] }>(`/v1/conversations/${here}`, await userToken());
     expect(body.messages.map((m) => m.role)).toEqual(["user", "assistant", "assistant"]);
   });
 
   it("starts a new line with Shift+Enter instead of sending", async () => {
-    const box = page.getByLabel("Message");
+    const box = composer(page);
     await box.fill("first line");
     await box.press("Shift+Enter");
     await box.pressSequentially("second line");
@@ -480,7 +550,10 @@ describe("the web app", () => {
       }),
     );
     await send(page, "Too fast?");
-    await page.getByRole("alert").filter({ hasText: "Try again in 7 s" }).waitFor();
+    await page
+      .getByRole("alert")
+      .filter({ hasText: t("errors.tryAgainIn", { wait: fmtWait(7, lang) }) })
+      .waitFor();
     await page.unroute("**/v1/chat/completions");
     await page.route("**/v1/chat/completions", (route) =>
       route.fulfill({
@@ -491,12 +564,15 @@ describe("the web app", () => {
         }),
       }),
     );
-    await page.getByRole("button", { name: "Send" }).click();
-    await page.getByRole("alert").filter({ hasText: "The model is busy" }).waitFor();
+    await page.getByRole("button", { name: t("chat.send"), exact: true }).click();
+    await page
+      .getByRole("alert")
+      .filter({ hasText: t("errors.modelBusy") })
+      .waitFor();
     await page.unroute("**/v1/chat/completions");
     // The message is kept for another try.
-    expect(await page.getByLabel("Message").inputValue()).toBe("Too fast?");
-    await page.getByLabel("Message").fill("");
+    expect(await composer(page).inputValue()).toBe("Too fast?");
+    await composer(page).fill("");
   });
 
   it("finds the conversation in the sidebar after a reload, renames it and searches for it", async () => {
@@ -506,32 +582,32 @@ describe("the web app", () => {
     });
     await item.waitFor();
     const title = `Lighthouse notes ${Date.now().toString(36)}`;
-    await item.getByRole("button", { name: /^Rename/ }).click();
-    await page.getByLabel("New title").fill(title);
-    await page.getByLabel("New title").press("Enter");
+    await item.locator(`button[title="${t("sidebar.rename")}"]`).click();
+    await page.getByLabel(t("sidebar.newTitle")).fill(title);
+    await page.getByLabel(t("sidebar.newTitle")).press("Enter");
     await page.locator('[data-testid="conversation-item"]', { hasText: title }).waitFor();
     await page.reload();
     await page.locator('[data-testid="conversation-item"]', { hasText: title }).waitFor();
-    await page.getByLabel("Search conversations").fill("lighthouse notes");
+    await page.getByLabel(t("sidebar.search")).fill("lighthouse notes");
     await page.locator('[data-testid="conversation-item"]', { hasText: title }).waitFor();
-    await page.getByLabel("Search conversations").fill("zebra quasar nothing");
-    await page.getByText("Nothing found.").waitFor();
-    await page.getByLabel("Search conversations").fill("");
+    await page.getByLabel(t("sidebar.search")).fill("zebra quasar nothing");
+    await page.getByText(t("sidebar.nothingFound")).waitFor();
+    await page.getByLabel(t("sidebar.search")).fill("");
     // Deleting asks first; a dismissed question deletes nothing.
     const victim = page.locator('[data-testid="conversation-item"]', {
       has: page.locator(`a[href="/c/${networkConversation}"]`),
     });
     page.once("dialog", (d) => void d.dismiss());
-    await victim.getByRole("button", { name: /^Delete/ }).click();
+    await victim.locator(`button[title="${t("sidebar.delete")}"]`).click();
     await expect.poll(() => victim.count()).toBe(1);
     page.once("dialog", (d) => void d.accept());
-    await victim.getByRole("button", { name: /^Delete/ }).click();
+    await victim.locator(`button[title="${t("sidebar.delete")}"]`).click();
     await expect.poll(() => victim.count()).toBe(0);
     expect((await api(`/v1/conversations/${networkConversation}`, await userToken())).status).toBe(404);
   });
 
   it("shows non-zero token usage", async () => {
-    await page.getByRole("link", { name: "Usage" }).click();
+    await page.getByRole("link", { name: t("nav.usage"), exact: true }).click();
     await expect
       .poll(
         async () => {
@@ -547,7 +623,7 @@ describe("the web app", () => {
     await page.locator("figure svg").first().waitFor();
     const [download] = await Promise.all([
       page.waitForEvent("download"),
-      page.getByRole("button", { name: "Download CSV" }).click(),
+      page.getByRole("button", { name: t("usage.download"), exact: true }).click(),
     ]);
     expect(download.suggestedFilename()).toMatch(/^usage-.*\.csv$/);
     const csv = readFileSync(await download.path(), "utf8")
@@ -559,8 +635,8 @@ describe("the web app", () => {
   });
 
   it("creates an API key shown once, lists it by prefix and revokes it", async () => {
-    await page.getByRole("link", { name: "API keys" }).click();
-    await page.getByRole("button", { name: /create/i }).click();
+    await page.getByRole("link", { name: t("nav.keys"), exact: true }).click();
+    await page.getByRole("button", { name: t("keys.create"), exact: true }).click();
     const key = (await page.getByTestId("new-key").locator("code").innerText()).trim();
     expect(key).toMatch(/^sk-llmchat-/);
     const row = page.getByTestId("key-row").first();
@@ -569,11 +645,11 @@ describe("the web app", () => {
     expect(rowText).not.toContain(key);
     expect(rowText).toContain(key.slice(0, 14));
     expect((await api("/v1/models", key)).status).toBe(200);
-    await row.getByRole("button", { name: /^Revoke/ }).click();
-    await row.getByRole("button", { name: "Yes, revoke" }).click();
+    await row.getByRole("button", { name: startsWith(t("keys.revokeAction")) }).click();
+    await row.getByRole("button", { name: t("keys.revokeYes"), exact: true }).click();
     await expect
       .poll(async () => (await page.getByTestId("key-row").first().innerText()).toLowerCase())
-      .toContain("revoked");
+      .toContain(t("keys.revoked").toLowerCase());
     await expect.poll(async () => (await api("/v1/models", key)).status, { timeout: 15_000 }).toBe(401);
   });
 
@@ -585,13 +661,13 @@ describe("the web app", () => {
     await p.locator('[data-testid="answer"]').first().waitFor();
     expect(await p.evaluate(() => document.documentElement.dataset.theme)).toBe("dark");
     // The conversation list is a drawer on a phone.
-    expect(await p.getByLabel("Search conversations").isVisible()).toBe(false);
-    await p.getByRole("button", { name: "Open conversations" }).click();
-    expect(await p.getByLabel("Search conversations").isVisible()).toBe(true);
-    await p.getByRole("button", { name: "Close conversations" }).click();
-    expect(await p.getByLabel("Search conversations").isVisible()).toBe(false);
+    expect(await p.getByLabel(t("sidebar.search")).isVisible()).toBe(false);
+    await p.getByRole("button", { name: t("chat.openConversations"), exact: true }).click();
+    expect(await p.getByLabel(t("sidebar.search")).isVisible()).toBe(true);
+    await p.getByRole("button", { name: t("sidebar.close"), exact: true }).click();
+    expect(await p.getByLabel(t("sidebar.search")).isVisible()).toBe(false);
     await shot(p, "chat-phone");
-    await p.getByRole("link", { name: "Usage" }).click();
+    await p.getByRole("link", { name: t("nav.usage"), exact: true }).click();
     await p.getByTestId("usage-totals").waitFor();
     await p.locator("figure svg").first().waitFor();
     await shot(p, "usage-phone");
@@ -602,29 +678,30 @@ describe("the web app", () => {
 
   it("lets an admin see the live worker, and only an admin", async () => {
     await page.goto("/admin");
-    await page.getByText("Administrators only").waitFor();
-    await page.getByRole("button", { name: "Sign out" }).click();
-    await page.getByRole("button", { name: "Sign in" }).waitFor();
+    await page.getByText(t("admin.only")).waitFor();
+    await page.getByRole("button", { name: t("nav.signOut"), exact: true }).click();
+    await page.getByRole("button", { name: t("auth.signIn"), exact: true }).waitFor();
     await signIn(page, ADMIN_EMAIL, ADMIN_PASSWORD);
-    await page.getByRole("link", { name: "Admin" }).click();
+    await page.getByRole("link", { name: t("nav.admin"), exact: true }).click();
     // The suite's main worker among whatever else is live (an embedding worker, say).
     const worker = page.getByTestId("worker-row").filter({ hasText: "tiny-random" }).first();
     await worker.waitFor({ timeout: 30_000 });
-    expect(await worker.innerText()).toMatch(/\ds ago/);
+    // "4s ago" / "4초 전": the heartbeat's age in the run's language.
+    expect(await worker.innerText()).toMatch(new RegExp(fmtAgo(42, lang).replace("42", "\\d+")));
     await page.getByText(email).first().waitFor();
     // Disabling the user stops their sign-in at once; enabling restores it.
     const user = page.getByTestId("user-row").filter({ hasText: email });
-    await user.getByRole("button", { name: /^Disable/ }).click();
-    await user.getByRole("button", { name: "Yes, disable" }).click();
-    await expect.poll(async () => (await user.innerText()).includes("Disabled")).toBe(true);
+    await user.getByRole("button", { name: startsWith(t("users.disableAction")) }).click();
+    await user.getByRole("button", { name: t("users.disableYes"), exact: true }).click();
+    await user.locator(".badge.off", { hasText: t("users.disabled") }).waitFor();
     const refused = await fetch(`${BASE}/v1/auth/login`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ email, password }),
     });
     expect([401, 403]).toContain(refused.status);
-    await user.getByRole("button", { name: /^Enable/ }).click();
-    await expect.poll(async () => (await user.innerText()).includes("Active")).toBe(true);
+    await user.getByRole("button", { name: t("users.enableItem", { email }), exact: true }).click();
+    await user.locator(".badge.ok", { hasText: t("common.active") }).waitFor();
     await userToken(true);
     await shot(page, "admin-desktop");
     const phone = await newContext(PHONE);
@@ -636,6 +713,47 @@ describe("the web app", () => {
     await phone.close();
   });
 
+  it("shows an admin the model catalog with each profile's verdict on the live workers", async () => {
+    // (Signed in as the admin since the step before.)
+    await page.getByRole("link", { name: t("nav.admin"), exact: true }).click();
+    await page.getByTestId("admin-models-link").click();
+    await page.waitForURL(/\/admin\/models$/);
+    await page.getByRole("heading", { name: t("models.catalogTitle"), exact: true }).waitFor();
+    const tiny = page.locator('[data-testid="profile-row"][data-alias="tiny-random"]');
+    await tiny.waitFor({ timeout: 30_000 });
+    expect(await page.getByTestId("profile-row").count()).toBeGreaterThan(1);
+    // The suite's worker, serving tiny-random: ready, and tiny-random fits it.
+    const card = page.locator('[data-testid="worker-card"][data-model="tiny-random"]').first();
+    await card.waitFor({ timeout: 30_000 });
+    const workerId = (await card.getAttribute("data-worker-id")) ?? "";
+    expect(await card.getByTestId("switch-state").getAttribute("data-state")).toBe("ready");
+    expect(await card.getByTestId("switch-state").innerText()).toBe(t("models.states.ready"));
+    const verdict = tiny.locator(`[data-testid="verdict"][data-worker-id="${workerId}"]`);
+    await verdict.waitFor();
+    expect(await verdict.getAttribute("data-verdict")).not.toBe("does_not_fit");
+    // Every verdict on the page is one of the three, in the run's language.
+    const kinds = await page
+      .getByTestId("verdict")
+      .evaluateAll((els) => els.map((e) => e.getAttribute("data-verdict")));
+    expect(kinds.length).toBeGreaterThan(1);
+    for (const kind of kinds) expect(["fits", "fits_with_changes", "does_not_fit"]).toContain(kind);
+    const words = new Set(
+      (await page.locator('[data-testid="verdict"] .verdict-badge').allInnerTexts()).map((w) =>
+        w.replace(/^\S+\s/, ""),
+      ),
+    );
+    for (const word of words)
+      expect([
+        t("models.verdicts.fits"),
+        t("models.verdicts.fits_with_changes"),
+        t("models.verdicts.does_not_fit"),
+      ]).toContain(word);
+    // Opened, a verdict shows its reason and the memory it counted.
+    await verdict.locator("summary").click();
+    await verdict.locator(".verdict-memory").waitFor();
+    await shot(page, "models-desktop");
+  });
+
   it("sends an expired session back to the sign-in page, saying so", async () => {
     const ctx = await newContext(DESKTOP);
     try {
@@ -644,7 +762,7 @@ describe("the web app", () => {
       // The refresh token no longer works (as after it expired, or was revoked elsewhere).
       await p.evaluate(() => localStorage.setItem("llmchat.refresh", "expired-or-revoked"));
       await p.reload();
-      await p.getByText("Your session has expired. Please sign in again.").waitFor();
+      await p.getByText(t("errors.sessionExpired")).waitFor();
       expect(new URL(p.url()).pathname).toBe("/login");
     } finally {
       await ctx.close();
@@ -660,4 +778,59 @@ describe("the web app", () => {
     expect(requests.map((r) => r.url()).filter((u) => /token|sk-llmchat|eyJ/i.test(u))).toEqual([]);
     expect(problems).toEqual([]);
   });
+});
+
+/** Needs a platform whose workers switch models (LLMCHAT_E2E_SWITCH=1); runs once, in English, last. */
+describe.skipIf(!SWITCH)("switching a worker's model from the Models page", () => {
+  let p: Page;
+
+  beforeAll(async () => {
+    lang = "en";
+    locale = "en-US";
+    t = i18n.getFixedT("en");
+    context = await newContext(DESKTOP);
+    p = await context.newPage();
+    await signIn(p, ADMIN_EMAIL, ADMIN_PASSWORD);
+  });
+
+  afterAll(async () => {
+    await context?.close();
+  });
+
+  /** Switches one worker from `from` to `to` through the page and waits until it serves `to`, ready. */
+  async function switchWorker(workerId: string, from: string, to: string) {
+    const card = p.locator(`[data-testid="worker-card"][data-worker-id="${workerId}"]`);
+    await card.waitFor();
+    expect(await card.getAttribute("data-model")).toBe(from);
+    await card.getByTestId("switch-profile").selectOption(to);
+    await card.getByTestId("switch-button").click();
+    // The question names the worker, the model it leaves and the one it loads.
+    const question = t("models.confirmQuestion", { worker: workerId, from, to });
+    await card.getByText(question).waitFor();
+    await card.getByTestId("switch-confirm").click();
+    // Polled every second meanwhile: the state leaves ready, then comes back with the new model.
+    await expect
+      .poll(async () => (await p.getByTestId("models-poll").getAttribute("data-fast")) === "true", { timeout: 15_000 })
+      .toBe(true);
+    await expect
+      .poll(
+        async () => [
+          await card.getAttribute("data-model"),
+          await card.getByTestId("switch-state").getAttribute("data-state"),
+        ],
+        { timeout: 540_000, interval: 1_000 },
+      )
+      .toEqual([to, "ready"]);
+    await card.locator('[data-testid="switch-progress"][data-step="ready"]').waitFor({ timeout: 30_000 });
+  }
+
+  it("switches the worker serving tiny-random to smollm2-135m-instruct, watches it get ready, and back", async () => {
+    await p.goto("/admin/models");
+    const card = p.locator('[data-testid="worker-card"][data-model="tiny-random"]').first();
+    await card.waitFor({ timeout: 30_000 });
+    const workerId = (await card.getAttribute("data-worker-id")) ?? "";
+    expect(workerId).not.toBe("");
+    await switchWorker(workerId, "tiny-random", "smollm2-135m-instruct");
+    await switchWorker(workerId, "smollm2-135m-instruct", "tiny-random");
+  }, 1_200_000);
 });

@@ -29,7 +29,14 @@ const contexts: BrowserContext[] = [];
 let conversation = "";
 
 async function newPage(viewport: { width: number; height: number }): Promise<Page> {
-  const ctx = await browser.newContext({ baseURL: BASE, viewport, colorScheme: "light", deviceScaleFactor: 1 });
+  // The README shows the English app, whatever the machine's language.
+  const ctx = await browser.newContext({
+    baseURL: BASE,
+    viewport,
+    colorScheme: "light",
+    locale: "en-US",
+    deviceScaleFactor: 1,
+  });
   // Greedy decoding and a bounded answer: the same screenshots each time.
   await ctx.route("**/v1/chat/completions", async (route) => {
     const body = JSON.parse(route.request().postData() ?? "{}") as Record<string, unknown>;
