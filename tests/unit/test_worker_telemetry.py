@@ -34,10 +34,11 @@ from llmchat_common.contracts import (
 from llmchat_common.logging import ContextFilter
 from llmchat_common.request_log import Progress
 from llmchat_worker import handlers
-from llmchat_worker.handlers import NatsEventSink, RequestConsumer, publish_time
+from llmchat_worker.handlers import NatsEventSink, RequestConsumer
 from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import TokenChunk
 from llmchat_worker.settings import WorkerSettings
+from llmchat_worker.tracing import publish_time
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PUBLISHER_SPAN = "00f067aa0ba902b7"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = 1
 
@@ -425,6 +425,38 @@ class ModelCapabilities(_Contract):
     matryoshka: bool = False
 
 
+# A worker's state: `ready` serves its model; the others are steps of a model switch (nothing
+# is served meanwhile); `failed`: a switch failed and so did the return to the old model.
+WorkerStateName = Literal["ready", "draining", "unloading", "checking", "loading", "failed"]
+SwitchStep = Literal["draining", "unloading", "checking", "loading", "ready", "failed", "rolled_back"]
+
+
+class HardwareInfo(_Contract):
+    """What a worker runs on, as it detected it (NVML on a GPU worker, RAM on a CPU one)."""
+
+    kind: Literal["cpu", "gpu"] = "cpu"
+    summary: str = ""
+    # Per device (GPU): name and memory in bytes.
+    devices: list[dict[str, Any]] = Field(default_factory=list)
+    ram_bytes: int = 0
+
+
+class SwitchStatus(_Contract):
+    """A model switch as it goes: its current step, and why it failed or rolled back."""
+
+    switch_id: str
+    source: str = Field(serialization_alias="from", validation_alias=AliasChoices("from", "source"))
+    target: str
+    step: SwitchStep
+    # Loading: a rough fraction (the engine reports no finer progress than its phases).
+    progress: float | None = None
+    message: str = ""
+    error: str | None = None
+    requested_by: str | None = None
+    started_at: float
+    updated_at: float
+
+
 class WorkerInfo(_Contract):
     """A worker's heartbeat in the model registry (KV, expires by TTL)."""
 
@@ -439,3 +471,89 @@ class WorkerInfo(_Contract):
     heartbeat_at: float
     started_at: float
     capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)
+    # Only `ready` workers are routed to; the others show a switch's progress.
+    state: WorkerStateName = "ready"
+    switch: SwitchStatus | None = None
+    hardware: HardwareInfo | None = None
+
+
+class ServedModel(_Contract):
+    """A model some worker served lately (KV, kept for days): what the edge knows of it once
+    its last worker is gone, so that its requests queue (until their deadline or a worker
+    comes back) instead of being refused as unknown."""
+
+    model: str
+    max_model_len: int
+    capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)
+    seen_at: float
+
+
+class SwitchModel(_Contract):
+    """Request-reply to one worker: load another profile (refused before anything is unloaded
+    when the profile is unknown, does not fit, or a switch is under way)."""
+
+    profile: str
+    requested_by: str | None = None
+    switch_id: str
+
+
+class SwitchReply(_Contract):
+    accepted: bool
+    # When refused: `profile_not_found`, `does_not_fit`, `switch_in_progress`, `same_profile`.
+    code: str | None = None
+    message: str = ""
+    source: str = Field(
+        default="", serialization_alias="from", validation_alias=AliasChoices("from", "source")
+    )
+    target: str = ""
+
+
+class CatalogVerdict(_Contract):
+    """The hardware check of one profile on one worker (`llmchat_worker.hardware`)."""
+
+    worker_id: str
+    hardware: str
+    verdict: Literal["fits", "fits_with_changes", "does_not_fit", "unknown"]
+    reason: str
+    suggestion: str | None = None
+    weights_bytes: int = 0
+    kv_cache_bytes: int = 0
+    activation_bytes: int = 0
+    available_bytes: int = 0
+
+
+class CatalogProfile(_Contract):
+    alias: str
+    model: str
+    kind: Literal["chat", "embedding"] = "chat"
+    source: Literal["builtin", "operator"] = "builtin"
+    description: str = ""
+    dtype: str = "auto"
+    quantization: str | None = None
+    tensor_parallel_size: int = 1
+    max_model_len: int = 0
+    max_num_seqs: int = 0
+    tool_call_parser: str | None = None
+    # `model` (the tokenizer's own), a template file's name, or `chatml (fallback)`.
+    chat_template: str = "model"
+    chat_template_fallback: bool = False
+    parameters: int | None = None
+    verdicts: list[CatalogVerdict] = Field(default_factory=list)
+
+
+class CatalogReply(_Contract):
+    """A worker's catalog: every profile it can load, checked against its hardware."""
+
+    profiles: list[CatalogProfile]
+
+
+class AuditEvent(_Contract):
+    """An operator's action, on the audit stream (`audit.v1.<action>`): who, what, when."""
+
+    schema_version: int = SCHEMA_VERSION
+    action: str
+    actor: str | None = None
+    target: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+    outcome: str
+    ts: float

@@ -82,6 +82,12 @@ def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
             max_age=settings.events_max_age_s,
             **common,  # type: ignore[arg-type]
         ),
+        StreamConfig(
+            name=subjects.AUDIT_STREAM,
+            subjects=[subjects.audit_wildcard()],
+            max_age=settings.audit_max_age_s,
+            **common,  # type: ignore[arg-type]
+        ),
     ]
 
 
@@ -109,6 +115,15 @@ async def registry_kv(js: JetStreamContext) -> KeyValue:
 
 async def cancels_kv(js: JetStreamContext) -> KeyValue:
     return await ensure_kv(js, subjects.CANCELS_BUCKET, CANCELS_TTL_S)
+
+
+# A model whose last worker left (a switch, a crash) is still known this long: its requests
+# queue until their deadline rather than being refused as unknown.
+SERVED_TTL_S = 7 * 24 * 3600.0
+
+
+async def served_kv(js: JetStreamContext) -> KeyValue:
+    return await ensure_kv(js, subjects.SERVED_BUCKET, SERVED_TTL_S)
 
 
 # Longer than any access token lives (auth refuses a longer access TTL): a denylisted token

@@ -28,6 +28,8 @@ class NatsSettings(BaseSettings):
     # Limits-retention streams; kept long enough to resume and replay.
     requests_max_age_s: float = 7 * 24 * 3600
     events_max_age_s: float = 7 * 24 * 3600
+    # Operators' actions are kept longer than the traffic they acted on.
+    audit_max_age_s: float = 365 * 24 * 3600
     duplicate_window_s: float = 120.0
     # Storage is "file" everywhere; tests may shrink replicas/limits, never switch to memory.
     max_msg_bytes: int = 8 * 1024 * 1024

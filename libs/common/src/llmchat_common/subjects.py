@@ -17,6 +17,14 @@ CANCEL_PREFIX = "chat.v1.cancel"
 
 REGISTRY_BUCKET = "llmchat_models"
 CANCELS_BUCKET = "llmchat_cancels"
+# Models served lately (`contracts.ServedModel`), kept for days after their last worker left.
+SERVED_BUCKET = "llmchat_served"
+
+# Operators' actions (model switches, ...): `audit.v1.<action>`, kept like the event log.
+AUDIT_STREAM = "LLMCHAT_AUDIT"
+AUDIT_PREFIX = "audit.v1"
+# Request-reply to one worker: `worker.v1.control.<worker_id>.<op>` (`switch`, `catalog`).
+WORKER_CONTROL_PREFIX = "worker.v1.control"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
@@ -72,6 +80,11 @@ WEBHOOKS_CONSUMER = "webhooks"
 def max_deliveries_advisory(model: str) -> str:
     """JetStream's advisory when a worker consumer gives up on a request."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{REQUESTS_STREAM}.{worker_consumer(model)}"
+
+
+def max_deliveries_wildcard() -> str:
+    """Every worker consumer's max-deliveries advisory (a worker's model changes by switch)."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{REQUESTS_STREAM}.*"
 
 
 def registry_key(model: str, worker_id: str) -> str:
@@ -146,3 +159,19 @@ def usage_subject(op: str) -> str:
 
 def usage_wildcard() -> str:
     return f"{USAGE_RPC_PREFIX}.>"
+
+
+def audit_subject(action: str) -> str:
+    return f"{AUDIT_PREFIX}.{check_token(action)}"
+
+
+def audit_wildcard() -> str:
+    return f"{AUDIT_PREFIX}.>"
+
+
+def worker_control(worker_id: str, op: str) -> str:
+    return f"{WORKER_CONTROL_PREFIX}.{check_token(worker_id)}.{check_token(op)}"
+
+
+def served_key(model: str) -> str:
+    return model_token(model)

@@ -35,6 +35,7 @@ from llmchat_common.messaging import (
     nats_client,
     registry_kv,
     revocations_kv,
+    served_kv,
 )
 from llmchat_common.telemetry import (
     flush_telemetry,
@@ -57,7 +58,9 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         js = jetstream(broker)
         await ensure_streams(js, settings.nats)
         nc = nats_client(broker)
-        registry = ModelRegistry(await registry_kv(js), settings.models, settings.registry_cache_s)
+        registry = ModelRegistry(
+            await registry_kv(js), settings.models, settings.registry_cache_s, served=await served_kv(js)
+        )
         service = ChatService(nc, js, registry, await cancels_kv(js), settings)
         # Short timeouts: a Redis outage must cost milliseconds, not seconds (see ratelimit.py).
         redis = Redis.from_url(

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -37,6 +37,7 @@ from llmchat_common.contracts import (
     Completed,
     Failed,
     ModelCapabilities,
+    ServedModel,
     Started,
     WorkerInfo,
     parse_event,
@@ -71,60 +72,103 @@ def new_request_id() -> str:
 
 
 class ModelRegistry:
-    """Live workers per model from the registry KV, cached briefly (per-request lookups)."""
+    """Workers per model from the registry KV, and the models served lately from the served
+    KV, cached briefly (per-request lookups). Only `ready` workers serve; a worker switching
+    models shows in `workers()` with its progress, not in `live()`."""
 
-    def __init__(self, kv: KeyValue, catalog: list[str], cache_s: float) -> None:
+    def __init__(
+        self, kv: KeyValue, catalog: list[str], cache_s: float, served: KeyValue | None = None
+    ) -> None:
         self._kv = kv
+        self._served_kv = served
         self._catalog = list(catalog)
         self._cache_s = cache_s
-        self._cached: dict[str, list[WorkerInfo]] = {}
+        self._cached: list[WorkerInfo] = []
+        self._served: dict[str, ServedModel] = {}
         self._cached_at = 0.0
         self._lock = asyncio.Lock()
 
-    async def live(self) -> dict[str, list[WorkerInfo]]:
+    async def workers(self) -> list[WorkerInfo]:
+        """Every worker with a fresh heartbeat, whatever its state."""
         if time.monotonic() - self._cached_at < self._cache_s:
             return self._cached
         async with self._lock:
             if time.monotonic() - self._cached_at >= self._cache_s:
                 try:
                     self._cached = await self._read()
+                    self._served = await self._read_served()
                 except Exception as exc:  # noqa: BLE001 - serve the last view; the next call retries
                     log.warning("registry read failed", extra={"error": repr(exc)})
                 self._cached_at = time.monotonic()
         return self._cached
 
-    async def _read(self) -> dict[str, list[WorkerInfo]]:
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return {}
-        fresh_after = time.time() - REGISTRY_TTL_S
+    async def live(self) -> dict[str, list[WorkerInfo]]:
+        """The workers serving each model now."""
         found: dict[str, list[WorkerInfo]] = {}
-        for key in keys:
-            with contextlib.suppress(Exception):
-                entry = await self._kv.get(key)
-                if entry.value:
-                    info = WorkerInfo.model_validate_json(entry.value)
-                    if info.heartbeat_at >= fresh_after:
-                        found.setdefault(info.model, []).append(info)
+        for info in await self.workers():
+            if info.state == "ready":
+                found.setdefault(info.model, []).append(info)
         return found
 
+    async def _read(self) -> list[WorkerInfo]:
+        fresh_after = time.time() - REGISTRY_TTL_S
+        return [info for info in await _entries(self._kv, WorkerInfo) if info.heartbeat_at >= fresh_after]
+
+    async def _read_served(self) -> dict[str, ServedModel]:
+        if self._served_kv is None:
+            return {}
+        return {entry.model: entry for entry in await _entries(self._served_kv, ServedModel)}
+
+    async def served(self) -> dict[str, ServedModel]:
+        """Models served lately, whose worker may be gone (a switch, a crash)."""
+        await self.workers()
+        return self._served
+
     async def context_of(self, model: str) -> int | None:
-        """The model's context length as its live workers report it (None: no worker yet)."""
+        """The model's context length as its live workers report it, else as the last one did
+        (None: never served)."""
         workers = (await self.live()).get(model, [])
-        return max((w.max_model_len for w in workers), default=None)
+        if workers:
+            return max(w.max_model_len for w in workers)
+        lately = (await self.served()).get(model)
+        return None if lately is None else lately.max_model_len
 
     async def capabilities_of(self, model: str) -> ModelCapabilities | None:
-        """What the model can do, as its live workers say (None: no worker yet)."""
+        """What the model can do, as its live workers say, else as the last one did (None:
+        never served)."""
         workers = (await self.live()).get(model, [])
-        return workers[0].capabilities if workers else None
+        if workers:
+            return workers[0].capabilities
+        lately = (await self.served()).get(model)
+        return None if lately is None else lately.capabilities
 
     async def known(self, model: str) -> bool:
-        return model in self._catalog or model in await self.live()
+        return model in self._catalog or model in await self.live() or model in await self.served()
+
+    async def names(self) -> list[str]:
+        """The configured models, then the served ones, then those served lately."""
+        return list(dict.fromkeys([*self._catalog, *await self.live(), *await self.served()]))
 
     @property
     def catalog(self) -> list[str]:
         return list(self._catalog)
+
+
+Entry = TypeVar("Entry", WorkerInfo, ServedModel)
+
+
+async def _entries(kv: KeyValue, kind: type[Entry]) -> list[Entry]:
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return []
+    found: list[Entry] = []
+    for key in keys:
+        with contextlib.suppress(Exception):
+            entry = await kv.get(key)
+            if entry.value:
+                found.append(kind.model_validate_json(entry.value))
+    return found
 
 
 class EventFeed:

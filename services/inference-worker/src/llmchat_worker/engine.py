@@ -29,7 +29,7 @@ from llmchat_common.contracts import (
 from llmchat_worker import engine_setup
 from llmchat_worker import tools as tooling
 from llmchat_worker.errors import EngineFailure, RequestRejected
-from llmchat_worker.profiles import ModelProfile, resolve_chat_template, resolve_model_path
+from llmchat_worker.profiles import ModelProfile, chat_templates, resolve_model_path
 from llmchat_worker.service import TokenChunk, ToolPlan
 
 # vLLM's server clamps -inf log probabilities so that they serialise as JSON numbers.
@@ -50,6 +50,7 @@ class VllmEngine:
         self._tokenizer: Any = None
         self._stop_token_ids: frozenset[int] = frozenset()
         self._chat_template: str | None = None
+        self._tools_template: str | None = None
         self._tool_parser: Any = None
         # The engine's OTLP endpoint: its `llm_request` span per request joins our trace.
         self.traces_endpoint: str | None = None
@@ -62,7 +63,9 @@ class VllmEngine:
         self.traces_endpoint = engine_setup.prepare(self.profile)
         self.model_path = resolve_model_path(self.profile, self.models_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self._chat_template = resolve_chat_template(self.profile)
+        self._chat_template, self._tools_template = chat_templates(
+            self.profile, tokenizer_has_template=bool(getattr(self._tokenizer, "chat_template", None))
+        )
         if self.profile.tool_call_parser:
             from vllm.parser.parser_manager import ParserManager
 
@@ -121,7 +124,7 @@ class VllmEngine:
             [tooling.template_message(m.model_dump()) for m in messages],
             tools=tooling.template_tools(tools or []),
             # The profile's template for tools where the model's own renders none.
-            chat_template=self._chat_template if with_tools else None,
+            chat_template=self._tools_template if with_tools else self._chat_template,
             add_generation_prompt=True,
             tokenize=True,
             return_dict=False,

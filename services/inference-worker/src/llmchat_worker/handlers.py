@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping
 
 from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -22,26 +21,27 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from llmchat_common import subjects
 from llmchat_common.contracts import (
-    Cancelled,
     CancelRequest,
     ChatRequested,
-    Completed,
     Delta,
     Failed,
+    HardwareInfo,
     ModelCapabilities,
     Released,
+    ServedModel,
+    SwitchStatus,
     Usage,
     WorkerInfo,
+    WorkerStateName,
     parse_request,
 )
 from llmchat_common.logging import log_context
-from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registry_kv
+from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registry_kv, served_kv
 from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
 from llmchat_common.telemetry import attached, consumer_span, extract, inject, record_error, tracer
 from llmchat_worker import metrics
@@ -61,6 +61,7 @@ from llmchat_worker.service import (
     settle_resume,
 )
 from llmchat_worker.settings import WorkerSettings
+from llmchat_worker.tracing import generate_attributes, publish_time, record_outcome, trace_queue_wait
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -115,97 +116,6 @@ def _pending_after(msgs: list[Msg]) -> int:
         return 0
 
 
-def publish_time(msg: Msg) -> float | None:
-    """When JetStream stored the message (epoch seconds; the same for every delivery)."""
-    try:
-        return msg.metadata.timestamp.timestamp()
-    except Exception:  # noqa: BLE001 - not a JetStream message (tests, tools)
-        return None
-
-
-def trace_queue_wait(
-    tracer_: trace.Tracer,
-    parent: Context,
-    request: ChatRequested,
-    *,
-    model: str,
-    attempt: int,
-    published: float | None,
-    pulled: float,
-) -> float | None:
-    """The time the request waited in the stream, as a span from its publish to its pull
-    (child of the publisher's context) and, for first deliveries, in the queue-wait
-    histogram (a redelivery's wait includes the earlier attempts). Returns seconds."""
-    if published is None:
-        return None
-    wait = max(0.0, pulled - published)
-    if attempt == 1:
-        metrics.QUEUE_WAIT.labels(model).observe(wait)
-    span = tracer_.start_span(
-        "queue wait",
-        context=parent,
-        kind=SpanKind.INTERNAL,
-        start_time=int(published * 1e9),
-        attributes={
-            "llmchat.request_id": request.request_id,
-            "llmchat.attempt": attempt,
-            "llmchat.model": model,
-            "messaging.system": "nats",
-            "messaging.destination.name": subjects.request_subject(model),
-        },
-    )
-    span.end(end_time=max(int(pulled * 1e9), int(published * 1e9)))
-    return wait
-
-
-def generate_attributes(
-    request: ChatRequested, *, model: str, attempt: int, worker_id: str
-) -> dict[str, str | int | float | bool]:
-    attributes: dict[str, str | int | float | bool] = {
-        "llmchat.request_id": request.request_id,
-        "llmchat.attempt": attempt,
-        "llmchat.model": model,
-        "llmchat.kind": request.kind,
-        "llmchat.source": request.source,
-        "llmchat.priority": request.priority,
-        "llmchat.worker_id": worker_id,
-        "gen_ai.operation.name": "embeddings" if request.kind == "embedding" else "chat",
-        "gen_ai.request.model": request.model,
-    }
-    if request.params.max_tokens is not None:
-        attributes["gen_ai.request.max_tokens"] = request.params.max_tokens
-    attributes["gen_ai.request.temperature"] = request.params.temperature
-    if request.conversation_id:
-        attributes["llmchat.conversation_id"] = request.conversation_id
-    return attributes
-
-
-def record_outcome(span: Span, event: Terminal | Released, *, prompt_tokens: int | None = None) -> None:
-    """How the attempt ended, on its `generate` span (ids and counts only, never text)."""
-    span.set_attribute("llmchat.outcome", event.type)
-    if isinstance(event, Released):
-        span.set_attribute("llmchat.release_reason", event.reason)
-        return
-    usage = event.usage
-    prompt = usage.prompt_tokens or prompt_tokens or 0
-    span.set_attributes(
-        {
-            "llmchat.prompt_tokens": prompt,
-            "llmchat.completion_tokens": usage.completion_tokens,
-            "gen_ai.usage.input_tokens": prompt,
-            "gen_ai.usage.output_tokens": usage.completion_tokens,
-        }
-    )
-    if isinstance(event, Completed):
-        span.set_attribute("llmchat.finish_reason", event.finish_reason)
-        span.set_attribute("gen_ai.response.finish_reasons", [event.finish_reason])
-    elif isinstance(event, Cancelled):
-        span.set_attribute("llmchat.cancel_reason", event.reason)
-    else:
-        span.set_attribute("llmchat.error_code", event.code)
-        span.set_status(Status(StatusCode.ERROR, event.code))
-
-
 def capabilities(profile: ModelProfile) -> ModelCapabilities:
     """What the edge may send this model: tool calls and JSON output on every chat model (the
     forced ones by constrained decoding; `auto` reads calls with the profile's parser, if it
@@ -250,6 +160,13 @@ class RequestConsumer:
         self._psub: JetStreamContext.PullSubscription | None = None
         self._fatal = False
         self.ready = False
+        # What the registry entry says besides the load: `draining` once a model switch has
+        # begun (`llmchat_worker.switching`), the last switch, the machine.
+        self.state: WorkerStateName = "ready"
+        self.switch: SwitchStatus | None = None
+        self.hardware: HardwareInfo | None = None
+        self._served: KeyValue | None = None
+        self._release_reason = "shutdown"
         self.tracer = tracer("llmchat_worker")
         metrics.init_model(alias, self.capacity)
 
@@ -260,6 +177,7 @@ class RequestConsumer:
         self._sink = NatsEventSink(self._publisher)
         self._cancels = await cancels_kv(js)
         self._registry = await registry_kv(js)
+        self._served = await served_kv(js)
         durable = subjects.worker_consumer(self.token)
         await js.add_consumer(
             subjects.REQUESTS_STREAM,
@@ -279,8 +197,13 @@ class RequestConsumer:
         self._loop_task = asyncio.create_task(self._pull_loop(self._psub))
         self.ready = True
 
-    async def drain(self) -> None:
-        """Stop pulling, let running requests finish (bounded), then leave the registry."""
+    async def drain(
+        self, *, timeout_s: float | None = None, reason: str = "shutdown", leave_registry: bool = True
+    ) -> None:
+        """Stop pulling, let running requests finish (bounded; past it they are released and
+        continue elsewhere), then leave the registry (a model switch keeps the entry: it
+        shows the switch's progress)."""
+        self._release_reason = reason
         self.ready = False
         self._stopping.set()
         self._slot_free.set()
@@ -292,7 +215,8 @@ class RequestConsumer:
                 await self._psub.unsubscribe()
         log.info("draining", extra={"running": len(self._tasks)})
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
+            bound = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+            _, pending = await asyncio.wait(set(self._tasks), timeout=bound)
             for task in pending:
                 task.cancel()  # not acked: JetStream redelivers them to another worker
             if pending:
@@ -304,7 +228,7 @@ class RequestConsumer:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
-        if self._registry is not None:
+        if self._registry is not None and leave_registry:
             with contextlib.suppress(Exception):
                 await self._registry.delete(subjects.registry_key(self.token, self.settings.worker_id))
 
@@ -524,9 +448,9 @@ class RequestConsumer:
             # continues it (this attempt is no crash).
             span.set_attribute("llmchat.outcome", "released")
             self._count("released")
-            log.info("request released", extra={"attempt": attempt, "reason": "shutdown"})
+            log.info("request released", extra={"attempt": attempt, "reason": self._release_reason})
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.release("shutdown"), timeout=5)
+                await asyncio.wait_for(runner.release(self._release_reason), timeout=5)
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
@@ -673,12 +597,28 @@ class RequestConsumer:
             heartbeat_at=time.time(),
             started_at=self.started_at,
             capabilities=_embedding_capabilities(self.engine) or capabilities(self.engine.profile),
+            state=self.state,
+            switch=self.switch,
+            hardware=self.hardware,
         )
+
+    async def heartbeat(self) -> None:
+        await self._heartbeat_once()
 
     async def _heartbeat_once(self) -> None:
         assert self._registry is not None
         key = subjects.registry_key(self.token, self.settings.worker_id)
-        await self._registry.put(key, self.info().model_dump_json().encode())
+        info = self.info()
+        await self._registry.put(key, info.model_dump_json().encode())
+        if self._served is not None and info.state == "ready":
+            # The edge still knows the model, and what it takes, once its last worker is gone.
+            served = ServedModel(
+                model=info.model,
+                max_model_len=info.max_model_len,
+                capabilities=info.capabilities,
+                seen_at=info.heartbeat_at,
+            )
+            await self._served.put(subjects.served_key(info.model), served.model_dump_json().encode())
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -709,66 +649,3 @@ def _no_continuation(request: ChatRequested) -> str | None:
     if params.logprobs is not None:
         return "log probabilities: the answer starts over with them"
     return None
-
-
-async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveries: int) -> None:
-    """A request that used up max_deliver (e.g. its workers kept dying) ends `failed`, so its
-    client gets a clear error instead of waiting for the deadline. Every worker of the model
-    hears the advisory; the message id makes the event exist once."""
-    raw = await js.get_msg(subjects.REQUESTS_STREAM, stream_seq)
-    request = parse_request(raw.data or b"")
-    with (
-        log_context(request_id=request.request_id, user_id=request.user_id),
-        consumer_span(
-            tracer("llmchat_worker"),
-            "request exhausted",
-            raw.headers,
-            {"llmchat.request_id": request.request_id, "llmchat.attempt": deliveries},
-        ),
-    ):
-        await _publish_exhausted(js, request, deliveries)
-
-
-async def _publish_exhausted(js: JetStreamContext, request: ChatRequested, deliveries: int) -> None:
-    event = Failed(
-        request_id=request.request_id,
-        attempt=deliveries,
-        seq=0,
-        worker_id="jetstream",
-        ts=time.time(),
-        **request.facts(),
-        code="max_deliveries",
-        message=f"the request failed on all {deliveries} deliveries",
-        retriable=False,
-    )
-    await js.publish(
-        subjects.event_subject(request.request_id, event.type),
-        event.model_dump_json().encode(),
-        headers=inject({"Nats-Msg-Id": f"{request.request_id}:exhausted"}),
-    )
-    log.error("request exhausted its deliveries", extra={"deliveries": deliveries})
-
-
-class MaxDeliveriesAdvisory(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    stream_seq: int
-    deliveries: int
-
-
-def register_handlers(broker: NatsBroker, model: str, consumer: Callable[[], RequestConsumer | None]) -> None:
-    register_cancel_handler(broker, consumer)
-
-    @broker.subscriber(subjects.max_deliveries_advisory(model))
-    async def on_exhausted(advisory: MaxDeliveriesAdvisory) -> None:
-        await fail_exhausted_request(jetstream(broker), advisory.stream_seq, advisory.deliveries)
-
-
-def register_cancel_handler(broker: NatsBroker, consumer: Callable[[], RequestConsumer | None]) -> None:
-    """Every worker hears every cancel (no queue group) and acts only on its own requests."""
-
-    @broker.subscriber(subjects.cancel_wildcard())
-    async def on_cancel(request: CancelRequest, message: NatsMessage) -> None:
-        current = consumer()
-        if current is not None:
-            current.cancel(request, message.headers)

@@ -21,13 +21,15 @@ from fastapi import FastAPI, Response
 from llmchat_common.logging import configure_vllm_logging, install_task_dump, setup_logging
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 from llmchat_common.telemetry import serve_metrics, setup_telemetry, shutdown_telemetry, stop_metrics
+from llmchat_worker.advisories import register_handlers
 from llmchat_worker.embedding_engine import EmbeddingEngine
 from llmchat_worker.engine import VllmEngine
-from llmchat_worker.handlers import RequestConsumer, register_handlers
+from llmchat_worker.handlers import RequestConsumer
 from llmchat_worker.logs import JsonLines
 from llmchat_worker.profiles import ModelProfile, load_profile
 from llmchat_worker.service import ServingEngine
 from llmchat_worker.settings import WorkerSettings
+from llmchat_worker.switching import ModelHost
 from llmchat_worker.synthetic import SyntheticEngine
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,11 @@ SERVICE = "inference-worker"
 @dataclass
 class WorkerState:
     fatal: bool = False
-    consumer: RequestConsumer | None = None
+    host: ModelHost | None = None
+
+    @property
+    def consumer(self) -> RequestConsumer | None:
+        return None if self.host is None else self.host.consumer
 
 
 def make_engine(settings: WorkerSettings, profile: ModelProfile) -> ServingEngine:
@@ -55,9 +61,11 @@ def make_engine(settings: WorkerSettings, profile: ModelProfile) -> ServingEngin
 def create_app(settings: WorkerSettings | None = None, state: WorkerState | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
     state = state or WorkerState()
-    profile = load_profile(settings.model, settings.alias)
+    profile = load_profile(settings.model, settings.alias, settings.profiles_dir)
     broker = make_broker(settings.nats, name=f"worker-{settings.worker_id}")
-    register_handlers(broker, profile.alias, lambda: state.consumer)
+    register_handlers(broker, lambda: state.consumer)
+    host = ModelHost(settings, broker, profile, make_engine, lambda: app.state.fatal())
+    host.register()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,23 +73,19 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
         # Bound at once, not after the engine's ~30 s start: a port chosen free by whoever
         # started us could be taken meanwhile (vLLM's metrics join the registry when it starts).
         metrics_server = serve_metrics(settings.prometheus_host, settings.prometheus_port)
-        engine = make_engine(settings, profile)
         try:
-            engine.start()
-            await engine.probe()
+            await host.load()
             await broker.start()
             await ensure_streams(jetstream(broker), settings.nats)
-            consumer = RequestConsumer(settings, engine, broker, profile.alias, lambda: app.state.fatal())
-            await consumer.start()
-            state.consumer = consumer
-            log.info("worker ready", extra={"model": profile.alias, "capacity": consumer.capacity})
+            await host.start()
+            state.host = host
             yield
-            await consumer.drain()
-            log.info("drained")
+            await host.stop()
         finally:
             await broker.stop()
             log.info("broker stopped")
-            engine.shutdown()
+            if host.engine is not None:
+                host.engine.shutdown()
             log.info("engine stopped")
             await asyncio.to_thread(stop_metrics, metrics_server)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -11,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmchat_worker.errors import ProfileError
 
+log = logging.getLogger(__name__)
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -52,13 +55,43 @@ class ModelProfile(BaseModel):
     fim: bool = False
 
 
-def _builtin_profiles() -> dict[str, ModelProfile]:
+Source = Literal["builtin", "operator"]
+
+
+def builtin_profiles() -> dict[str, ModelProfile]:
     found: dict[str, ModelProfile] = {}
     for entry in resources.files("llmchat_worker").joinpath("profiles").iterdir():
         if entry.name.endswith(".yaml"):
             profile = _parse(entry.read_text(), entry.name)
             found[profile.alias] = profile
     return found
+
+
+def operator_profiles(folder: Path | None) -> dict[str, ModelProfile]:
+    """The operator's own profiles: every `*.yaml` in `folder` (no code change, no restart: it
+    is read whenever the catalog is). A file that does not parse is left out, with an error
+    in the log naming it, so one bad file does not hide the others."""
+    found: dict[str, ModelProfile] = {}
+    if folder is None or not folder.is_dir():
+        return found
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            profile = _parse(path.read_text(), str(path))
+        except (ProfileError, OSError) as exc:
+            log.error("operator profile skipped", extra={"path": str(path), "error": str(exc)})
+            continue
+        found[profile.alias] = profile
+    return found
+
+
+def catalog(folder: Path | None) -> dict[str, tuple[ModelProfile, Source]]:
+    """Every profile a worker may load, by alias; an operator's profile replaces a built-in
+    one of the same alias."""
+    entries: dict[str, tuple[ModelProfile, Source]] = {
+        alias: (profile, "builtin") for alias, profile in builtin_profiles().items()
+    }
+    entries.update({alias: (profile, "operator") for alias, profile in operator_profiles(folder).items()})
+    return entries
 
 
 def _parse(text: str, origin: str) -> ModelProfile:
@@ -68,11 +101,12 @@ def _parse(text: str, origin: str) -> ModelProfile:
         raise ProfileError(f"invalid model profile {origin}: {exc}") from exc
 
 
-def load_profile(name: str, alias: str | None = None) -> ModelProfile:
-    """A built-in alias, a YAML path, or a Hugging Face id / local path with defaults."""
-    builtin = _builtin_profiles()
-    if name in builtin:
-        profile = builtin[name]
+def load_profile(name: str, alias: str | None = None, folder: Path | None = None) -> ModelProfile:
+    """A catalog alias (built-in or in the operator's `folder`), a YAML path, or a Hugging
+    Face id / local path with defaults."""
+    known = catalog(folder)
+    if name in known:
+        profile = known[name][0]
     elif name.endswith((".yaml", ".yml")):
         path = Path(name)
         if not path.exists():
@@ -121,12 +155,11 @@ def check_hardware(profile: ModelProfile, *, is_cpu: bool, gpu_count: int) -> No
         raise ProfileError(f"profile {profile.alias!r} needs {need} GPU(s); found {gpu_count}")
 
 
-def resolve_chat_template(profile: ModelProfile) -> str | None:
-    """The profile's tool chat template text (a built-in template's file name, or a path);
-    None: the tokenizer's own."""
-    name = profile.tool_chat_template
-    if name is None:
-        return None
+# ChatML (with tools in the Hermes format): the template of a model whose tokenizer has none.
+FALLBACK_TEMPLATE = "chatml_tools.jinja"
+
+
+def _template_text(profile: ModelProfile, name: str) -> str:
     builtin = resources.files("llmchat_worker").joinpath("profiles").joinpath(name)
     if builtin.is_file():
         return builtin.read_text()
@@ -134,6 +167,42 @@ def resolve_chat_template(profile: ModelProfile) -> str | None:
     if not path.is_file():
         raise ProfileError(f"profile {profile.alias!r}: chat template {name} does not exist")
     return path.read_text()
+
+
+def chat_templates(profile: ModelProfile, tokenizer_has_template: bool) -> tuple[str | None, str | None]:
+    """The templates (text; None: the tokenizer's own) for requests without and with tools:
+    the profile's `chat_template`, else the tokenizer's, else ChatML (`FALLBACK_TEMPLATE`);
+    for tools, the profile's `tool_chat_template` where it names one."""
+    if profile.chat_template is not None:
+        general: str | None = _template_text(profile, profile.chat_template)
+    elif tokenizer_has_template:
+        general = None
+    else:
+        general = _template_text(profile, FALLBACK_TEMPLATE)
+    if profile.tool_chat_template is not None:
+        return general, _template_text(profile, profile.tool_chat_template)
+    return general, general
+
+
+def template_label(profile: ModelProfile, model_path: str | None) -> tuple[str, bool]:
+    """What the catalog shows for a profile's chat template, and whether it is the fallback:
+    the profile's own file, the model's (`model`), or ChatML when the model's folder (if local)
+    has none."""
+    if profile.chat_template is not None:
+        return profile.chat_template, False
+    if model_path is not None and Path(model_path).is_dir() and not _has_template(Path(model_path)):
+        return "chatml (fallback)", True
+    return "model", False
+
+
+def _has_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
 
 
 def serve_args(profile: ModelProfile, model_path: str) -> list[str]:

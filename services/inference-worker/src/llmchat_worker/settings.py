@@ -25,6 +25,11 @@ class WorkerSettings(BaseSettings):
     # Serve the profile under another alias (e.g. to run a second, independent pool).
     alias: str | None = None
     models_dir: Path = Path(".state/models")
+    # The operator's own profiles (`*.yaml`, the built-in ones' shape), beside the built-ins.
+    profiles_dir: Path | None = None
+    # A model switch: how long running requests may finish before they are released (they
+    # continue on another worker of the old model).
+    switch_drain_s: float = Field(default=30.0, ge=0)
     worker_id: str = Field(default_factory=_default_worker_id)
     capacity: int | None = Field(default=None, ge=1)
     # `synthetic`: a fixed-rate token source instead of vLLM, so a benchmark measures the

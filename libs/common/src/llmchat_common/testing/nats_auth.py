@@ -134,7 +134,11 @@ JOBS_REQUESTS_DURABLE = "projection-jobs-requests"
 # Every service: account info and stream lookup by subject.
 _JS_COMMON = [f"{_API}.INFO", f"{_API}.STREAM.NAMES"]
 # The services that run `ensure_streams` at start (all but auth).
-_CHAT_STREAMS = [*_provision(s.REQUESTS_STREAM, update=True), *_provision(s.EVENTS_STREAM, update=True)]
+_CHAT_STREAMS = [
+    *_provision(s.REQUESTS_STREAM, update=True),
+    *_provision(s.EVENTS_STREAM, update=True),
+    *_provision(s.AUDIT_STREAM, update=True),
+]
 
 # Publish grants match the streams' subject filters exactly (one token per `*`): a subject with
 # more tokens would belong to no stream, and stream-update rights could then capture it.
@@ -151,6 +155,11 @@ USAGE_RPC = s.usage_wildcard()
 REGISTRY_KV = kv_subjects(s.REGISTRY_BUCKET)
 CANCELS_KV = kv_subjects(s.CANCELS_BUCKET)
 REVOCATIONS_KV = kv_subjects(s.REVOCATIONS_BUCKET)
+SERVED_KV = kv_subjects(s.SERVED_BUCKET)
+AUDIT = f"{s.AUDIT_PREFIX}.*"
+ALL_AUDIT = s.audit_wildcard()
+WORKER_CONTROL = f"{s.WORKER_CONTROL_PREFIX}.*.*"
+ALL_WORKER_CONTROL = f"{s.WORKER_CONTROL_PREFIX}.>"
 MAX_DELIVERIES_ADVISORIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.REQUESTS_STREAM}.>"
 
 
@@ -165,8 +174,8 @@ def _unique(items: list[str]) -> tuple[str, ...]:
 def permissions() -> dict[str, Permissions]:
     """The permission matrix. Denies repeat what must never be granted, so that widening an
     allow later cannot silently hand it out."""
-    registry, cancels, revocations = (
-        kv_stream(b) for b in (s.REGISTRY_BUCKET, s.CANCELS_BUCKET, s.REVOCATIONS_BUCKET)
+    registry, cancels, revocations, served = (
+        kv_stream(b) for b in (s.REGISTRY_BUCKET, s.CANCELS_BUCKET, s.REVOCATIONS_BUCKET, s.SERVED_BUCKET)
     )
     return {
         # The edge: queues requests, follows their events live, cancels, reads the model
@@ -190,6 +199,13 @@ def permissions() -> dict[str, Permissions]:
                     *_watch(registry),  # KeyValue.keys()
                     *_get(revocations),
                     *_watch(revocations),
+                    # Models served lately (known while their last worker is away).
+                    *_provision(served),
+                    *_get(served),
+                    *_watch(served),
+                    # Model switches: the admin's command to one worker, and its audit event.
+                    WORKER_CONTROL,
+                    AUDIT,
                     # Resume and replay read the event log; the edge sees every event anyway.
                     *_get(s.EVENTS_STREAM),
                     *_watch(s.EVENTS_STREAM),
@@ -203,7 +219,7 @@ def permissions() -> dict[str, Permissions]:
                     f"{_API}.CONSUMER.INFO.{s.REQUESTS_STREAM}.>",
                 ]
             ),
-            publish_deny=(ALL_EVENTS, REGISTRY_KV, REVOCATIONS_KV),
+            publish_deny=(ALL_EVENTS, REGISTRY_KV, REVOCATIONS_KV, SERVED_KV),
             # Its own inbox first; `_INBOX` too, for tools and tests that connect as the edge
             # with nats-py's default prefix (nothing private reaches that inbox).
             subscribe_allow=(ALL_EVENTS, *_inbox("chat"), f"{DEFAULT_INBOX}.>"),
@@ -216,19 +232,31 @@ def permissions() -> dict[str, Permissions]:
                 [
                     EVENTS,
                     REGISTRY_KV,
+                    SERVED_KV,
+                    AUDIT,  # how a model switch ended
                     *_JS_COMMON,
                     *_CHAT_STREAMS,
                     *_provision(registry),
                     *_provision(cancels),
+                    *_provision(served),
                     *_consume(s.REQUESTS_STREAM),
                     *_get(s.REQUESTS_STREAM),  # the request behind a max-deliveries advisory
                     *_get(s.EVENTS_STREAM),  # is its terminal event stored already?
                     *_get(cancels),  # cancelled while queued?
                 ]
             ),
-            publish_deny=(ALL_REQUESTS, ALL_CANCELS, AUTH_RPC, CANCELS_KV, REVOCATIONS_KV),
-            subscribe_allow=(CANCELS, MAX_DELIVERIES_ADVISORIES, *_inbox("worker")),
+            publish_deny=(
+                ALL_REQUESTS,
+                ALL_CANCELS,
+                AUTH_RPC,
+                CANCELS_KV,
+                REVOCATIONS_KV,
+                ALL_WORKER_CONTROL,
+            ),
+            # Model switches and catalog queries from the edge, answered by the worker named.
+            subscribe_allow=(CANCELS, MAX_DELIVERIES_ADVISORIES, WORKER_CONTROL, *_inbox("worker")),
             subscribe_deny=(AUTH_RPC,),
+            allow_responses=True,
         ),
         # Auth: answers request-reply in its queue group and writes the revocations bucket.
         "auth": Permissions(
@@ -240,7 +268,16 @@ def permissions() -> dict[str, Permissions]:
                     *_get(revocations),
                 ]
             ),
-            publish_deny=(ALL_REQUESTS, ALL_EVENTS, ALL_CANCELS, AUTH_RPC, REGISTRY_KV, CANCELS_KV),
+            publish_deny=(
+                ALL_REQUESTS,
+                ALL_EVENTS,
+                ALL_CANCELS,
+                AUTH_RPC,
+                REGISTRY_KV,
+                CANCELS_KV,
+                ALL_AUDIT,
+                ALL_WORKER_CONTROL,
+            ),
             subscribe_allow=(f"{AUTH_RPC} {s.AUTH_QUEUE}", *_inbox("auth")),
             allow_responses=True,
         ),
@@ -287,6 +324,8 @@ def _projection(
             AUTH_RPC,
             HISTORY_RPC,
             USAGE_RPC,
+            ALL_AUDIT,
+            ALL_WORKER_CONTROL,
             "$KV.>",
         ),
         subscribe_allow=(f"{rpc} {queue}", *_inbox(user)),

@@ -2,6 +2,7 @@ from fastapi import APIRouter
 
 from llmchat_chat.api import (
     admin,
+    admin_models,
     auth,
     chat,
     completions,
@@ -22,6 +23,7 @@ def build_router() -> APIRouter:
     router.include_router(completions.router)
     router.include_router(auth.router)
     router.include_router(admin.router)
+    router.include_router(admin_models.router)
     router.include_router(conversations.router)
     router.include_router(usage.router)
     router.include_router(requests.router)

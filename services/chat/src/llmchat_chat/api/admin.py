@@ -45,12 +45,11 @@ async def update_user(user_id: str, body: UserPatch, caller: AdminDep, auth: Aut
 
 @router.get("/v1/admin/workers")
 async def list_workers(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
-    """Live workers (a heartbeat within the registry's time to live) with their capacity and
-    load, and the models with their totals."""
-    live = await service.registry.live()
-    workers = sorted((w for ws in live.values() for w in ws), key=lambda w: (w.model, w.worker_id))
+    """Workers with a fresh heartbeat, with their capacity and load, their state (`ready`, or
+    a model switch's step with its progress) and hardware; and the models with their totals."""
+    workers = sorted(await service.registry.workers(), key=lambda w: (w.model, w.worker_id))
     return {
         "object": "list",
-        "data": [w.model_dump(mode="json", exclude={"schema_version"}) for w in workers],
-        "models": model_entries(service.registry, live),
+        "data": [w.model_dump(mode="json", exclude={"schema_version"}, by_alias=True) for w in workers],
+        "models": await model_entries(service.registry),
     }

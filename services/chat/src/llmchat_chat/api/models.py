@@ -5,15 +5,18 @@ from fastapi import APIRouter
 from llmchat_chat.api.deps import CallerDep, ServiceDep
 from llmchat_chat.errors import ModelNotFound
 from llmchat_chat.service import ModelRegistry
-from llmchat_common.contracts import WorkerInfo
+from llmchat_common.contracts import ServedModel, WorkerInfo
 
 router = APIRouter()
 
 
-def model_entry(name: str, workers: list[WorkerInfo]) -> dict[str, Any]:
-    """OpenAI's model object; `workers`, `capacity`, `running`, `max_model_len` and
+def model_entry(name: str, workers: list[WorkerInfo], lately: ServedModel | None = None) -> dict[str, Any]:
+    """OpenAI's model object; `workers`, `capacity`, `running`, `max_model_len`,
     `capabilities` (what the model takes: chat or embeddings, tools, JSON output, input
-    modalities; null until a worker says) are ours."""
+    modalities; null until a worker says) and `status` are ours. `status`: `serving`, or
+    `no_worker` (requests queue until their deadline or until a worker comes back)."""
+    capabilities = workers[0].capabilities if workers else (lately.capabilities if lately else None)
+    context = max((w.max_model_len for w in workers), default=lately.max_model_len if lately else None)
     return {
         "id": name,
         "object": "model",
@@ -22,26 +25,27 @@ def model_entry(name: str, workers: list[WorkerInfo]) -> dict[str, Any]:
         "workers": len(workers),
         "capacity": sum(w.capacity for w in workers),
         "running": sum(w.running for w in workers),
-        "max_model_len": max((w.max_model_len for w in workers), default=None),
-        "capabilities": workers[0].capabilities.model_dump() if workers else None,
+        "max_model_len": context,
+        "capabilities": None if capabilities is None else capabilities.model_dump(),
+        "status": "serving" if workers else "no_worker",
     }
 
 
-def model_entries(registry: ModelRegistry, live: dict[str, list[WorkerInfo]]) -> list[dict[str, Any]]:
-    names = list(dict.fromkeys([*registry.catalog, *live]))
-    return [model_entry(name, live.get(name, [])) for name in names]
+async def model_entries(registry: ModelRegistry) -> list[dict[str, Any]]:
+    live, lately = await registry.live(), await registry.served()
+    return [model_entry(name, live.get(name, []), lately.get(name)) for name in await registry.names()]
 
 
 @router.get("/v1/models")
 async def list_models(service: ServiceDep, _: CallerDep) -> dict[str, Any]:
-    """OpenAI's model list; `workers`, `capacity`, `running` and `max_model_len` are ours."""
-    live = await service.registry.live()
-    return {"object": "list", "data": model_entries(service.registry, live)}
+    """OpenAI's model list, with the models that lost their last worker lately (`no_worker`)."""
+    return {"object": "list", "data": await model_entries(service.registry)}
 
 
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(model: str, service: ServiceDep, _: CallerDep) -> dict[str, Any]:
     """One model object (OpenAI's `models.retrieve`); 404 for a model nobody serves."""
-    if not await service.registry.known(model):
+    registry = service.registry
+    if not await registry.known(model):
         raise ModelNotFound(f"the model {model!r} does not exist", param="model")
-    return model_entry(model, (await service.registry.live()).get(model, []))
+    return model_entry(model, (await registry.live()).get(model, []), (await registry.served()).get(model))
