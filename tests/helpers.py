@@ -88,11 +88,23 @@ async def wait_status(
 ) -> dict[str, Any]:
     """The job (`GET /v1/jobs/{id}`) once it is in one of the `wanted` states."""
 
+    last: dict[str, Any] = {}
+
     async def reached() -> dict[str, Any] | None:
         job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
+        last.update(job)
         return job if job["status"] in wanted else None
 
-    return await eventually(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(wanted)}")
+    try:
+        return await eventually(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(wanted)}")
+    except AssertionError as exc:
+        # What the job and its log said last: the failure is read from CI's output alone.
+        logged = (await http.get(f"/v1/requests/{job_id}/events")).json().get("data", [])
+        kinds = [
+            (e.get("type"), e.get("attempt"), e.get("worker_id")) for e in logged if e.get("type") != "delta"
+        ]
+        deltas = sum(1 for e in logged if e.get("type") == "delta")
+        raise AssertionError(f"{exc}; last seen: {last}; events: {kinds}, {deltas} deltas") from None
 
 
 async def worker_status(url: str) -> dict[str, object]:

@@ -22,10 +22,13 @@ from llmchat_common.contracts import AuditEvent, Completed
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import Account, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
+from tests.conftest import MAIN_MODEL
 from tests.helpers import connect_nats, eventually, make_admin, read_request_events
 
-POOL = "switch-tiny"
+POOL = MAIN_MODEL  # served by the session's worker-main and by this module's worker
+OPERATOR = "tiny-operator"
 REAL = "smollm2-135m-instruct"
+SWITCHED = "worker-switch"
 SHORT_DRAIN = {"LLMCHAT_WORKER_SWITCH_DRAIN_S": "2", "LLMCHAT_WORKER_HEARTBEAT_INTERVAL_S": "1"}
 GREEDY = {"temperature": 0, "max_tokens": 1800, "extra_body": {"ignore_eos": True, "timeout": 600}}
 MESSAGES = [{"role": "user", "content": "Tell me about the harbour."}]
@@ -36,8 +39,8 @@ def profiles(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path
     """The operator's folder: the suite's tiny model under an alias of this module's own, and a
     profile whose folder has a config and a tokenizer but no weights (its load fails)."""
     folder = tmp_path_factory.mktemp("profiles")
-    (folder / f"{POOL}.yaml").write_text(
-        f"alias: {POOL}\nmodel: builtin:tiny-random\ndtype: float32\nmax_model_len: 2048\n"
+    (folder / f"{OPERATOR}.yaml").write_text(
+        f"alias: {OPERATOR}\nmodel: builtin:tiny-random\ndtype: float32\nmax_model_len: 2048\n"
         "gpu_memory_utilization: 0.3\nmax_num_seqs: 64\ncpu_kvcache_space_gib: 1\n"
         "description: the suite's tiny model, as an operator's profile\n"
     )
@@ -61,12 +64,10 @@ def pool(
     env = {"LLMCHAT_WORKER_PROFILES_DIR": str(profiles), **SHORT_DRAIN}
     started = {}
     try:
-        for name in ("worker-switch-a", "worker-switch-b"):
-            started[name] = start_worker(
-                stack, model=POOL, models_dir=models_dir, name=name, extra_env=env, wait=False
-            )
-        for proc, port in started.values():
-            wait_for_worker(proc, port, timeout=600)
+        started[SWITCHED] = start_worker(
+            stack, model=POOL, models_dir=models_dir, name=SWITCHED, extra_env=env, wait=False
+        )
+        wait_for_worker(*started[SWITCHED], timeout=600)
         yield started
     finally:
         for proc, _ in started.values():
@@ -90,7 +91,7 @@ async def listed(http: httpx.AsyncClient, pool: Any) -> None:
     """Both workers of the pool in the edge's view of the registry (it caches for a second)."""
 
     async def both() -> bool:
-        return {"worker-switch-a", "worker-switch-b"} <= set(await workers_by_id(http))
+        return {SWITCHED, "worker-main"} <= set(await workers_by_id(http))
 
     await eventually(both, timeout=30, what="the pool's workers in the registry")
 
@@ -151,15 +152,15 @@ async def test_catalog_lists_profiles_with_verdicts(http: httpx.AsyncClient, lis
     assert catalog.status_code == 200, catalog.text
     profiles = {p["alias"]: p for p in catalog.json()["data"]}
     # Built-ins, the operator's own; the unparsable file is left out.
-    assert {"tiny-random", REAL, "llama-3.1-8b-instruct", "qwen2.5-7b-instruct", POOL, "hollow"} <= set(
+    assert {"tiny-random", REAL, "llama-3.1-8b-instruct", "qwen2.5-7b-instruct", OPERATOR, "hollow"} <= set(
         profiles
     )
     assert len([p for p in profiles.values() if p["source"] == "builtin"]) >= 10
-    assert profiles[POOL]["source"] == "operator" and "broken" not in json.dumps(sorted(profiles))
+    assert profiles[OPERATOR]["source"] == "operator" and "broken" not in json.dumps(sorted(profiles))
     verdicts = {v["worker_id"]: v for v in profiles[REAL]["verdicts"]}
-    assert {"worker-switch-a", "worker-switch-b"} <= set(verdicts)
-    assert verdicts["worker-switch-a"]["verdict"] == "fits", verdicts
-    big = {v["worker_id"]: v for v in profiles["llama-3.1-8b-instruct"]["verdicts"]}["worker-switch-a"]
+    assert {SWITCHED, "worker-main"} <= set(verdicts)
+    assert verdicts[SWITCHED]["verdict"] == "fits", verdicts
+    big = {v["worker_id"]: v for v in profiles["llama-3.1-8b-instruct"]["verdicts"]}[SWITCHED]
     assert big["verdict"] == "does_not_fit" and "GiB" in big["reason"], big
     assert profiles["llama-3.1-8b-instruct"]["parameters"] > 7_900_000_000
 
@@ -167,10 +168,10 @@ async def test_catalog_lists_profiles_with_verdicts(http: httpx.AsyncClient, lis
 async def test_refusals_unload_nothing(
     http: httpx.AsyncClient, edge_url: str, auth_headers: dict[str, str], listed: None
 ) -> None:
-    before = (await workers_by_id(http))["worker-switch-a"]
+    before = (await workers_by_id(http))[SWITCHED]
     # Not an admin: 403.
     async with httpx.AsyncClient(base_url=edge_url, headers=auth_headers, timeout=30) as user:
-        denied = await user.post("/v1/admin/workers/worker-switch-a/model", json={"profile": REAL})
+        denied = await user.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": REAL})
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
         assert (await user.get("/v1/admin/profiles")).status_code == 403
     cases = {
@@ -180,19 +181,19 @@ async def test_refusals_unload_nothing(
         POOL: (409, "same_profile"),
     }
     for profile, (status, code) in cases.items():
-        refused = await http.post("/v1/admin/workers/worker-switch-a/model", json={"profile": profile})
+        refused = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": profile})
         assert refused.status_code == status, refused.text
         error = refused.json()["error"]
         assert error["code"] == code and error["param"] == "profile" and error["message"], error
     does_not_fit = await http.post(
-        "/v1/admin/workers/worker-switch-a/model", json={"profile": "llama-3.1-8b-instruct"}
+        f"/v1/admin/workers/{SWITCHED}/model", json={"profile": "llama-3.1-8b-instruct"}
     )
     assert "GiB" in does_not_fit.json()["error"]["message"]
     missing = await http.post("/v1/admin/workers/no-such-worker/model", json={"profile": REAL})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "worker_not_found"
-    bad = await http.post("/v1/admin/workers/worker-switch-a/model", json={"profile": ""})
+    bad = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": ""})
     assert bad.status_code == 400
-    after = (await workers_by_id(http))["worker-switch-a"]
+    after = (await workers_by_id(http))[SWITCHED]
     # Still the same engine, serving all along.
     assert (
         after["state"] == "ready" and after["model"] == POOL and after["started_at"] == before["started_at"]
@@ -218,23 +219,23 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
         return request_id, "".join(text)
 
     # Both workers busy with long greedy answers when the switch begins.
-    streams = [asyncio.create_task(stream()) for _ in range(4)]
+    streams = [asyncio.create_task(stream()) for _ in range(6)]
     await eventually(_both_running(http), timeout=120, what="streams running on both workers of the pool")
     started = time.time()
-    accepted = await http.post("/v1/admin/workers/worker-switch-a/model", json={"profile": REAL})
+    accepted = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": REAL})
     assert accepted.status_code == 202, accepted.text
     body = accepted.json()
     assert body["object"] == "model_switch" and body["from"] == POOL and body["to"] == REAL
     switch_id = body["id"]
     # A second switch meanwhile is refused.
-    again = await http.post("/v1/admin/workers/worker-switch-a/model", json={"profile": "tiny-random"})
+    again = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": "tiny-random"})
     assert again.status_code == 409 and again.json()["error"]["code"] == "switch_in_progress"
 
     # /v1/models follows: the pool keeps its other worker while A drains and loads.
     seen_steps: set[str] = set()
 
     async def loaded() -> dict[str, Any] | None:
-        worker = (await workers_by_id(http))["worker-switch-a"]
+        worker = (await workers_by_id(http))[SWITCHED]
         seen_steps.add(worker["state"])
         models = await model_view(http)
         if worker["state"] != "ready":
@@ -267,13 +268,13 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
     assert "Paris" in (answer.choices[0].message.content or "")
     audit = await audit_events(stack, switch_id)
     assert [e.outcome for e in audit] == ["requested", "completed"], audit
-    assert audit[0].actor and audit[0].detail["to"] == REAL and audit[0].target == "worker-switch-a"
+    assert audit[0].actor and audit[0].detail["to"] == REAL and audit[0].target == SWITCHED
 
     # ... and back (the whole model's workers: one).
     back = await http.post(f"/v1/admin/models/{REAL}/switch", json={"profile": POOL})
     assert back.status_code == 202, back.text
     [entry] = back.json()["data"]
-    await switch_done(http, "worker-switch-a", entry["id"], {"ready"})
+    await switch_done(http, SWITCHED, entry["id"], {"ready"})
     models = await model_view(http)
     assert models[POOL]["workers"] == 2
     # The real model lost its last worker: still listed, with no worker; its requests queue
@@ -288,10 +289,10 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
 
 
 async def test_a_load_that_fails_rolls_back(http: httpx.AsyncClient, stack: LocalStack, listed: None) -> None:
-    accepted = await http.post("/v1/admin/workers/worker-switch-b/model", json={"profile": "hollow"})
+    accepted = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": "hollow"})
     assert accepted.status_code == 202, accepted.text
     switch_id = accepted.json()["id"]
-    worker = await switch_done(http, "worker-switch-b", switch_id, {"rolled_back"})
+    worker = await switch_done(http, SWITCHED, switch_id, {"rolled_back"})
     assert worker["model"] == POOL and worker["switch"]["error"], worker["switch"]
     assert "hollow" in worker["switch"]["message"] or POOL in worker["switch"]["message"]
     # It serves the old model again.
@@ -307,6 +308,6 @@ async def test_a_load_that_fails_rolls_back(http: httpx.AsyncClient, stack: Loca
 def _both_running(http: httpx.AsyncClient) -> Any:
     async def check() -> bool:
         workers = await workers_by_id(http)
-        return all(workers[w]["running"] > 0 for w in ("worker-switch-a", "worker-switch-b"))
+        return all(workers[w]["running"] > 0 for w in (SWITCHED, "worker-main"))
 
     return check
