@@ -185,3 +185,21 @@ def test_catalog_marks_the_chatml_fallback(tmp_path: Path) -> None:
     assert listed["bare"].verdicts[0].verdict == "unknown"
     assert listed["qwen2.5-7b-instruct"].chat_template == "model"
     assert listed["qwen2.5-7b-instruct"].verdicts[0].verdict == "does_not_fit"
+
+
+async def test_a_failed_drain_serves_the_old_engine_again(tmp_path: Path) -> None:
+    log: list[str] = []
+    host = make_host(tmp_path, log, set())
+
+    async def broken_drain(**kwargs: Any) -> None:
+        raise RuntimeError("broker gone")
+
+    assert host.consumer is not None
+    host.consumer.drain = broken_drain  # type: ignore[method-assign]
+    assert (await host.request_switch(command("smollm2-135m-instruct"))).accepted
+    assert host._switch_task is not None
+    await host._switch_task
+    # No second engine started: the old one serves again.
+    assert not [line for line in log if line.startswith(("start", "shutdown"))], log
+    assert log[-2:] == ["serve tiny-random", "audit rolled_back tiny-random->smollm2-135m-instruct"]
+    assert host.status is not None and host.status.step == "rolled_back"

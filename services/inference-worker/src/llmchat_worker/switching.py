@@ -122,6 +122,12 @@ class ModelHost:
         if self.consumer is not None:
             await self.consumer.drain()
             log.info("drained")
+        elif self._registry is not None:
+            # Stopped mid-switch: the entry that showed the switch goes with the worker.
+            with contextlib.suppress(Exception):
+                await self._registry.delete(
+                    subjects.registry_key(self.profile.alias, self.settings.worker_id)
+                )
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -271,7 +277,8 @@ class ModelHost:
             log.error("model switch failed; rolling back", extra={"to": target.alias, "error": error})
             await self._step("loading", f"rolling back to {source.alias}", error=error)
             try:
-                engine = await self._load(source)
+                # Failed before the old engine was unloaded (the drain): it serves again as is.
+                engine = self.engine if self.engine is not None else await self._load(source)
             except Exception as again:  # noqa: BLE001
                 failed = f"the rollback to {source.alias} failed too"
                 await self._step("failed", failed, error=_describe(again))
