@@ -133,3 +133,20 @@ def test_unknown_builtin_model_is_refused(tmp_path: Path) -> None:
         resolve_model_path(
             load_profile("x", alias="x").model_copy(update={"model": "builtin:nope"}), tmp_path
         )
+
+
+def test_chat_templates_fall_back_to_chatml() -> None:
+    from llmchat_worker.profiles import FALLBACK_TEMPLATE, ModelProfile, chat_templates
+
+    plain = ModelProfile(alias="plain", model="/models/plain")
+    # The tokenizer's own when it has one, for every request.
+    assert chat_templates(plain, tokenizer_has_template=True) == (None, None)
+    # ChatML when it has none, with tools too.
+    general, tools = chat_templates(plain, tokenizer_has_template=False)
+    assert general is not None and general == tools and "<|im_start|>" in general
+    # A profile's tool template for tool requests only; its chat template for all.
+    with_tools = ModelProfile(alias="t", model="/m", tool_chat_template=FALLBACK_TEMPLATE)
+    assert chat_templates(with_tools, tokenizer_has_template=True)[0] is None
+    assert chat_templates(with_tools, tokenizer_has_template=True)[1] == general
+    own = ModelProfile(alias="o", model="/m", chat_template=FALLBACK_TEMPLATE)
+    assert chat_templates(own, tokenizer_has_template=True) == (general, general)
