@@ -188,6 +188,8 @@ export interface ModelProfile {
 export interface ProfileList {
   object: "list";
   data: ModelProfile[];
+  /** Live workers that did not answer for their catalog (their verdicts are missing). */
+  unreachable?: string[];
 }
 
 export interface SwitchAccepted {

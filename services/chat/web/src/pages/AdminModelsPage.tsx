@@ -191,6 +191,11 @@ export function ModelsView({
       <section aria-labelledby="models-catalog" className="admin-section">
         <h2 id="models-catalog">{t("models.catalogTitle")}</h2>
         <LoadStatus load={profilesLoad} failed={t("models.catalogFailed")} loading={t("models.catalogLoading")} />
+        {(profiles?.unreachable ?? []).length > 0 && (
+          <p className="notice warn" data-testid="catalog-unreachable">
+            {t("models.unreachable", { workers: (profiles?.unreachable ?? []).join(", ") })}
+          </p>
+        )}
         {profiles !== null && catalog.length === 0 && <p className="muted">{t("models.catalogEmpty")}</p>}
         {catalog.length > 0 && <Catalog profiles={catalog} workers={list} />}
       </section>

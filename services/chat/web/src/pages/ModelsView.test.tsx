@@ -66,6 +66,23 @@ describe("the admin Models page", () => {
     expect(html).toContain('aria-label="Switch the model of worker w-tiny"');
   });
 
+  it("says which workers did not answer for the catalog", () => {
+    const html = renderToStaticMarkup(
+      <ModelsView
+        workers={workers}
+        profiles={{ ...profiles, unreachable: ["w-gone"] }}
+        workersLoad={{ ...idle, data: workers }}
+        profilesLoad={{ ...idle, data: profiles }}
+        now={1_760_000_104}
+        fast={false}
+        status=""
+        onSwitchWorker={() => Promise.resolve()}
+        onSwitchModel={() => Promise.resolve()}
+      />,
+    );
+    expect(html).toContain("No answer from w-gone: its verdicts are missing.");
+  });
+
   it("marks a model that no worker serves", () => {
     const html = view();
     expect(tag(html, "served-model", 'data-model="embed-small"')).toContain('data-status="no_worker"');
