@@ -753,6 +753,7 @@ describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
     await verdict.locator(".verdict-memory").waitFor();
     // The screenshot shows the page from its top: the workers, then the catalog.
     await page.locator("main.page").evaluate((el) => el.scrollTo(0, 0));
+    await page.locator(".model-catalog").evaluate((el) => el.parentElement?.scrollTo(0, 0));
     await shot(page, "models-desktop");
   });
 
