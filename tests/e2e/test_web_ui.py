@@ -41,6 +41,8 @@ def web_edge(stack: LocalStack, edge_service: Edge) -> Iterator[str]:
         proc.stop()
 
 
+# The app twice (English, Korean), and a model switch driven from its Models page.
+@pytest.mark.timeout(1800)
 def test_web_app_in_chromium(stack: LocalStack, web_edge: str, tmp_path: Path) -> None:
     edge_url = web_edge
     assert (WEB / "dist" / "index.html").is_file(), "the web app is not built: run `make web`"
@@ -57,6 +59,8 @@ def test_web_app_in_chromium(stack: LocalStack, web_edge: str, tmp_path: Path) -
         "LLMCHAT_E2E_ADMIN_PASSWORD": admin.password,
         "LLMCHAT_E2E_SCREENSHOTS": str(Path(screenshots).resolve()),
         "LLMCHAT_E2E_CHROMIUM": CHROMIUM,
+        # The Models page switches the suite's worker to SmolLM2 and back (two engine loads).
+        "LLMCHAT_E2E_SWITCH": "1",
         "NO_COLOR": "1",
     }
     out = subprocess.run(
@@ -65,13 +69,20 @@ def test_web_app_in_chromium(stack: LocalStack, web_edge: str, tmp_path: Path) -
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1700,
         check=False,
     )
     assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
     shots = sorted(p.name for p in Path(screenshots).glob("*.png"))
+    # Each page in English and Korean (`.ko`), on a desktop and a phone; the Models page on a desktop.
     assert shots == sorted(
-        f"{page}-{size}.png" for page in ("chat", "usage", "admin") for size in ("desktop", "phone")
+        [
+            f"{page}-{size}{lang}.png"
+            for page in ("chat", "usage", "admin")
+            for size in ("desktop", "phone")
+            for lang in ("", ".ko")
+        ]
+        + ["models-desktop.png", "models-desktop.ko.png"]
     )
 
 

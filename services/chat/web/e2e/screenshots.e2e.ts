@@ -173,4 +173,25 @@ describe.skipIf(!BASE)("the README's screenshots", () => {
     await p.getByTestId("worker-row").first().waitFor({ timeout: 30_000 });
     await shot(p, "admin-phone");
   });
+
+  it("the Models page", async () => {
+    await page.goto("/admin/models");
+    await page.getByTestId("profile-row").first().waitFor({ timeout: 30_000 });
+    await page.getByTestId("verdict").first().waitFor({ timeout: 30_000 });
+    await shot(page, "models-desktop");
+  });
+
+  it("in Korean", async () => {
+    const p = await newPage(DESKTOP);
+    await signIn(p, email, password);
+    // The top bar's language switch, as a person would: kept for the next visit.
+    await p.evaluate(() => localStorage.setItem("llmchat.lang", "ko"));
+    await p.goto(`/c/${conversation}`);
+    await p
+      .locator('[data-testid="answer"]')
+      .nth(QUESTIONS.length - 1)
+      .waitFor();
+    expect(await p.evaluate(() => document.documentElement.lang)).toBe("ko");
+    await shot(p, "chat-desktop.ko");
+  });
 });
