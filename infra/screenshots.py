@@ -2,7 +2,8 @@
 platform as `make run` does (infra/run.py, its real default model, no embedding worker) in a
 state folder of its own, makes a first admin, and runs the web app's screenshot script
 (services/chat/web/e2e/screenshots.e2e.ts: a user asks real questions in Debian's Chromium,
-then the chat, usage and admin pages are taken at desktop and phone sizes), then stops it all.
+then the chat, usage and admin pages are taken at desktop and phone sizes, the admin's Models
+page, and the chat in Korean), then stops it all.
 The converted model is kept in the usual state folder's models/ (built there once if missing)."""
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ export default defineConfig({
     testTimeout: 180_000,
     hookTimeout: 120_000,
     fileParallelism: false,
+    // Streaming steps that wait on a real engine's timing failed now and then since the suite
+    // runs twice (English, Korean): each failed test is tried again, up to twice, and a test
+    // that keeps failing still fails the run. The cause is not yet found (issue 15's note).
+    retry: 2,
     sequence: { concurrent: false },
     reporters: ["verbose"],
   },
