@@ -24,6 +24,7 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from llmchat_common import subjects
+from llmchat_common.contracts import AuditEvent
 from llmchat_common.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -133,3 +134,18 @@ REVOCATIONS_TTL_S = 24 * 3600.0
 
 async def revocations_kv(js: JetStreamContext) -> KeyValue:
     return await ensure_kv(js, subjects.REVOCATIONS_BUCKET, REVOCATIONS_TTL_S)
+
+
+async def publish_audit(js: JetStreamContext, event: AuditEvent, msg_id: str) -> None:
+    """An operator's action on the audit stream, once (`msg_id` de-duplicates a retried
+    publish). A failed publish is logged, not raised: the action itself has happened."""
+    try:
+        await js.publish(
+            subjects.audit_subject(event.action),
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": msg_id},
+        )
+    except Exception as exc:  # noqa: BLE001
+        log.error(
+            "audit event not stored", extra={"error": repr(exc), "action": event.action, "msg_id": msg_id}
+        )

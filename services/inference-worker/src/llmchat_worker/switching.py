@@ -45,7 +45,7 @@ from llmchat_common.contracts import (
     WorkerInfo,
     WorkerStateName,
 )
-from llmchat_common.messaging import jetstream, registry_kv
+from llmchat_common.messaging import jetstream, publish_audit, registry_kv
 from llmchat_common.rpc import Operation, no_args, serve_operations
 from llmchat_worker import hardware
 from llmchat_worker.errors import ProfileError
@@ -426,14 +426,7 @@ class ModelHost:
             outcome=outcome,
             ts=time.time(),
         )
-        try:
-            await jetstream(self.broker).publish(
-                subjects.audit_subject("model_switch"),
-                event.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": f"{event.detail['switch_id']}:{outcome}"},
-            )
-        except Exception as exc:  # noqa: BLE001 - the switch happened; say the audit missed it
-            log.error("audit event not stored", extra={"error": repr(exc), "outcome": outcome})
+        await publish_audit(jetstream(self.broker), event, f"{event.detail['switch_id']}:{outcome}")
 
 
 def load_profile_strict(name: str, folder: Path | None) -> ModelProfile:

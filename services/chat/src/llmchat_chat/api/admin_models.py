@@ -32,6 +32,7 @@ from llmchat_common.contracts import (
     SwitchReply,
     WorkerInfo,
 )
+from llmchat_common.messaging import publish_audit
 
 router = APIRouter(tags=["admin"])
 log = logging.getLogger(__name__)
@@ -181,11 +182,4 @@ async def _audit(
         outcome="requested" if reply.accepted else "refused",
         ts=time.time(),
     )
-    try:
-        await service.js.publish(
-            subjects.audit_subject("model_switch"),
-            event.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": f"{switch_id}:{event.outcome}"},
-        )
-    except Exception as exc:  # noqa: BLE001 - the switch is the worker's; the log says the audit missed it
-        log.error("audit event not stored", extra={"error": repr(exc), "switch_id": switch_id})
+    await publish_audit(service.js, event, f"{switch_id}:{event.outcome}")
