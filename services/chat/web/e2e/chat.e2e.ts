@@ -8,7 +8,7 @@
  * `<name>.ko.png` in Korean. With LLMCHAT_E2E_SWITCH=1 (the platform can switch a worker's model)
  * a last step switches the worker serving tiny-random to smollm2-135m-instruct and back.
  */
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 
@@ -285,13 +285,15 @@ beforeAll(async () => {
 });
 
 afterEach(async (ctx) => {
-  // What the page showed when a step failed, next to the screenshots (or in the temp folder).
+  // What the page showed when a step failed (also one that then passed on a retry): in the
+  // screenshots' `failed/` folder (or the temp folder), apart from the screenshots themselves.
   if (ctx.task.result?.state !== "fail" || page === undefined) return;
-  const folder = SHOTS || "/tmp";
+  const folder = SHOTS ? join(SHOTS, "failed") : "/tmp";
   mkdirSync(folder, { recursive: true });
-  await page
-    .screenshot({ path: join(folder, `failed-${ctx.task.name.replace(/\W+/g, "-")}.png`) })
-    .catch(() => undefined);
+  const name = `failed-${ctx.task.name.replace(/\W+/g, "-")}-${ctx.task.result.retryCount ?? 0}`;
+  const errors = (ctx.task.result.errors ?? []).map((e) => `${e.message ?? ""}\n${e.stack ?? ""}`);
+  writeFileSync(join(folder, `${name}.txt`), `${ctx.task.name}\n${errors.join("\n---\n")}\n`);
+  await page.screenshot({ path: join(folder, `${name}.png`) }).catch(() => undefined);
 });
 
 afterAll(async () => {
