@@ -277,6 +277,32 @@ async def test_queue_cancel_engine_death_and_sigkill(
     assert len(released) == 1 and released[0].attempt == 1  # type: ignore[attr-defined]
     resumed = [e for e in drained_events if isinstance(e, Started) and e.attempt == 2]
     assert len(resumed) == 1 and resumed[0].resumed_tokens > 0
+
+    # -- A zombie: the worker is paused (SIGSTOP) mid-answer past ack_wait, the request goes
+    # to a fresh worker, then the paused one wakes up and goes on. Its late deltas are dropped
+    # by every reader and the log refuses its outcome: one answer, counted once. ------------
+    stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **STORED)
+    shown, stream = await first_content(stream)
+    zombie = workers[-1]  # worker-b4
+    zombie.pause()
+    try:
+        streamed = asyncio.create_task(drain(stream))
+        start_b(stack, models_dir, "worker-b5", workers)
+        taken_over = await watcher.attempt(stream_id(stream), 2)
+        assert taken_over.worker_id == "worker-b5"
+    finally:
+        zombie.resume()
+    rest = await asyncio.wait_for(streamed, timeout=300)
+    assert shown + rest == expected
+
+    async def refused() -> bool:
+        return "attempt superseded" in zombie.log_path.read_text(errors="replace")
+
+    await eventually(refused, timeout=120, what="the woken worker's outcome to be refused")
+    events = await read_request_events(nats_env, stream_id(stream))
+    terminals = [e for e in events if isinstance(e, Completed | Cancelled)]
+    assert len(terminals) == 1 and terminals[0].attempt == 2 and terminals[0].text == expected
+    assert await stored_rows(stack, stream_id(stream)) == (1, 1)
     await watcher.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,8 +26,9 @@ class FakeConnection:
         self.tasks.append(asyncio.current_task())
         self.sent.append((subject, payload, asyncio.get_running_loop().time(), False))
 
-    async def acked(self, subject: str, payload: bytes, headers: Any = None, timeout: float = 0) -> None:
+    async def acked(self, subject: str, payload: bytes, headers: Any = None, timeout: float = 0) -> Any:
         self.sent.append((subject, payload, asyncio.get_running_loop().time(), True))
+        return SimpleNamespace(seq=len(self.sent))  # JetStream's PubAck: the stream sequence
 
 
 def publisher(conn: FakeConnection, linger_s: float) -> EventPublisher:

@@ -79,6 +79,20 @@ def test_a_reset_replays_nothing_the_client_already_has() -> None:
     assert follow(events) == "Hello world!"
 
 
+def test_a_reset_after_its_attempts_start_replays_nothing_either() -> None:
+    # The order since fencing: the attempt's claim (`started`), then its `reset`.
+    events: list[AnyEvent] = [
+        started(1),
+        delta(1, 1, "Hello "),
+        delta(1, 2, "wo"),
+        started(2),
+        reset(2),
+        delta(2, 2, "Hello world"),
+        delta(2, 3, "!"),
+    ]
+    assert follow(events) == "Hello world!"
+
+
 def test_older_attempts_are_ignored_once_a_newer_one_started() -> None:
     events: list[AnyEvent] = [started(1), delta(1, 1, "a"), started(2, 1), delta(1, 2, "X"), delta(2, 1, "b")]
     assert follow(events) == "ab"

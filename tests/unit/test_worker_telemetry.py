@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -94,9 +95,11 @@ class FakeJetStream:
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float | None = None
-    ) -> None:
-        """The connection's core publish and JetStream's acked one, as the publisher uses them."""
+    ) -> Any:
+        """The connection's core publish and JetStream's acked one, as the publisher uses them
+        (the latter's PubAck: the stream sequence)."""
         self.published.append(Published(subject, payload, headers))
+        return SimpleNamespace(seq=len(self.published))
 
 
 class NoCancels:
@@ -311,8 +314,14 @@ async def test_poisoned_request_fails_in_its_trace(monkeypatch: pytest.MonkeyPat
     assert msg.acks == ["ack"]
     assert h.sample("llmchat_worker_failovers_total", kind="poisoned") == 1
     assert h.sample("llmchat_worker_requests_total", outcome="failed") == 1
-    (published,) = h.js.published
-    assert parse_event(published.payload).type == "failed"
+    # Its claim (`fencing`), then the outcome; both fenced by the log.
+    claim, published = h.js.published
+    assert [parse_event(p.payload).type for p in (claim, published)] == ["started", "failed"]
+    assert claim.headers is not None and published.headers is not None
+    assert claim.headers["Nats-Expected-Last-Subject-Sequence"] == "0"
+    assert claim.headers["Nats-Expected-Last-Subject-Sequence-Subject"].endswith(".*")
+    assert published.headers["Nats-Expected-Last-Subject-Sequence"] == "1"  # the claim's
+    assert published.headers["Nats-Expected-Last-Subject-Sequence-Subject"].endswith(".started")
     generate = h.spans()["generate"]
     assert generate.context is not None
     assert published.headers is not None

@@ -286,7 +286,8 @@ class Started(_WithFacts):
 class Reset(_Event):
     """An attempt that cannot continue where a dead one stopped starts the answer over: readers
     drop the text they hold for the request (the edge's OpenAI stream skips what it already
-    sent instead). Published before that attempt's `started`."""
+    sent instead). Published right after that attempt's `started` (whose `resumed_tokens` is 0);
+    logs written before fencing have it before."""
 
     type: Literal["reset"] = "reset"
     reason: str

@@ -7,7 +7,7 @@ testing/nats_auth.py for why writers must not create consumers).
 `progress_of` folds the events into the answer so far, the way every reader does: events of an
 attempt older than the newest one seen are ignored (a worker presumed dead that still talks);
 a `started` with `resumed_tokens=n` keeps the first n generated tokens of the chain before it; a
-`reset` drops them all.
+`reset` (its attempt's second event) drops them all.
 """
 
 from __future__ import annotations
@@ -123,12 +123,13 @@ class Progress:
         if event.attempt > self.attempt:
             if isinstance(event, Delta):
                 self.broken = f"attempt {event.attempt} has deltas but no start"
-            elif isinstance(event, Reset):
-                self._pieces, self.broken = [], None
             elif isinstance(event, Started):
                 self._truncate(event.resumed_tokens, event.resumed_chars)
             self.attempt = event.attempt
             self._next_seq = event.seq
+        if isinstance(event, Reset):
+            # Right after its attempt's `started` (before it, in logs written before fencing).
+            self._pieces, self.broken = [], None
         if isinstance(event, Started):
             self.engine_model = event.engine_model
             self.prompt_tokens = event.prompt_tokens

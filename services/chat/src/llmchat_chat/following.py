@@ -47,3 +47,25 @@ class TextFollower:
             self._skip = ""
         self.sent += text
         return text
+
+
+class SeqTracker:
+    """Holes in an attempt's events. Deltas go out without a per-event ack, so one can be
+    lost (a broken connection between the worker and the broker): the attempt's `seq` then
+    jumps. Only events of the newest attempt are given (older ones are dropped before); the
+    first event seen of an attempt sets where it is (a stream resumed mid-attempt)."""
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self._next = 0
+        self.holes = 0
+
+    def hole(self, event: AnyEvent) -> bool:
+        """Whether events of this attempt were lost before `event`."""
+        if event.attempt != self.attempt:
+            self.attempt, self._next = event.attempt, event.seq + 1
+            return False
+        lost = event.seq > self._next
+        self._next = max(self._next, event.seq + 1)
+        self.holes += lost
+        return lost

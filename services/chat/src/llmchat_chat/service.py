@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
@@ -341,23 +342,22 @@ class ChatService:
         to the first token."""
         subscribing = asyncio.ensure_future(self._subscribe(request.request_id, 0)) if follow else None
         try:
-            await publish_traced(
-                self.js,
-                subjects.request_subject(request.model),
-                request.model_dump_json().encode(),
-                msg_id=request.request_id,
-                timeout_s=self.settings.publish_timeout_s,
-                attributes={
-                    "llmchat.request_id": request.request_id,
-                    "llmchat.model": request.model,
-                    "llmchat.source": request.source,
-                },
-            )
+            await self._publish_request(request)
         except Exception as exc:
             if subscribing is not None:
                 await _discard(subscribing)
             log.error("request publish failed", extra={"request_id": request.request_id, "error": repr(exc)})
-            raise ServiceUnavailable("the request could not be queued; try again") from exc
+            # Unconfirmed is not refused: the broker may have stored it and lost only the ack.
+            # Cancelled (the KV entry every worker checks before running a request), a copy
+            # stored after all never runs and costs nothing, while the client retries.
+            self.in_background(self._cancel_unconfirmed(request.request_id))
+            raise ServiceUnavailable(
+                "the request could not be queued; try again",
+                headers={
+                    "Retry-After": str(self.settings.queue.retry_after_s),
+                    "X-Request-Id": request.request_id,
+                },
+            ) from exc
         except BaseException:
             # Cancelled while publishing (the client left): the follower must not outlive it.
             if subscribing is not None:
@@ -374,6 +374,59 @@ class ChatService:
             self.in_background(self.cancel(request.request_id, "client"))
             raise
         return Submitted(request, sub, self.settings.deadline_grace_s)
+
+    async def _publish_request(self, request: ChatRequested) -> None:
+        """Publish, and again with the same message id (inside the stream's duplicate window,
+        so a copy stored by an attempt whose ack was lost is not stored twice) while the
+        broker does not confirm: a stream leader election takes seconds."""
+        attempts = self.settings.publish_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await publish_traced(
+                    self.js,
+                    subjects.request_subject(request.model),
+                    request.model_dump_json().encode(),
+                    msg_id=request.request_id,
+                    timeout_s=self.settings.publish_timeout_s,
+                    attributes={
+                        "llmchat.request_id": request.request_id,
+                        "llmchat.model": request.model,
+                        "llmchat.source": request.source,
+                    },
+                )
+                return
+            except MaxPayloadError:
+                raise  # never sent
+            except Exception as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "request publish unconfirmed; retrying",
+                    extra={"request_id": request.request_id, "attempt": attempt, "error": repr(exc)},
+                )
+                await asyncio.sleep(min(0.5 * attempt, 2.0))
+
+    async def _cancel_unconfirmed(self, request_id: str) -> None:
+        """Cancel a request whose publish was never confirmed, until the cancel store takes it
+        (the broker may be down a while); bounded by the stream's duplicate window, after which
+        the client's retry no longer matters to a stored copy anyway."""
+        payload = CancelRequest(request_id=request_id, reason="client").model_dump_json().encode()
+        deadline = time.monotonic() + self.settings.unconfirmed_cancel_s
+        delay = 0.5
+        while True:
+            try:
+                await self.cancels.put(request_id, payload)
+                log.info("unconfirmed request cancelled", extra={"request_id": request_id})
+                return
+            except Exception as exc:  # noqa: BLE001 - tried again until the deadline
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "unconfirmed request not cancelled",
+                        extra={"request_id": request_id, "error": repr(exc)},
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def follow(self, request_id: str, *, after_seq: int, give_up_at: float) -> RequestHandle:
         """The request's events after stream sequence `after_seq` (0: all), then live."""

@@ -94,6 +94,11 @@ class ChatSettings(BaseSettings):
     deadline_grace_s: float = 5.0
     registry_cache_s: float = 1.0
     publish_timeout_s: float = 5.0
+    # A request publish the broker does not confirm is tried this many times in all (same
+    # message id: stored once), then cancelled, for up to `unconfirmed_cancel_s`, in case a
+    # copy was stored after all; the client gets a 503 with Retry-After.
+    publish_attempts: int = Field(default=3, ge=1)
+    unconfirmed_cancel_s: float = 120.0
     startup_timeout_s: float = 30.0
 
     # Auth: request-reply timeout to the auth service, the API-key cache in Redis, clock skew

@@ -16,7 +16,9 @@ from llmchat_common import subjects
 from llmchat_common.contracts import CancelRequest, ChatRequested, Failed, parse_request
 from llmchat_common.logging import log_context
 from llmchat_common.messaging import jetstream
+from llmchat_common.request_log import progress_of, read_request_log
 from llmchat_common.telemetry import consumer_span, inject, tracer
+from llmchat_worker.fencing import Fence, claim_of, is_fenced
 from llmchat_worker.handlers import RequestConsumer
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,17 @@ async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveri
 
 
 async def _publish_exhausted(js: JetStreamContext, request: ChatRequested, deliveries: int) -> None:
+    """The request's outcome, unless it has one: a last attempt of the log's own ("jetstream",
+    one after the deliveries) claims it and fails it, fenced like a worker's (`fencing`), so a
+    paused worker of an earlier attempt cannot end it too."""
+    logged = await read_request_log(js._nc, request.request_id)
+    if progress_of(logged).finished:
+        log.info("exhausted request already finished", extra={"deliveries": deliveries})
+        return
     event = Failed(
         request_id=request.request_id,
-        attempt=deliveries,
-        seq=0,
+        attempt=deliveries + 1,
+        seq=1,
         worker_id="jetstream",
         ts=time.time(),
         **request.facts(),
@@ -52,11 +61,27 @@ async def _publish_exhausted(js: JetStreamContext, request: ChatRequested, deliv
         message=f"the request failed on all {deliveries} deliveries",
         retriable=False,
     )
-    await js.publish(
-        subjects.event_subject(request.request_id, event.type),
-        event.model_dump_json().encode(),
-        headers=inject({"Nats-Msg-Id": f"{request.request_id}:exhausted"}),
-    )
+    claim = claim_of(event).model_copy(update={"seq": 0})
+    fence = Fence(request.request_id, logged[-1].stream_seq if logged else 0)
+    try:
+        for step in (claim, event):
+            ack = await js.publish(
+                subjects.event_subject(request.request_id, step.type),
+                step.model_dump_json().encode(),
+                headers=inject(
+                    {
+                        "Nats-Msg-Id": f"{request.request_id}:exhausted:{step.type}",
+                        **fence.headers(),
+                    }
+                ),
+            )
+            fence.started_seq = ack.seq
+    except Exception as exc:
+        if not is_fenced(exc):
+            raise
+        # Another worker that heard the advisory, or an attempt that came back, was first.
+        log.info("exhausted request ended by another", extra={"deliveries": deliveries})
+        return
     log.error("request exhausted its deliveries", extra={"deliveries": deliveries})
 
 

@@ -19,3 +19,9 @@ class RequestRejected(WorkerError):
         self.message = message
         # The request field at fault, when the engine names one.
         self.param = param
+
+
+class Superseded(WorkerError):
+    """The event log refused this attempt's event: since this attempt last looked, the request
+    moved on (a newer attempt started, or it ended). This attempt publishes nothing more and
+    neither acks nor hands back the request (it belongs to the newer delivery)."""

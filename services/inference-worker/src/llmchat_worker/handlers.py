@@ -34,6 +34,7 @@ from llmchat_common.contracts import (
     ModelCapabilities,
     Released,
     ServedModel,
+    Started,
     SwitchStatus,
     Usage,
     WorkerInfo,
@@ -47,7 +48,8 @@ from llmchat_common.telemetry import attached, consumer_span, extract, inject, r
 from llmchat_worker import metrics
 from llmchat_worker.embedding_engine import EmbeddingEngine
 from llmchat_worker.embeddings import EmbeddingRunner, serves_embeddings
-from llmchat_worker.errors import EngineFailure
+from llmchat_worker.errors import EngineFailure, Superseded
+from llmchat_worker.fencing import Fence, claim_of, is_fenced
 from llmchat_worker.profiles import ModelProfile
 from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import (
@@ -69,18 +71,26 @@ VERSION = "0.1.0"
 
 class NatsEventSink:
     """Events go out through the worker's `EventPublisher`: batched writes, no per-event ack;
-    the terminal event is published after them and its ack awaited.
+    the `started` and terminal events are published after them and their acks awaited, under
+    the request's fence (`fencing`): the log refuses them if the request moved on, and this
+    attempt is then `Superseded`.
 
     Every event carries the trace context it was given (the request's `generate` span), so
     the consumers of the events (edge, history, metrics) join the request's trace."""
 
-    def __init__(self, publisher: EventPublisher, trace_headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        trace_headers: Mapping[str, str] | None = None,
+        fence: Fence | None = None,
+    ) -> None:
         self._publisher = publisher
         self._trace_headers = dict(trace_headers or {})
+        self._fence = fence
 
-    def for_trace(self, trace_headers: Mapping[str, str]) -> NatsEventSink:
-        """The same connection, publishing with one request's trace headers."""
-        return NatsEventSink(self._publisher, trace_headers)
+    def for_attempt(self, trace_headers: Mapping[str, str], fence: Fence) -> NatsEventSink:
+        """The same connection, publishing one attempt's events with its trace headers."""
+        return NatsEventSink(self._publisher, trace_headers, fence)
 
     def _args(self, event: Event) -> tuple[str, bytes, dict[str, str] | None]:
         subject = subjects.event_subject(event.request_id, event.type)
@@ -97,10 +107,27 @@ class NatsEventSink:
         return subject, event.model_dump_json().encode(), headers
 
     async def emit(self, event: Event) -> None:
-        self._publisher.publish(*self._args(event))
+        if isinstance(event, Started):
+            await self._fenced(event)
+        else:
+            self._publisher.publish(*self._args(event))
 
     async def emit_terminal(self, event: Terminal | Released) -> None:
-        await self._publisher.publish_acked(*self._args(event))
+        await self._fenced(event)
+
+    async def _fenced(self, event: Started | Terminal | Released) -> None:
+        subject, payload, headers = self._args(event)
+        fence = self._fence
+        if fence is not None:
+            headers = {**(headers or {}), **fence.headers()}
+        try:
+            sequence = await self._publisher.publish_acked(subject, payload, headers)
+        except Exception as exc:
+            if is_fenced(exc):
+                raise Superseded(f"the log refused attempt {event.attempt}'s {event.type}") from exc
+            raise
+        if fence is not None and isinstance(event, Started):
+            fence.started_seq = sequence
 
 
 # A fetch for messages the consumer says are waiting returns at once; this bounds the rare case
@@ -366,14 +393,22 @@ class RequestConsumer:
         assert self._sink is not None
         # Once per request: the engine's span and every event published join this span.
         trace_headers = inject({})
-        sink = self._sink.for_trace(trace_headers)
         resume: Resume | None = None
         reset_reason: str | None = None
+        # Where the request's log ends as this attempt sees it (its fence): nothing for a
+        # first delivery.
+        position = 0
+        progress: Progress | None = None
         if attempt > 1:
             try:
-                progress = progress_of(await read_request_log(nats_client(self.broker), request.request_id))
+                logged = await read_request_log(nats_client(self.broker), request.request_id)
+                progress = progress_of(logged)
+                position = logged[-1].stream_seq if logged else 0
             except LogUnavailable:
+                # The claim (`started`) then fails unless the log really is empty.
                 progress = None
+        sink = self._sink.for_attempt(trace_headers, Fence(request.request_id, position))
+        if attempt > 1:
             if progress is not None and progress.finished:
                 # A previous attempt stored its terminal event but its ack was lost: done.
                 await msg.ack()
@@ -381,7 +416,11 @@ class RequestConsumer:
                 log.info("request already finished", extra={"attempt": attempt})
                 return
             if progress is not None and progress.crashed_attempts >= self.settings.poison_after_crashes:
-                poisoned = await self._fail_poison(request, attempt, progress, sink)
+                try:
+                    poisoned = await self._fail_poison(request, attempt, progress, sink)
+                except Superseded:
+                    await self._superseded(msg, request, attempt, span)
+                    return
                 await msg.ack()
                 metrics.FAILOVERS.labels(self.alias, "poisoned").inc()
                 self._count("failed")
@@ -435,6 +474,9 @@ class RequestConsumer:
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
             terminal = await runner.run()
+        except Superseded:
+            await self._superseded(msg, request, attempt, span)
+            return
         except EngineFailure:
             log.critical("engine died", extra={"attempt": attempt})
             span.set_attribute("llmchat.outcome", "released")
@@ -478,6 +520,32 @@ class RequestConsumer:
                 "e2e_ms": round(terminal.timings.e2e_ms, 1),
             },
         )
+
+    async def _superseded(self, msg: Msg, request: ChatRequested, attempt: int, span: Span) -> None:
+        """The log refused this attempt's claim or outcome (`fencing`). If a newer attempt owns
+        the request, or it has ended, this one leaves it alone: no ack, no hand-back (the
+        message is the newer delivery's). If only an older attempt was still talking when this
+        one claimed, the request is handed back to be tried again shortly."""
+        span.set_attribute("llmchat.outcome", "superseded")
+        self._count("superseded")
+        try:
+            progress: Progress | None = progress_of(
+                await read_request_log(nats_client(self.broker), request.request_id)
+            )
+        except LogUnavailable:
+            progress = None
+        moved_on = progress is None or progress.finished or progress.attempt > attempt
+        log.warning(
+            "attempt superseded",
+            extra={
+                "attempt": attempt,
+                "newest_attempt": None if progress is None else progress.attempt,
+                "finished": None if progress is None else progress.finished,
+            },
+        )
+        if not moved_on:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
 
     async def _fail_unexpected(
         self, runner: RequestRunner | EmbeddingRunner, msg: Msg, exc: Exception
@@ -565,6 +633,9 @@ class RequestConsumer:
             text=progress.text,
             usage=Usage(prompt_tokens=progress.prompt_tokens, completion_tokens=len(progress.tokens)),
         )
+        # Its claim first: an older attempt that still talks is fenced out (`fencing`).
+        await sink.emit(claim_of(event))
+        event = event.model_copy(update={"seq": 1})
         await sink.emit_terminal(event)
         return event
 

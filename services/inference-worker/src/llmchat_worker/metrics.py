@@ -11,7 +11,7 @@ from typing import Literal
 
 from prometheus_client import Counter, Gauge, Histogram
 
-Outcome = Literal["completed", "failed", "cancelled", "released"]
+Outcome = Literal["completed", "failed", "cancelled", "released", "superseded"]
 FailoverKind = Literal["continued", "reset", "poisoned"]
 
 QUEUE_WAIT = Histogram(

@@ -54,10 +54,12 @@ class EventPublisher:
             delay = max(0.0, self._last_write + self._linger_s - loop.time())
             self._timer = loop.call_later(delay, self._flush_soon)
 
-    async def publish_acked(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
-        """Everything queued goes out first, then this message, whose ack is awaited."""
+    async def publish_acked(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> int:
+        """Everything queued goes out first, then this message, whose ack is awaited: its
+        stream sequence."""
         await self.flush()
-        await self._js.publish(subject, payload, headers=headers, timeout=self.ack_timeout_s)
+        ack = await self._js.publish(subject, payload, headers=headers, timeout=self.ack_timeout_s)
+        return int(ack.seq)
 
     async def flush(self) -> None:
         async with self._lock:

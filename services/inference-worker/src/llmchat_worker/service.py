@@ -41,6 +41,7 @@ from llmchat_common.contracts import (
 from llmchat_worker import metrics
 from llmchat_worker import tools as tooling
 from llmchat_worker.errors import EngineFailure, RequestRejected
+from llmchat_worker.fencing import claim_of
 from llmchat_worker.profiles import ModelProfile
 
 Terminal = Completed | Failed | Cancelled
@@ -204,6 +205,7 @@ class EventWriter:
         self.sink = sink
         self.clock = clock
         self._seq = 0
+        self._claimed = False
 
     @property
     def engine_key(self) -> str:
@@ -223,9 +225,14 @@ class EventWriter:
     async def _emit(self, event: Event) -> None:
         await self.sink.emit(event)
         self._seq += 1
+        self._claimed = self._claimed or isinstance(event, Started)
 
     async def _terminal(self, event: Terminal) -> Terminal:
         event = event.model_copy(update=self.request.facts())
+        if self.attempt > 1 and not self._claimed:
+            # A later attempt claims the request before it ends it (`fencing`).
+            await self._emit(claim_of(event))
+            event = event.model_copy(update={"seq": self._seq})
         await self.sink.emit_terminal(event)
         self._seq += 1
         return event
@@ -437,14 +444,12 @@ class RequestRunner(EventWriter):
                 Failed(**self._base(), code=exc.code, message=exc.message, retriable=False)
             )
         self._prompt_tokens = len(prompt_ids)
-        if self.reset_reason is not None:
-            await self._emit(Reset(**self._base(), reason=self.reset_reason))
         remaining = max_tokens - len(self.resume.tokens)
         self._started_pending = (
             self._wants_prompt_logprobs() and self.resume.finish_reason is None and remaining > 0
         )
         if not self._started_pending:
-            await self._emit(self._started())
+            await self._start(self._started())
         if self.resume.finish_reason is not None:
             # The dead attempt had finished the answer but not stored its terminal event.
             return await self._terminal(
@@ -523,8 +528,16 @@ class RequestRunner(EventWriter):
         await self._flush()
         if self._started_pending:
             self._started_pending = False
-            await self._emit(self._started())
+            await self._start(self._started())
         return await self._terminal(self._completed(finish_reason))
+
+    async def _start(self, started: Started) -> None:
+        """The attempt's claim (`started`), then, when it cannot go on from an earlier one,
+        the `reset` that says the answer starts over (after the claim: the log takes the claim
+        only if nothing came since this attempt read it)."""
+        await self._emit(started)
+        if self.reset_reason is not None:
+            await self._emit(Reset(**self._base(), reason=self.reset_reason))
 
     def _started(self, prompt_logprobs: list[PromptLogprob] | None = None) -> Started:
         return Started(
@@ -640,7 +653,7 @@ class RequestRunner(EventWriter):
         async for chunk in chunks:
             if self._started_pending:
                 self._started_pending = False
-                await self._emit(self._started(chunk.prompt_logprobs))
+                await self._start(self._started(chunk.prompt_logprobs))
             now = self.clock()
             choice = self._choice(chunk.index)
             if chunk.token_ids:

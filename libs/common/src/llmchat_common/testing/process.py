@@ -146,6 +146,17 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP the whole group (a worker and its engine processes): a stalled process, e.g.
+        a long GC pause or a VM that lost its CPU, that wakes up later with `resume`."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the whole group at once (e.g. a worker and its engine processes)."""
         self._kill_group()

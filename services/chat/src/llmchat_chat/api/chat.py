@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +33,7 @@ from llmchat_chat.errors import (
     ApiError,
     error_body,
 )
-from llmchat_chat.following import Diverged
+from llmchat_chat.following import Diverged, SeqTracker
 from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import ChatService, Submitted, new_request_id, terminal_error
 from llmchat_chat.settings import LimitSettings
@@ -51,6 +52,8 @@ from llmchat_common.contracts import (
 from llmchat_common.logging import bind_log_fields
 from llmchat_common.request_log import LoggedEvent
 from llmchat_common.telemetry import trace_id_of
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 T = TypeVar("T")
@@ -325,8 +328,10 @@ async def stream_chunks(
     finished = False
     request = handle.request
     streams = [ChoiceStream(writer, request, index) for index in range(request.params.n)]
+    gaps = SeqTracker()
     for stream in streams:
         stream.current(first.event)
+    gaps.hole(first.event)
     try:
         for index in range(len(streams)):
             yield (first.stream_seq if index == 0 else None), writer.role(index)
@@ -340,6 +345,11 @@ async def stream_chunks(
             event, seq = logged.event, logged.stream_seq
             if not all([stream.current(event) for stream in streams]):
                 continue
+            if gaps.hole(event):
+                # Which choice lost text is unknown: all hold until the terminal event.
+                log.warning("events lost", extra={"request_id": request.request_id, "seq": event.seq})
+                for stream in streams:
+                    stream.holed = True
             if isinstance(event, Delta):
                 if event.index >= len(streams):
                     continue
@@ -353,10 +363,23 @@ async def stream_chunks(
                     yield seq, chunk
             elif isinstance(event, Completed):
                 settle(admission, event)
-                for choice in choices_of(event):
-                    if choice.index < len(streams):
-                        for chunk in streams[choice.index].finish(choice):
-                            yield seq, chunk
+                try:
+                    ends = [
+                        streams[choice.index].finish(choice)
+                        for choice in choices_of(event)
+                        if choice.index < len(streams)
+                    ]
+                except Diverged:
+                    lost = ApiError(
+                        "the answer streamed differs from the stored one; retry", code="worker_lost"
+                    )
+                    yield seq, orjson.dumps(error_body(lost)).decode()
+                    yield None, "[DONE]"
+                    finished = True
+                    break
+                for chunks in ends:
+                    for chunk in chunks:
+                        yield seq, chunk
                 if writer.include_usage:
                     yield None, writer.usage(event.usage)
                 yield None, "[DONE]"

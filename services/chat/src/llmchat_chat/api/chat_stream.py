@@ -19,8 +19,10 @@ terminal event has the id the terminal event, history and every replay give it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmchat_chat.api.openai_format import ChunkWriter, message_content
-from llmchat_chat.following import TextFollower
+from llmchat_chat.following import Diverged, TextFollower
 from llmchat_common.contracts import (
     AnyEvent,
     ChatRequested,
@@ -56,6 +58,9 @@ class ChoiceStream:
         self._marker: str | None = None
         self._named_started = False
         self._held_logprobs: list[TokenLogprob] = []
+        # A delta of the answer was lost (`SeqTracker`): nothing more streams, and the rest
+        # comes from the terminal event, whose text is the whole answer.
+        self.holed = False
 
     @property
     def mode(self) -> str:
@@ -78,6 +83,8 @@ class ChoiceStream:
 
     def delta(self, delta: Delta) -> list[str]:
         """The chunks for a delta of this choice (raises `Diverged` as `TextFollower` does)."""
+        if self.holed:
+            return []
         text = self.follower.text(delta)
         mode = self.mode
         writer, index = self.writer, self.index
@@ -110,6 +117,17 @@ class ChoiceStream:
         self._held_logprobs = []
         return [writer.content(piece, index=index, logprobs=logprobs)]
 
+    @staticmethod
+    def _rest(sent: str, whole: str, chunk: Callable[[str], str]) -> list[str]:
+        """What the client lacks of `whole` after `sent`: the text of deltas that were lost
+        (usually nothing). The client ends with exactly the terminal event's text, or is told
+        it cannot (`Diverged`): never a shorter or a different one."""
+        if sent == whole:
+            return []
+        if not whole.startswith(sent):
+            raise Diverged
+        return [chunk(whole[len(sent) :])]
+
     def _named_start(self) -> str:
         assert isinstance(self.request.tool_choice, NamedToolChoice)
         self._named_started = True
@@ -121,6 +139,15 @@ class ChoiceStream:
         writer, index = self.writer, self.index
         out: list[str] = []
         mode = self.mode
+        if mode == "text":
+            out += self._rest(
+                self.follower.sent, choice.text, lambda piece: writer.content(piece, index=index)
+            )
+        elif mode == "named" and self._named_started and choice.tool_calls:
+            arguments = choice.tool_calls[0].function.arguments
+            out += self._rest(
+                self.raw, arguments, lambda piece: writer.tool_call_arguments(0, piece, index=index)
+            )
         if mode == "named" and choice.tool_calls and not self._named_started:
             out += [
                 self._named_start(),
