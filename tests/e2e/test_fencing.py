@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -72,7 +73,7 @@ class Attempt:
         self.publisher = EventPublisher(nc, nc.jetstream(), linger_s=0.0)
         self.sink = NatsEventSink(self.publisher).for_attempt({}, Fence(req.request_id, position))
 
-    def _base(self) -> dict[str, object]:
+    def _base(self) -> dict[str, Any]:
         self.seq += 1
         return {
             "request_id": self.req.request_id,
@@ -151,7 +152,7 @@ async def test_an_attempt_that_ends_at_once_claims_first(worker_nc: Client) -> N
     # Attempt 2 ends the request at once (e.g. poison): its claim comes first, so the paused
     # first attempt cannot add a second outcome afterwards.
     later = Attempt(worker_nc, req, 2, await position(worker_nc, req.request_id))
-    failed = Failed(**later._base(), code="worker_crashed", message="stopped")  # type: ignore[arg-type]
+    failed = Failed(**later._base(), code="worker_crashed", message="stopped")
     await later.sink.emit(claim_of(failed))
     await later.sink.emit_terminal(failed.model_copy(update={"seq": 1}))
     with pytest.raises(Superseded):
