@@ -1,4 +1,5 @@
-"""`make run`: the local stack, the worker and the edge as real processes; Ctrl-C stops all.
+"""`make run`: the local stack, the worker and the edge as real processes, kept up by a
+supervisor (a process that exits is started again, with backoff); Ctrl-C stops all.
 
 Data stays in the state folder (default `.state/`) and survives restarts.
 """
@@ -6,12 +7,14 @@ Data stays in the state folder (default `.state/`) and survives restarts.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import secrets
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llmchat_common.testing.process import ManagedProcess
@@ -24,6 +27,7 @@ from llmchat_common.testing.services import (
     wait_for_worker,
 )
 from llmchat_common.testing.stack import LocalStack
+from llmchat_common.testing.supervisor import Supervisor
 
 # The services whose operator commands `make <service>-cli` runs against this platform.
 CLI_SERVICES = ("auth", "history", "metrics")
@@ -60,6 +64,10 @@ def main() -> int:
         "--embedding-model", default=os.environ.get("LLMCHAT_EMBEDDING_MODEL", "all-minilm-l6-v2")
     )
     parser.add_argument("--port", type=int, default=int(os.environ.get("LLMCHAT_PORT", "8080")))
+    # The supervisor's /readyz and /metrics (0: any free port).
+    parser.add_argument(
+        "--supervisor-port", type=int, default=int(os.environ.get("LLMCHAT_SUPERVISOR_PORT", "0"))
+    )
     args = parser.parse_args()
 
     stop = threading.Event()
@@ -68,7 +76,7 @@ def main() -> int:
 
     t0 = time.monotonic()
     stack = LocalStack(args.state_dir.resolve())
-    services: list[ManagedProcess] = []
+    supervisor = Supervisor(say=lambda line: print(line, file=sys.stderr, flush=True))
     try:
         stack.start()
         print(
@@ -77,24 +85,36 @@ def main() -> int:
             f"tools: {stack.nats_passwords_file})",
             flush=True,
         )
+        supervise_infrastructure(supervisor, stack)
         for service in CLI_SERVICES:
             write_cli_env(stack, service)
-        worker, worker_port = start_worker(stack, model=args.model, wait=False)
-        services.append(worker)
-        embedder: tuple[ManagedProcess, int] | None = None
+
+        def worker_of(model: str, name: str) -> tuple[ManagedProcess, int]:
+            proc, port = start_worker(stack, model=model, name=name, wait=False)
+            # Started again on the same health port: it loads its model again.
+            supervisor.adopt(
+                name, proc, lambda: start_worker(stack, model=model, name=name, port=port, wait=False)[0]
+            )
+            return proc, port
+
+        worker = worker_of(args.model, "worker")
+        embedder = None
         if args.embedding_model not in ("", "none"):
-            embedder = start_worker(stack, model=args.embedding_model, name="worker-embedding", wait=False)
-            services.append(embedder[0])
-        services.append(start_auth(stack))
-        services.append(start_history(stack))
-        services.append(start_metrics(stack))
+            embedder = worker_of(args.embedding_model, "worker-embedding")
+        for name, starter in (("auth", start_auth), ("history", start_history), ("metrics", start_metrics)):
+            supervisor.adopt(name, starter(stack), functools.partial(starter, stack, wait=False))
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or args.model
         webhooks = {"LLMCHAT_CHAT_WEBHOOKS__SECRET": webhook_secret(stack)}
         models = [alias, *([args.embedding_model] if embedder else [])]
         edge, port = start_edge(stack, port=args.port, models=models, extra_env=webhooks)
-        services.append(edge)
+        supervisor.adopt(
+            "chat",
+            edge,
+            lambda: start_edge(stack, port=port, models=models, extra_env=webhooks, wait=False)[0],
+        )
+        supervisor_port = supervisor.serve(args.supervisor_port)
         print(f"edge up: http://127.0.0.1:{port}  (waiting for the {args.model} worker...)", flush=True)
-        wait_for_worker(worker, worker_port, timeout=900)
+        wait_for_worker(*worker, timeout=900)
         if embedder is not None:
             wait_for_worker(*embedder, timeout=900)
         print(
@@ -106,19 +126,20 @@ def main() -> int:
             f"  API docs:                http://127.0.0.1:{port}/docs\n"
             "  accounts: sign up in the web app (or POST /v1/auth/register); the first admin:\n"
             '    make auth-cli ARGS="create-admin --email you@example.com"\n'
+            f"  supervisor:              http://127.0.0.1:{supervisor_port}/readyz  (restarts a process "
+            "that exits; /metrics)\n"
             "Ctrl-C stops everything; data stays in the state folder.",
             flush=True,
         )
         metrics = ", ".join(
-            f"{p.name} http://127.0.0.1:{p.metrics_port}/metrics" for p in services if p.metrics_port
+            f"{p.name} http://127.0.0.1:{p.metrics_port}/metrics"
+            for p in supervisor.processes()
+            if p.metrics_port
         )
         print(f"  Prometheus metrics: {metrics}", flush=True)
         print("  traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. a Jaeger's http://127.0.0.1:4318)", flush=True)
         while not stop.is_set():
-            for proc in services:
-                if proc.poll() is not None:
-                    print(f"{proc.name} exited with {proc.poll()}; see {proc.log_path}", file=sys.stderr)
-                    return 1
+            supervisor.check()
             stop.wait(1.0)
         return 0
     except (TimeoutError, RuntimeError) as exc:
@@ -126,9 +147,28 @@ def main() -> int:
         return 1
     finally:
         print("stopping...", flush=True)
-        for proc in reversed(services):
-            proc.stop()
+        supervisor.close()
+        infrastructure = {p.name for p in stack.processes}
+        for proc in reversed(supervisor.processes()):
+            if proc.name not in infrastructure:
+                proc.stop()
         stack.stop()
+
+
+def supervise_infrastructure(supervisor: Supervisor, stack: LocalStack) -> None:
+    """nats-server, Postgres and Redis come back on their ports, with their data."""
+    starters: dict[str, Callable[[], ManagedProcess]] = {
+        "nats": lambda: stack.start_nats(stack.ports.nats, stack.ports.nats_monitor),
+        "postgres": lambda: stack.start_postgres(port=stack.ports.postgres),
+        "redis": lambda: stack.start_redis(port=stack.ports.redis),
+    }
+    for proc in list(stack.processes):
+
+        def start(name: str = proc.name) -> ManagedProcess:
+            stack.processes[:] = [p for p in stack.processes if p.name != name]  # the dead one
+            return starters[name]()
+
+        supervisor.adopt(proc.name, proc, start)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def start_edge(
     extra_env: Mapping[str, str] | None = None,
     name: str = "chat",
     timeout: float = 60,
+    wait: bool = True,
 ) -> tuple[ManagedProcess, int]:
     port = port or free_port()
     env = _env(
@@ -60,7 +61,8 @@ def start_edge(
         },
     )
     proc = _managed(stack, name, "llmchat_chat", "chat", env)
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=timeout, what=name, proc=proc)
+    if wait:
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=timeout, what=name, proc=proc)
     return proc, port
 
 
@@ -107,8 +109,9 @@ def start_auth(
     extra_env: Mapping[str, str] | None = None,
     name: str = "auth",
     timeout: float = 60,
+    wait: bool = True,
 ) -> ManagedProcess:
-    return start_rpc_service(stack, "auth", extra_env=extra_env, name=name, timeout=timeout)
+    return start_rpc_service(stack, "auth", extra_env=extra_env, name=name, timeout=timeout, wait=wait)
 
 
 def start_history(
@@ -117,8 +120,9 @@ def start_history(
     extra_env: Mapping[str, str] | None = None,
     name: str = "history",
     timeout: float = 60,
+    wait: bool = True,
 ) -> ManagedProcess:
-    return start_rpc_service(stack, "history", extra_env=extra_env, name=name, timeout=timeout)
+    return start_rpc_service(stack, "history", extra_env=extra_env, name=name, timeout=timeout, wait=wait)
 
 
 def start_metrics(
@@ -127,8 +131,9 @@ def start_metrics(
     extra_env: Mapping[str, str] | None = None,
     name: str = "metrics",
     timeout: float = 60,
+    wait: bool = True,
 ) -> ManagedProcess:
-    return start_rpc_service(stack, "metrics", extra_env=extra_env, name=name, timeout=timeout)
+    return start_rpc_service(stack, "metrics", extra_env=extra_env, name=name, timeout=timeout, wait=wait)
 
 
 # The services without a port: their package and the subject of their ping.
@@ -146,13 +151,15 @@ def start_rpc_service(
     extra_env: Mapping[str, str] | None = None,
     name: str | None = None,
     timeout: float = 60,
+    wait: bool = True,
 ) -> ManagedProcess:
     """A service without a port is ready once it answers a ping over NATS."""
     module, ping_subject = _RPC_SERVICES[service]
     name = name or service
     env = _env(stack, service, extra_env or {})
     proc = _managed(stack, name, module, service, env)
-    wait_until(lambda: rpc_ping(stack, ping_subject), timeout=timeout, what=name, proc=proc)
+    if wait:
+        wait_until(lambda: rpc_ping(stack, ping_subject), timeout=timeout, what=name, proc=proc)
     return proc
 
 
