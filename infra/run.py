@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import secrets
 import signal
@@ -113,6 +114,7 @@ def main() -> int:
             lambda: start_edge(stack, port=port, models=models, extra_env=webhooks, wait=False)[0],
         )
         supervisor_port = supervisor.serve(args.supervisor_port)
+        write_platform(stack, edge=port, supervisor=supervisor_port)
         print(f"edge up: http://127.0.0.1:{port}  (waiting for the {args.model} worker...)", flush=True)
         wait_for_worker(*worker, timeout=900)
         if embedder is not None:
@@ -153,6 +155,23 @@ def main() -> int:
             if proc.name not in infrastructure:
                 proc.stop()
         stack.stop()
+
+
+def write_platform(stack: LocalStack, *, edge: int, supervisor: int) -> None:
+    """`platform.json` in the state folder: where this run listens, for tools (bench/chaos.py)
+    and operators. The passwords stay in their own file."""
+    ports = stack.ports
+    platform = {
+        "edge": f"http://127.0.0.1:{edge}",
+        "supervisor": f"http://127.0.0.1:{supervisor}",
+        "nats": f"nats://127.0.0.1:{ports.nats}",
+        "nats_monitor": f"http://127.0.0.1:{ports.nats_monitor}",
+        "postgres_dsn": stack.env()["LLMCHAT_POSTGRES_DSN"],
+        "redis": stack.env()["LLMCHAT_REDIS_URL"],
+        "nats_passwords": str(stack.nats_passwords_file),
+        "logs": str(stack.logs),
+    }
+    (stack.state_dir / "platform.json").write_text(json.dumps(platform, indent=2) + "\n")
 
 
 def supervise_infrastructure(supervisor: Supervisor, stack: LocalStack) -> None:

@@ -67,8 +67,9 @@ def stack(otlp: OtlpReceiver) -> Iterator[LocalStack]:
     state = Path(os.environ.get("LLMCHAT_TEST_STATE_DIR", REPO / ".state" / "test-run"))
     shutil.rmtree(state, ignore_errors=True)
     local = LocalStack(state, preferred=StackPorts(0, 0, 0, 0))
-    # Every service exports its spans there, within a fraction of a second.
-    local.telemetry_env = otlp.env()
+    # Every service exports its spans there, within a fraction of a second; and gives up on a
+    # statement a stalled Postgres does not answer within seconds (the fault tests pause it).
+    local.telemetry_env = {**otlp.env(), "LLMCHAT_POSTGRES_STATEMENT_TIMEOUT_S": "5"}
     local.start()
     try:
         yield local

@@ -268,6 +268,27 @@ async def test_redis_down_limits_from_memory_then_recovery(
         await client.aclose()
 
 
+async def test_a_hung_redis_does_not_stall_requests(
+    stack: LocalStack, limited_edge: str, user: tuple[httpx.AsyncClient, Account]
+) -> None:
+    """Redis stalled (SIGSTOP), not gone: every call to it gives up within its timeout, the
+    limits fall back to memory, and requests go on without waiting for it."""
+    http, _ = user
+    await fresh_window()
+    redis_proc = stack.process("redis")
+    redis_proc.pause()
+    try:
+        for _ in range(RPM):
+            began = time.monotonic()
+            resp = await http.post("/v1/chat/completions", json=chat())
+            assert resp.status_code == 200, resp.text
+            assert time.monotonic() - began < 3.0
+        refused = await http.post("/v1/chat/completions", json=chat())
+        assert assert_limit_429(refused, "requests")["requests"] == 0
+    finally:
+        redis_proc.resume()
+
+
 async def test_client_leaving_mid_stream_is_charged_what_was_generated(
     stack: LocalStack, user: tuple[httpx.AsyncClient, Account]
 ) -> None:

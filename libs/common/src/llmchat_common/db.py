@@ -60,7 +60,15 @@ def create_engine(settings: PostgresSettings, *, pool_size: int = 5, max_overflo
         max_overflow=max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        # A checkout waits at most this long for a free connection.
+        pool_timeout=settings.connect_timeout_s + settings.statement_timeout_s,
         hide_parameters=True,
+        connect_args={
+            "timeout": settings.connect_timeout_s,
+            # Client side: also when the server is stopped and cannot time itself out.
+            "command_timeout": settings.statement_timeout_s + 1.0,
+            "server_settings": {"statement_timeout": str(int(settings.statement_timeout_s * 1000))},
+        },
     )
 
 

@@ -391,6 +391,17 @@ class LogConsumer(Generic[Item]):
 
     async def _apply_until_committed(self, events: list[Item], msgs: Sequence[Msg]) -> None:
         delay = 0.2
+        # The batch stays this consumer's while it waits on a slow database: in-progress acks
+        # throughout, not only between tries.
+        keepalive = asyncio.create_task(_keep_in_progress_every(msgs, self._settings.ack_wait_s / 3))
+        try:
+            await self._apply_retrying(events, msgs, delay)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+
+    async def _apply_retrying(self, events: list[Item], msgs: Sequence[Msg], delay: float) -> None:
         while True:
             try:
                 skipped = await apply_skipping_poison(self._engine, self._projection, events)
@@ -432,6 +443,12 @@ class ProjectionConsumer(LogConsumer[StoredEvent]):
         after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(js, engine, projection, settings, source=EVENTS_SOURCE, after_commit=after_commit)
+
+
+async def _keep_in_progress_every(msgs: Sequence[Msg], interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await _keep_in_progress(msgs)
 
 
 async def _keep_in_progress(msgs: Sequence[Msg]) -> None:

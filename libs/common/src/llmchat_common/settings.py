@@ -45,6 +45,12 @@ class PostgresSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMCHAT_POSTGRES_", extra="ignore")
 
     dsn: str = "postgresql://llmchat@127.0.0.1:5432/llmchat"
+    # A database that does not answer (a hung server, a lost network) must not hang a request
+    # or a projection batch: new connections give up after `connect_timeout_s`, a statement
+    # after `statement_timeout_s` (enforced by the server, and by the client when the server
+    # itself is stalled), and the caller retries or answers 503.
+    connect_timeout_s: float = 5.0
+    statement_timeout_s: float = 30.0
 
 
 class RedisSettings(BaseSettings):
