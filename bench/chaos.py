@@ -62,13 +62,16 @@ PLATFORM_ENV = {
     "LLMCHAT_WORKER_IN_PROGRESS_INTERVAL_S": "2",
     # A stalled Postgres is given up on within seconds (the services retry).
     "LLMCHAT_POSTGRES_STATEMENT_TIMEOUT_S": "5",
-    # Chaos clients are many and fast: the per-user limits are not what is tested here.
-    "LLMCHAT_CHAT_LIMITS__USER__DEFAULT__REQUESTS_PER_MINUTE": "100000",
-    "LLMCHAT_CHAT_LIMITS__USER__DEFAULT__TOKENS_PER_MINUTE": "100000000",
-    "LLMCHAT_CHAT_LIMITS__USER__DEFAULT__CONCURRENT": "1000",
-    "LLMCHAT_CHAT_LIMITS__API_KEY__DEFAULT__REQUESTS_PER_MINUTE": "100000",
-    "LLMCHAT_CHAT_LIMITS__API_KEY__DEFAULT__TOKENS_PER_MINUTE": "100000000",
-    "LLMCHAT_CHAT_LIMITS__API_KEY__DEFAULT__CONCURRENT": "1000",
+    # Chaos clients are many and fast: the per-user limits and login throttles are not what
+    # is tested here.
+    **{
+        f"LLMCHAT_CHAT_LIMITS__{scope}__{role}__{name}": "1000000"
+        for scope in ("USER", "API_KEY")
+        for role in ("USER", "ADMIN")
+        for name in ("REQUESTS_PER_MINUTE", "TOKENS_PER_MINUTE", "CONCURRENT")
+    },
+    "LLMCHAT_CHAT_LIMITS__LOGIN_PER_ACCOUNT": "1000000",
+    "LLMCHAT_CHAT_LIMITS__LOGIN_PER_ADDRESS": "1000000",
 }
 
 
@@ -520,7 +523,8 @@ async def chaos(args: argparse.Namespace) -> int:
     print(f"platform up in {time.monotonic() - t0:.0f}s: {info['edge']}", flush=True)
     faults = SHORT if args.short else FULL
     try:
-        async with httpx.AsyncClient(base_url=info["edge"], timeout=httpx.Timeout(30, read=30)) as http:
+        # Longer than a worker's restart: a request waits in the queue meanwhile, not an error.
+        async with httpx.AsyncClient(base_url=info["edge"], timeout=httpx.Timeout(30, read=120)) as http:
             email, password = f"chaos-{uuid.uuid4().hex[:8]}@example.com", f"pw-{uuid.uuid4().hex}"
             (
                 await http.post("/v1/auth/register", json={"email": email, "password": password})

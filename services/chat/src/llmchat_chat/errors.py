@@ -78,9 +78,24 @@ class PayloadTooLarge(ApiError):
 
 
 class ServiceUnavailable(ApiError):
+    """A part the request needs is away for now (a service restarting, the broker or database
+    in an outage): always with `Retry-After`, so clients know to try again and when."""
+
     status = 503
     type = "service_unavailable_error"
     code = "service_unavailable"
+    retry_after_s = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.headers.setdefault("Retry-After", str(self.retry_after_s))
 
 
 class DeadlineExceeded(ApiError):
