@@ -416,11 +416,17 @@ async def verify(info: dict[str, str], records: list[Record]) -> Verdict:
             if all(terminals[rid] for rid in ids) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(2)
+        # The workers' heartbeats say what their engines still run (every few seconds).
         kv = await nc.jetstream().key_value(subjects.REGISTRY_BUCKET)
-        running = 0
-        for key in await kv.keys():
-            entry = await kv.get(key)
-            running += WorkerInfo.model_validate_json(entry.value or b"{}").running
+        deadline = time.monotonic() + 60
+        while True:
+            running = 0
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                running += WorkerInfo.model_validate_json(entry.value or b"{}").running
+            if running == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
     finally:
         await nc.close()
     # The projections catch up (they may have been down): one row each, never more.
@@ -487,7 +493,7 @@ def report(run: Run, verdict: Verdict, recovery: dict[str, float], faults: list[
             if r.outcome is None:
                 errors["no outcome"] += 1
             for e in r.errors:
-                errors[e.split(" (")[0]] += 1
+                errors[e] += 1
         refused = {k: v for (f, k), v in run.refusals.items() if f == fault}
         unexpected = {k: v for k, v in refused.items() if k.startswith("HTTP 5") or k == "HTTP 500"}
         auth_failed = {k: v for (f, k), v in run.auth_checks.items() if f == fault and not k.endswith(": ok")}
@@ -566,6 +572,11 @@ async def chaos(args: argparse.Namespace) -> int:
         )
     finally:
         code = await asyncio.to_thread(platform.stop)
+    dump = [
+        {**r.__dict__, "text": len(r.text), "final": None if r.final is None else len(r.final)}
+        for r in run.records
+    ]
+    (out / "records.json").write_text(json.dumps(dump, indent=1))
     summary = (
         f"{table}\n\nmake run stopped with {code}; {len(run.records)} requests; {'PASS' if ok else 'FAIL'}"
     )

@@ -69,3 +69,12 @@ class SeqTracker:
         self._next = max(self._next, event.seq + 1)
         self.holes += lost
         return lost
+
+
+def rest_of(sent: str, whole: str) -> str:
+    """What a client that was sent `sent` lacks of the answer `whole` (the text of lost deltas;
+    usually nothing). It must end with exactly `whole`: text it was sent that differs cannot be
+    taken back (`Diverged`)."""
+    if not whole.startswith(sent):
+        raise Diverged
+    return whole[len(sent) :]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmchat_chat.api.openai_format import ChunkWriter, message_content
-from llmchat_chat.following import Diverged, TextFollower
+from llmchat_chat.following import TextFollower, rest_of
 from llmchat_common.contracts import (
     AnyEvent,
     ChatRequested,
@@ -119,14 +119,10 @@ class ChoiceStream:
 
     @staticmethod
     def _rest(sent: str, whole: str, chunk: Callable[[str], str]) -> list[str]:
-        """What the client lacks of `whole` after `sent`: the text of deltas that were lost
-        (usually nothing). The client ends with exactly the terminal event's text, or is told
-        it cannot (`Diverged`): never a shorter or a different one."""
-        if sent == whole:
-            return []
-        if not whole.startswith(sent):
-            raise Diverged
-        return [chunk(whole[len(sent) :])]
+        """The text of lost deltas, if any (`rest_of`): the client ends with exactly the
+        terminal event's text, or is told it cannot (`Diverged`)."""
+        rest = rest_of(sent, whole)
+        return [chunk(rest)] if rest else []
 
     def _named_start(self) -> str:
         assert isinstance(self.request.tool_choice, NamedToolChoice)

@@ -48,7 +48,7 @@ from llmchat_chat.api.deps import Caller, CallerDep, LimiterDep, ServiceDep
 from llmchat_chat.api.openai_format import choices_of
 from llmchat_chat.api.request_checks import check_kind, check_max_tokens, known_model
 from llmchat_chat.errors import ApiError, ContextLengthExceeded, error_body
-from llmchat_chat.following import Diverged
+from llmchat_chat.following import Diverged, SeqTracker
 from llmchat_chat.ratelimit import Admission, Limiter
 from llmchat_chat.service import ChatService, Submitted, terminal_error
 from llmchat_chat.settings import LimitSettings
@@ -443,10 +443,15 @@ async def part_frames(
     """One request's chunks, with its events' stream sequences as SSE ids when it is the only
     one (a client resumes at /v1/jobs/{id}/events after them)."""
     logged = first
+    gaps = SeqTracker()
     while True:
         event = logged.event
         seq = logged.stream_seq if ids else None
         if all([stream.current(event) for stream in streams]):
+            if gaps.hole(event):
+                # Which choice lost text is unknown: all hold until the terminal event.
+                for stream in streams:
+                    stream.holed = True
             if isinstance(event, Delta) and event.index < len(streams):
                 try:
                     chunks = streams[event.index].delta(event)
@@ -458,10 +463,19 @@ async def part_frames(
                     yield seq, chunk
             elif isinstance(event, Completed):
                 part.finish(event)
-                for choice in choices_of(event):
-                    if choice.index < len(streams):
-                        for chunk in streams[choice.index].finish(choice, event):
-                            yield seq, chunk
+                try:
+                    ends = [
+                        streams[choice.index].finish(choice, event)
+                        for choice in choices_of(event)
+                        if choice.index < len(streams)
+                    ]
+                except Diverged:
+                    raise ApiError(
+                        "the streamed answer differs from the stored one; retry", code="worker_lost"
+                    ) from None
+                for chunks in ends:
+                    for chunk in chunks:
+                        yield seq, chunk
                 return
             elif isinstance(event, Failed | Cancelled):
                 part.finish(event)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from llmchat_chat.api.openai_format import choices_of, usage_body
-from llmchat_chat.following import TextFollower
+from llmchat_chat.following import TextFollower, rest_of
 from llmchat_common.contracts import (
     AnyEvent,
     Choice,
@@ -156,6 +156,8 @@ class TextChoiceStream:
         self._echoed = False
         self._logprobs = logprobs
         self._offset = 0
+        # A delta was lost (`SeqTracker`): the rest comes from the terminal event.
+        self.holed = False
 
     def current(self, event: AnyEvent) -> bool:
         """Takes note of a new attempt (and of the echo its `started` carries); False for the
@@ -166,6 +168,8 @@ class TextChoiceStream:
 
     def delta(self, delta: Delta) -> list[str]:
         """The chunk for a delta of this choice (raises `Diverged` as `TextFollower` does)."""
+        if self.holed:
+            return []
         text = self.follower.text(delta)
         # A token whose text the engine still holds (part of a character, a possible stop
         # string) keeps its log probability: it goes out with no text, as in vLLM.
@@ -177,10 +181,12 @@ class TextChoiceStream:
         """What is left of the choice once its terminal event is here (the echo, when no text
         came before), and its finish."""
         out = []
-        if self._echo_wanted and not self._echoed:
-            if self._echo is None:
-                self._echo = Echo.of(None, completed)
-            out.append(self._chunk("", []))
+        if self._echo_wanted and not self._echoed and self._echo is None:
+            self._echo = Echo.of(None, completed)
+        # The text of lost deltas, if any: the client ends with exactly the stored answer.
+        rest = rest_of(self.follower.sent, choice.text)
+        if rest or (self._echo_wanted and not self._echoed):
+            out.append(self._chunk(rest, []))
         out.append(self.writer.choice(self.index, "", None, choice.finish_reason))
         return out
 
