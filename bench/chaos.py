@@ -89,7 +89,6 @@ class Fault:
 
 
 SHORT = [
-    Fault("worker", "kill"),
     Fault("engine", "kill"),
     Fault("worker", "stop", ACK_WAIT_S + 7),
     Fault("chat", "kill"),
@@ -101,6 +100,7 @@ SHORT = [
     Fault("redis", "stop", 6),
 ]
 FULL = [
+    Fault("worker", "kill"),
     *SHORT,
     Fault("chat", "stop", 6),
     Fault("nats", "stop", 6),
@@ -465,8 +465,8 @@ async def verify(info: dict[str, str], records: list[Record]) -> Verdict:
 
 def report(run: Run, verdict: Verdict, recovery: dict[str, float], faults: list[str]) -> tuple[str, bool]:
     rows = [
-        "| fault | requests | lost | doubled | text differs | client errors | refused (documented) | "
-        "auth checks failed | recovery s |",
+        "| fault | requests | lost | doubled | text differs | streams cut, then resumed | "
+        "refused (documented) | auth checks failed | recovery s |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |",
     ]
     ok = True

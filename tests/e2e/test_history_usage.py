@@ -332,12 +332,13 @@ async def count_rows(stack: LocalStack, user_id: str) -> tuple[int, int]:
         await conn.close()
 
 
-@pytest.mark.parametrize("fault", ["stop", "kill", "hang"])
+# A SIGKILL of Postgres under load is in bench/chaos.py's short run (tests/e2e/test_chaos.py).
+@pytest.mark.parametrize("fault", ["stop", "hang"])
 async def test_postgres_outage_under_load_loses_and_doubles_nothing(
     edge_url: str, stack: LocalStack, fault: str
 ) -> None:
-    """Postgres stops cleanly, crashes (SIGKILL) or hangs (SIGSTOP, longer than the services'
-    statement timeout) for 12 s under load. Streams go on; logins fail with a clean 503 while
+    """Postgres stops cleanly or hangs (SIGSTOP, longer than the services' statement timeout)
+    for 12 s under load. Streams go on; logins fail with a clean 503 while
     tokens and cached API keys keep working; the consumers catch up afterwards, and every
     request has exactly one usage row and one stored answer."""
     user = register_account(edge_url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -49,7 +48,7 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
     )
     try:
         body = {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        deadline = time.monotonic() + 420
+        deadline = time.monotonic() + 240
         base = f"http://127.0.0.1:{port}"
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -79,40 +78,12 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
         # The web app is served too.
         page = httpx.get(f"{base}/", timeout=10)
         assert page.status_code == 200 and '<div id="root">' in page.text
-        # The supervisor: a crashed service and a worker whose engine died come back by
-        # themselves (the worker loads its model again), and it says so.
+        # The supervisor watches every process (bench/chaos.py kills them; the supervisor's
+        # restarts are tested there and in tests/unit/test_supervisor.py).
         status = supervisor_status(supervisor)
         assert status["ready"] and set(status["processes"]) >= {
             "nats", "postgres", "redis", "worker", "auth", "history", "metrics", "chat",
         }  # fmt: skip
-        os.kill(status["processes"]["history"]["pid"], signal.SIGKILL)
-        worker = psutil.Process(status["processes"]["worker"]["pid"])
-        engine = [p for p in worker.children(recursive=True) if "EngineCor" in p.name()]
-        assert engine, "no engine process under the worker"
-        engine[0].kill()
-        while time.monotonic() < deadline:
-            status = supervisor_status(supervisor)
-            restarted = {name: p["restarts"] for name, p in status["processes"].items() if p["restarts"]}
-            if status["ready"] and restarted == {"history": 1, "worker": 1}:
-                break
-            time.sleep(1)
-        assert status["ready"] and restarted == {"history": 1, "worker": 1}, status
-        metrics = httpx.get(f"http://127.0.0.1:{supervisor}/metrics", timeout=5).text
-        assert 'llmchat_supervisor_restarts_total{process="worker"} 1.0' in metrics
-        again = None
-        while again is None and time.monotonic() < deadline:
-            resp = httpx.post(
-                f"{base}/v1/chat/completions",
-                json=body,
-                headers={"Authorization": f"Bearer {account.access_token}"},
-                timeout=60,
-            )
-            if resp.status_code == 200:
-                again = resp.json()
-            else:
-                time.sleep(1)
-        assert again is not None and again["usage"]["completion_tokens"] == 4
-
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 6  # nats, postgres, redis, worker (+ engine), auth, edge
 
@@ -122,7 +93,6 @@ def test_run_serves_then_stops_everything_on_ctrl_c(tmp_path: Path, models_dir: 
         assert not alive, [p.pid for p in alive]
         output = (tmp_path / "run.log").read_text()
         assert "llmchat is ready" in output
-        assert "supervisor: history exited with -9" in output and "worker started again" in output
         assert f"http://127.0.0.1:{port}/v1" in output
         assert f"web app:                 http://127.0.0.1:{port}/" in output
     finally:
