@@ -71,7 +71,7 @@ class Attempt:
     def __init__(self, nc: Client, req: ChatRequested, attempt: int, position: int) -> None:
         self.nc, self.req, self.attempt, self.seq = nc, req, attempt, 0
         self.publisher = EventPublisher(nc, nc.jetstream(), linger_s=0.0)
-        self.sink = NatsEventSink(self.publisher).for_attempt({}, Fence(req.request_id, position))
+        self.sink = NatsEventSink(self.publisher).for_attempt({}, Fence(req.request_id, position, attempt))
 
     def _base(self) -> dict[str, Any]:
         self.seq += 1
@@ -127,6 +127,22 @@ async def test_a_paused_attempt_cannot_end_a_request_a_newer_one_took_over(worke
     assert isinstance(outcome, Completed) and (outcome.attempt, outcome.text) == (2, "new")
     progress = progress_of(await read_request_log(worker_nc, req.request_id))
     assert progress.finished and progress.attempt == 2 and progress.broken is None
+
+
+async def test_a_claim_goes_through_an_older_attempts_deltas(worker_nc: Client) -> None:
+    req = request()
+    zombie = Attempt(worker_nc, req, 1, 0)
+    await zombie.start()
+    # The newer attempt read the log; the woken older one streams on before the claim lands.
+    newer = Attempt(worker_nc, req, 2, await position(worker_nc, req.request_id))
+    await zombie.delta("still ")
+    await zombie.delta("talking ")
+    await newer.start()  # refused once, then claimed from where the log ends
+    with pytest.raises(Superseded):
+        await zombie.complete("still talking")
+    await newer.complete("new")
+    (outcome,) = await terminals(worker_nc, req.request_id)
+    assert isinstance(outcome, Completed) and outcome.attempt == 2
 
 
 async def test_no_attempt_starts_once_the_request_has_ended(worker_nc: Client) -> None:

@@ -22,10 +22,12 @@ newest `started` they have seen.
 
 from __future__ import annotations
 
+from nats.aio.client import Client
 from nats.js.errors import APIError
 
 from llmchat_common import subjects
-from llmchat_common.contracts import Cancelled, Completed, Failed, Started
+from llmchat_common.contracts import Cancelled, Completed, Failed, Started, is_terminal
+from llmchat_common.request_log import read_request_log
 
 # JetStream's error code for a failed expected-last-sequence check.
 WRONG_LAST_SEQUENCE = 10071
@@ -44,14 +46,33 @@ def is_fenced(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.err_code == WRONG_LAST_SEQUENCE
 
 
+# A claim refused only because an older attempt (a paused worker that woke up) still streams
+# deltas is tried again this many times, from where the log then ends.
+CLAIM_TRIES = 20
+
+
 class Fence:
     """One attempt's position in its request's log: what its next claim or outcome expects."""
 
-    def __init__(self, request_id: str, position: int) -> None:
+    def __init__(self, request_id: str, position: int, attempt: int = 0) -> None:
         self.request_id = request_id
         # The last stream sequence of the request's events this attempt saw before it ran.
         self.position = position
+        self.attempt = attempt
         self.started_seq: int | None = None
+
+    async def only_older_since(self, nc: Client) -> bool:
+        """Whether what was stored for the request since `position` is only an older attempt
+        still talking (its deltas): then the claim may be tried again from where the log ends
+        now. False once the request ended, or a newer attempt started."""
+        logged = await read_request_log(nc, self.request_id, after_seq=self.position)
+        for entry in logged:
+            event = entry.event
+            if is_terminal(event) or (isinstance(event, Started) and event.attempt >= self.attempt):
+                return False
+        if logged:
+            self.position = logged[-1].stream_seq
+        return True
 
     def headers(self) -> dict[str, str]:
         if self.started_seq is None:

@@ -49,7 +49,7 @@ from llmchat_worker import metrics
 from llmchat_worker.embedding_engine import EmbeddingEngine
 from llmchat_worker.embeddings import EmbeddingRunner, serves_embeddings
 from llmchat_worker.errors import EngineFailure, Superseded
-from llmchat_worker.fencing import Fence, claim_of, is_fenced
+from llmchat_worker.fencing import CLAIM_TRIES, Fence, claim_of, is_fenced
 from llmchat_worker.profiles import ModelProfile
 from llmchat_worker.publisher import EventPublisher
 from llmchat_worker.service import (
@@ -120,12 +120,20 @@ class NatsEventSink:
         fence = self._fence
         if fence is not None:
             headers = {**(headers or {}), **fence.headers()}
-        try:
-            sequence = await self._publisher.publish_acked(subject, payload, headers)
-        except Exception as exc:
-            if is_fenced(exc):
-                raise Superseded(f"the log refused attempt {event.attempt}'s {event.type}") from exc
-            raise
+        for _ in range(CLAIM_TRIES):
+            try:
+                sequence = await self._publisher.publish_acked(subject, payload, headers)
+                break
+            except Exception as exc:
+                if not is_fenced(exc):
+                    raise
+                refused = Superseded(f"the log refused attempt {event.attempt}'s {event.type}")
+                claim = fence is not None and isinstance(event, Started) and fence.started_seq is None
+                if not claim or fence is None or not await fence.only_older_since(self._publisher.nc):
+                    raise refused from exc
+                headers = {**(headers or {}), **fence.headers()}
+        else:
+            raise Superseded(f"attempt {event.attempt} could not claim the request")
         if fence is not None and isinstance(event, Started):
             fence.started_seq = sequence
 
@@ -407,7 +415,7 @@ class RequestConsumer:
             except LogUnavailable:
                 # The claim (`started`) then fails unless the log really is empty.
                 progress = None
-        sink = self._sink.for_attempt(trace_headers, Fence(request.request_id, position))
+        sink = self._sink.for_attempt(trace_headers, Fence(request.request_id, position, attempt))
         if attempt > 1:
             if progress is not None and progress.finished:
                 # A previous attempt stored its terminal event but its ack was lost: done.

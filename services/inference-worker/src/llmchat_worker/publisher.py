@@ -34,7 +34,7 @@ Message = tuple[str, bytes, dict[str, str] | None]
 class EventPublisher:
     def __init__(self, nc: Client, js: JetStreamContext, linger_s: float, ack_timeout_s: float = 10) -> None:
         self.ack_timeout_s = ack_timeout_s
-        self._nc = nc
+        self.nc = nc
         self._js = js
         self._linger_s = linger_s
         self._queue: list[Message] = []
@@ -69,7 +69,7 @@ class EventPublisher:
             self._last_write = asyncio.get_running_loop().time()
             for subject, payload, headers in batch:
                 # Appends to the connection's buffer; suspends only when that is full.
-                await self._nc.publish(subject, payload, headers=headers)
+                await self.nc.publish(subject, payload, headers=headers)
 
     def _flush_soon(self) -> None:
         self._timer = None
