@@ -322,15 +322,20 @@ class Platform:
             time.sleep(1)
         raise TimeoutError(f"the platform did not start; see {log}")
 
-    def stop(self) -> int | None:
+    def stop(self) -> tuple[int | None, list[int]]:
+        """Ctrl-C, as a user stops `make run`: its exit status, and the pids of its processes
+        still alive afterwards (none, or it leaked some)."""
         if self.proc is None:
-            return None
+            return None, []
+        children = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(timeout=180)
+            code: int | None = self.proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return None
+            code = None
+        _, alive = psutil.wait_procs(children, timeout=10)
+        return code, [p.pid for p in alive]
 
 
 def free_port() -> int:
@@ -542,6 +547,9 @@ async def chaos(args: argparse.Namespace) -> int:
                 )
             ).json()
             run = Run(info["edge"], tokens["access_token"], key["key"], email, password)
+            page = await http.get("/")
+            if page.status_code != 200 or '<div id="root">' not in page.text:
+                raise RuntimeError("make run does not serve the web app")
             clients = [asyncio.create_task(stream_client(run, http, n)) for n in range(args.streams)]
             clients += [
                 asyncio.create_task(job_client(run, http)),
@@ -571,18 +579,20 @@ async def chaos(args: argparse.Namespace) -> int:
             run, verdict, recovery, ["warm-up", *[f.name for f in faults], *(["soak"] if args.soak else [])]
         )
     finally:
-        code = await asyncio.to_thread(platform.stop)
+        code, leaked = await asyncio.to_thread(platform.stop)
     dump = [
         {**r.__dict__, "text": len(r.text), "final": None if r.final is None else len(r.final)}
         for r in run.records
     ]
     (out / "records.json").write_text(json.dumps(dump, indent=1))
+    ok = ok and code == 0 and not leaked
     summary = (
-        f"{table}\n\nmake run stopped with {code}; {len(run.records)} requests; {'PASS' if ok else 'FAIL'}"
+        f"{table}\n\nmake run stopped with {code} (processes left running: {len(leaked)}); "
+        f"{len(run.records)} requests; {'PASS' if ok else 'FAIL'}"
     )
     print("\n" + summary, flush=True)
     (out / "chaos.md").write_text(summary + "\n")
-    return 0 if ok and code == 0 else 1
+    return 0 if ok else 1
 
 
 async def soak(info: dict[str, str], seconds: float, out: Path) -> None:
@@ -616,7 +626,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="every target once (about 5 minutes)")
     parser.add_argument("--streams", type=int, default=6)
-    parser.add_argument("--settle-s", type=float, default=5.0, help="load between faults")
+    parser.add_argument("--settle-s", type=float, default=3.0, help="load between faults")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of load after the faults")
     parser.add_argument("--state-dir", default=str(REPO / ".state" / "chaos"))
     parser.add_argument("--models", default=str(REPO / ".state" / "models"), help="built models to reuse")

@@ -1,8 +1,8 @@
-"""The chaos suite's short run (bench/chaos.py --short): the platform `make run` starts, under
-a mixed load, meets every fault once (worker, engine core, zombie worker, edge, nats-server,
-history, metrics, auth, Postgres, Redis); nothing is lost, doubled or changed, and only
-documented errors reach the clients. The full run and the 30-minute soak are in
-docs/reliability.md."""
+"""`make run`'s launcher under chaos (bench/chaos.py --short). The platform it starts serves
+the web app and the API. Under a mixed load it meets every fault once: worker engine core,
+zombie worker, edge, nats-server, history, metrics, auth, Postgres, Redis. Nothing is lost,
+doubled or changed, and only documented errors reach the clients. Ctrl-C then stops every
+process it started. The full run and the 30-minute soak are described in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -43,3 +43,10 @@ def test_every_fault_once_loses_and_doubles_nothing(models_dir: Path, tmp_path: 
     assert out.returncode == 0, out.stdout[-8000:] + out.stderr[-4000:]
     table = (tmp_path / "chaos.md").read_text()
     assert "PASS" in table and "zombie" in table
+    # It is `make run` as a user meets it: what it prints, and Ctrl-C stopped every process it
+    # started (the PASS above: exit status 0, none left running).
+    output = (tmp_path / "platform.log").read_text()
+    assert "llmchat is ready" in output and "(processes left running: 0)" in table
+    for line in ("web app:                 http://127.0.0.1:", "API (OpenAI-compatible): http://127.0.0.1:"):
+        assert line in output
+    assert "supervisor:              http://127.0.0.1:" in output

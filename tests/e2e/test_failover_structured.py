@@ -180,7 +180,8 @@ def assert_started_over(events: list[Any], *, killed: str, successor: str, reaso
     assert any(isinstance(e, Delta) and e.text for e in first)
     assert not [e for e in first if e.type in TERMINAL_TYPES]
     second = [e for e in events if e.attempt == 2]
-    assert [e.type for e in second][:2] == ["reset", "started"], [e.type for e in second]
+    # The attempt's claim first (`fencing`), then why it starts over.
+    assert [e.type for e in second][:2] == ["started", "reset"], [e.type for e in second]
     reset, started = second[0], second[1]
     assert isinstance(reset, Reset) and reset.reason.startswith(reason), reset.reason
     assert isinstance(started, Started) and started.worker_id == successor

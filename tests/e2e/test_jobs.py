@@ -91,11 +91,13 @@ async def test_idempotency_key_names_one_job(http: httpx.AsyncClient) -> None:
 
 
 async def test_cancel_running_job_frees_the_engine(http: httpx.AsyncClient, worker: Worker) -> None:
-    job = (await http.post("/v1/jobs", json=job_body(**LONG, timeout=120))).json()
+    # The longest answer the model's context allows: the tiny model writes it in seconds, and
+    # the cancel must land before it ends, so each look below reads a few events, not all.
+    job = (await http.post("/v1/jobs", json=job_body(**{**LONG, "max_tokens": 1950}, timeout=120))).json()
     await wait_status(http, job["id"], "running")
 
     async def some_text() -> bool:
-        events = (await http.get(f"/v1/requests/{job['id']}/events")).json()["data"]
+        events = (await http.get(f"/v1/requests/{job['id']}/events", params={"limit": 3})).json()["data"]
         return any(e["type"] == "delta" for e in events)
 
     await eventually(some_text, timeout=30, what="the job to generate")
@@ -109,7 +111,7 @@ async def test_cancel_running_job_frees_the_engine(http: httpx.AsyncClient, work
     await eventually(engine_idle, timeout=10, what="the engine slot to be freed")
     assert time.monotonic() - started < 10
     done = await wait_status(http, job["id"], "cancelled", timeout=30)
-    assert 0 < done["usage"]["completion_tokens"] < LONG["max_tokens"]  # partial usage kept
+    assert 0 < done["usage"]["completion_tokens"] < 1950  # partial usage kept
     assert len(done["partial_text"]) > 0
     again = await http.delete(f"/v1/jobs/{job['id']}")
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"

@@ -250,7 +250,11 @@ async def test_redis_down_limits_from_memory_then_recovery(
         stack.processes.remove(redis_proc)
         stack.start_redis(port=stack.ports.redis)  # same port: the edges' URL stays valid
 
-    # Back on Redis: a new user's requests are counted there again.
+    await back_on_redis(stack, limited_edge, http)
+
+
+async def back_on_redis(stack: LocalStack, limited_edge: str, http: httpx.AsyncClient) -> None:
+    """A new user's requests are counted in Redis again."""
     other = register_account(limited_edge)
     client = aioredis.from_url(stack.env()["LLMCHAT_REDIS_URL"])
     try:
@@ -287,6 +291,7 @@ async def test_a_hung_redis_does_not_stall_requests(
         assert assert_limit_429(refused, "requests")["requests"] == 0
     finally:
         redis_proc.resume()
+    await back_on_redis(stack, limited_edge, http)
 
 
 async def test_client_leaving_mid_stream_is_charged_what_was_generated(
