@@ -397,8 +397,10 @@ async def test_overload_poison_and_reset(
     second = await watcher.attempt(poison, 2)
     assert second.worker_id != first.worker_id
     stream = await completions.create(model=FAILOVER_MODEL, messages=messages, stream=True, **STORED)
-    # Killed the moment both run: the tiny model would finish the poison's rest in seconds.
+    # Killed once both run and the stream has some text (so that its next attempt resets it):
+    # the tiny model would finish the poison's rest in seconds.
     assert (await watcher.attempt(stream_id(stream), 1)).worker_id == second.worker_id
+    await asyncio.sleep(0.5)
     victims.pop(second.worker_id).kill()
     shown = ""  # whatever it showed before the kill is in what the drain reads
     streamed = asyncio.create_task(drain(stream))

@@ -182,7 +182,7 @@ def assert_started_over(events: list[Any], *, killed: str, successor: str, reaso
     second = [e for e in events if e.attempt == 2]
     # The attempt's claim first (`fencing`), then why it starts over.
     assert [e.type for e in second][:2] == ["started", "reset"], [e.type for e in second]
-    reset, started = second[0], second[1]
+    started, reset = second[0], second[1]
     assert isinstance(reset, Reset) and reset.reason.startswith(reason), reset.reason
     assert isinstance(started, Started) and started.worker_id == successor
     assert started.resumed_tokens == 0 and started.resumed_chars == 0

@@ -223,9 +223,11 @@ class EventWriter:
         }
 
     async def _emit(self, event: Event) -> None:
-        await self.sink.emit(event)
+        # Counted before the send awaits (a `started` awaits its ack): an event built meanwhile,
+        # e.g. by a flush timer, takes the next seq, not this one's.
         self._seq += 1
         self._claimed = self._claimed or isinstance(event, Started)
+        await self.sink.emit(event)
 
     async def _terminal(self, event: Terminal) -> Terminal:
         event = event.model_copy(update=self.request.facts())
@@ -233,13 +235,14 @@ class EventWriter:
             # A later attempt claims the request before it ends it (`fencing`).
             await self._emit(claim_of(event))
             event = event.model_copy(update={"seq": self._seq})
-        await self.sink.emit_terminal(event)
         self._seq += 1
+        await self.sink.emit_terminal(event)
         return event
 
     async def _released(self, reason: str) -> None:
-        await self.sink.emit_terminal(Released(**self._base(), reason=reason))
+        released = Released(**self._base(), reason=reason)
         self._seq += 1
+        await self.sink.emit_terminal(released)
 
 
 @dataclass(frozen=True, slots=True)

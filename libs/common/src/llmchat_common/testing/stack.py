@@ -110,11 +110,16 @@ class LocalStack:
         self.ports.nats_monitor = monitor_port or free_port(self.preferred.nats_monitor)
         store = self.state_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        # As infra/nats/nats.conf: above the edge's body cap (the default is 1 MB), every write
-        # fsynced before it is acked (an acked event survives a host crash, not only a kill),
-        # and the same users and permissions, with this folder's passwords.
+        # As infra/nats/nats.conf: above the edge's body cap (the default is 1 MB), and the same
+        # users and permissions, with this folder's passwords. Not its `sync_interval: always`
+        # unless LLMCHAT_NATS_SYNC_INTERVAL=always: on this machine's disk an fsync per stored
+        # event costs ~1 ms under load, and the broker then lags token streams by seconds
+        # (docs/reliability.md). A killed nats-server loses nothing either way (the OS keeps
+        # what was written); only a host crash can lose the last unsynced writes.
         conf = self.state_dir / "nats.conf"
-        jetstream = f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n\n'
+        sync = os.environ.get("LLMCHAT_NATS_SYNC_INTERVAL")
+        sync_line = f"  sync_interval: {sync}\n" if sync else ""
+        jetstream = f'jetstream {{\n  store_dir: "{store}"\n{sync_line}}}\n\n'
         _write_private(
             conf,
             "max_payload: 8MB\n\n" + jetstream + nats_auth.render_authorization(self.nats_passwords()),
