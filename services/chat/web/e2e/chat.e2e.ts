@@ -463,8 +463,7 @@ describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
     },
   );
 
-  // Streaming mechanics, the same in every language: run once, in English.
-  it.skipIf(language === "ko")("follows answers in two conversations at once", async () => {
+  it("follows answers in two conversations at once", async () => {
     await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
     shape = { ignore_eos: true, max_tokens: 1200 };
     await send(page, "The first of two questions.");
