@@ -82,7 +82,10 @@ def admin(stack: LocalStack, edge_url: str) -> Account:
 @pytest.fixture
 async def http(edge_url: str, admin: Account) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {admin.access_token}"}
-    async with httpx.AsyncClient(base_url=edge_url, headers=headers, timeout=60) as client:
+    # Idle connections are dropped before the edge's own keep-alive (5 s) closes them: a request
+    # sent on a connection the server is closing at that moment fails with a ReadError.
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=edge_url, headers=headers, timeout=60, limits=limits) as client:
         yield client
 
 
