@@ -440,32 +440,26 @@ async def verify(info: dict[str, str], records: list[Record]) -> Verdict:
     try:
         deadline = time.monotonic() + 180
         while True:
-            usage = Counter(
-                {
-                    r["request_id"]: r["n"]
-                    for r in await conn.fetch(
-                        "SELECT request_id, count(*) AS n FROM usage.requests WHERE request_id = ANY($1) "
-                        "GROUP BY request_id",
-                        ids,
-                    )
-                }
-            )
-            answers = Counter(
-                {
-                    r["request_id"]: r["n"]
-                    for r in await conn.fetch(
-                        "SELECT request_id, count(*) AS n FROM history.messages WHERE request_id = ANY($1) "
-                        "AND role = 'assistant' GROUP BY request_id",
-                        ids,
-                    )
-                }
-            )
+            usage = await rows_per_request(conn, "usage.requests", ids)
+            answers = await rows_per_request(conn, "history.messages", ids, "AND role = 'assistant'")
             if (len(usage) == len(ids) and completed_chats <= set(answers)) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(2)
     finally:
         await conn.close()
     return Verdict(terminals, usage, answers, running)
+
+
+async def rows_per_request(
+    conn: asyncpg.Connection, table: str, ids: list[str], where: str = ""
+) -> Counter[str]:
+    """How many rows `table` holds per request id (a fixed table name, never input)."""
+    rows = await conn.fetch(
+        f"SELECT request_id, count(*) AS n FROM {table} WHERE request_id = ANY($1) {where} "
+        "GROUP BY request_id",
+        ids,
+    )
+    return Counter({r["request_id"]: r["n"] for r in rows})
 
 
 def report(run: Run, verdict: Verdict, recovery: dict[str, float], faults: list[str]) -> tuple[str, bool]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     status = 400
@@ -86,15 +88,8 @@ class ServiceUnavailable(ApiError):
     code = "service_unavailable"
     retry_after_s = 2
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, param=param, code=code, headers=headers)
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
         self.headers.setdefault("Retry-After", str(self.retry_after_s))
 
 
