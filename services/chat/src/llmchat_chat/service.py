@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from llmchat_chat import errors
 from llmchat_chat.errors import ApiError, DeadlineExceeded, ServiceUnavailable
@@ -165,10 +166,18 @@ async def _entries(kv: KeyValue, kind: type[Entry]) -> list[Entry]:
         return []
     found: list[Entry] = []
     for key in keys:
-        with contextlib.suppress(Exception):
+        # A key gone since it was listed (expired, deleted) is skipped, and so is an entry this
+        # edge cannot read (another version's). A failed read raises: the caller keeps its
+        # last view instead of one missing a worker.
+        try:
             entry = await kv.get(key)
-            if entry.value:
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            try:
                 found.append(kind.model_validate_json(entry.value))
+            except ValidationError:
+                log.warning("unreadable registry entry", extra={"key": key})
     return found
 
 
