@@ -614,6 +614,84 @@ async def soak(info: dict[str, str], seconds: float, out: Path) -> None:
     finally:
         await nc.close()
     (out / "soak.json").write_text(json.dumps(samples))
+    (out / "soak.md").write_text(soak_report(samples, out) + "\n")
+
+
+# The first minutes of a soak are warm-up (caches, pools, the engine's first batches): growth
+# is measured from the median of the first window after it to the median of the last window.
+WARM_UP_S = 300.0
+WINDOW_S = 300.0
+
+
+def soak_report(samples: list[dict[str, Any]], out: Path) -> str:
+    """A table of RSS and open files per process (after warm-up → at the end, growth) and the
+    consumers' lag, and their plots (`soak-rss.png`, `soak-fds.png`, `soak-lag.png`)."""
+    if not samples:
+        return "no samples"
+    t0 = samples[0]["t"]
+    names = sorted({k.rsplit(".", 1)[0] for row in samples for k in row if k.endswith(".rss_mb")})
+
+    def series(key: str) -> list[tuple[float, float]]:
+        return [(row["t"] - t0, row[key]) for row in samples if key in row]
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        return ordered[len(ordered) // 2] if ordered else float("nan")
+
+    end = samples[-1]["t"] - t0
+    start_of_end = max(WARM_UP_S, end - WINDOW_S)
+    rows = [
+        "| process | RSS MB after warm-up | RSS MB at the end | growth | open files after warm-up "
+        "| at the end |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        cells = []
+        for metric in ("rss_mb", "fds"):
+            points = series(f"{name}.{metric}")
+            early = median([v for t, v in points if WARM_UP_S <= t < WARM_UP_S + WINDOW_S])
+            late = median([v for t, v in points if t >= start_of_end])
+            cells.append((early, late))
+        (rss_early, rss_late), (fds_early, fds_late) = cells
+        growth = (rss_late - rss_early) / rss_early * 100 if rss_early else float("nan")
+        rows.append(
+            f"| {name} | {rss_early:.0f} | {rss_late:.0f} | {growth:+.1f} % "
+            f"| {fds_early:.0f} | {fds_late:.0f} |"
+        )
+    lags = sorted({k for row in samples for k in row if k.endswith(".pending")})
+    for key in lags:
+        values = [v for _, v in series(key)]
+        rows.append(
+            f"\n{key.rsplit('.', 1)[0]} lag (messages): max {max(values):.0f}, at the end {values[-1]:.0f}"
+        )
+    _plot(samples, t0, names, lags, out)
+    return "\n".join(rows)
+
+
+def _plot(samples: list[dict[str, Any]], t0: float, names: list[str], lags: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts = [
+        ("soak-rss.png", "RSS (MB), process and its children", [f"{n}.rss_mb" for n in names]),
+        ("soak-fds.png", "open file descriptors", [f"{n}.fds" for n in names]),
+        ("soak-lag.png", "projection consumers' lag (messages pending or unacked)", lags),
+    ]
+    for filename, title, keys in charts:
+        fig, ax = plt.subplots(figsize=(10, 5))
+        for key in keys:
+            points = [((row["t"] - t0) / 60, row[key]) for row in samples if key in row]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=key.rsplit(".", 1)[0])
+        ax.set_title(title)
+        ax.set_xlabel("minutes")
+        ax.axvline(WARM_UP_S / 60, color="grey", linestyle=":", linewidth=1)
+        ax.legend(fontsize=7, ncol=3)
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=90)
+        plt.close(fig)
 
 
 def main() -> int:
