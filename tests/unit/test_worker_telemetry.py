@@ -111,6 +111,7 @@ class NoCancels:
 class FakeMetadata:
     num_delivered: int
     timestamp: datetime.datetime
+    sequence: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(stream=1, consumer=1))
 
 
 @dataclass

@@ -99,6 +99,12 @@ class SetUserDisabledRequest(_Msg):
     disabled: bool
 
 
+class EraseUserRequest(_Msg):
+    """The account itself (email, password hash, keys, sessions) is deleted."""
+
+    user_id: str
+
+
 # -- results --------------------------------------------------------------------------------
 class TokenPair(_Msg):
     access_token: str
@@ -106,6 +112,11 @@ class TokenPair(_Msg):
     expires_in: int
     refresh_token: str
     refresh_expires_in: int
+
+
+class UserErased(_Msg):
+    id: str
+    deleted: bool = True
 
 
 class UserView(_Msg):

@@ -177,6 +177,9 @@ class ChatRequested(_Contract):
     echo: bool = False
     # `embedding`: the inputs (texts or token id arrays).
     inputs: list[str] | list[list[int]] | None = None
+    # Where the request is stored in CHAT_REQUESTS: set by its reader (`parse_request`), never
+    # published. Its events repeat it (`request_seq`), so erasing a request finds its message.
+    log_seq: int | None = Field(default=None, exclude=True)
 
     def tools_active(self) -> bool:
         return bool(self.tools) and self.tool_choice != "none"
@@ -203,6 +206,7 @@ class ChatRequested(_Contract):
             "system_prompt": first.content if first is not None and first.role == "system" else None,
             # Like the user message, stored once: not again by a regenerated answer.
             "tool_results": [] if self.regenerate else self.tool_results(),
+            "request_seq": self.log_seq,
         }
 
     def tool_results(self) -> list[ChatMessage]:
@@ -259,6 +263,9 @@ class _WithFacts(_Event):
     user_message: str | None = None
     system_prompt: str | None = None
     tool_results: list[ChatMessage] = Field(default_factory=list)
+    # The request's sequence in CHAT_REQUESTS (`forgetting` deletes it by that); None in logs
+    # written before it was recorded.
+    request_seq: int | None = None
 
 
 class Started(_WithFacts):
@@ -392,11 +399,12 @@ def parse_event(data: bytes | str) -> AnyEvent:
     return event
 
 
-def parse_request(data: bytes | str) -> ChatRequested:
+def parse_request(data: bytes | str, *, log_seq: int | None = None) -> ChatRequested:
+    """A request as stored; `log_seq` is where (its stream sequence), when read from the log."""
     request = ChatRequested.model_validate_json(data)
     if request.schema_version > SCHEMA_VERSION:
         raise UnsupportedSchemaVersion(f"request schema {request.schema_version} is too new")
-    return request
+    return request if log_seq is None else request.model_copy(update={"log_seq": log_seq})
 
 
 def is_terminal(event: _Event) -> bool:

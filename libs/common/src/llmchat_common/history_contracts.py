@@ -136,3 +136,16 @@ class Owned(_Out):
     """`check` op: the conversation exists and is the caller's (else `not_found`)."""
 
     id: str
+
+
+class EraseUser(_Body):
+    """Deletes all the user's conversations and forgets them and `request_ids` (the user's
+    other requests: API calls without a conversation, jobs) from the event log."""
+
+    user_id: str = Field(min_length=1, max_length=128)
+    request_ids: list[str] = Field(default_factory=list, max_length=1_000_000)
+
+
+class Erased(_Out):
+    conversations: int
+    requests: int

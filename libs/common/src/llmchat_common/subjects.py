@@ -35,6 +35,10 @@ def check_token(value: str) -> str:
     return value
 
 
+def is_token(value: str) -> bool:
+    return bool(_TOKEN.match(value))
+
+
 def model_token(alias: str) -> str:
     """Aliases may hold `/` or `.` (Hugging Face ids); subjects and keys get a safe token."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", alias)[:128]
@@ -117,6 +121,7 @@ AUTH_OPS = (
     "verify_api_key",
     "list_users",
     "set_user_disabled",
+    "erase_user",
     "jwks",
 )
 
@@ -134,11 +139,11 @@ def auth_wildcard() -> str:
 # -- history and usage (request-reply; only the edge may publish here) -------------------------
 HISTORY_RPC_PREFIX = "history.v1.rpc"
 HISTORY_QUEUE = "history"
-HISTORY_OPS = ("ping", "list", "get", "check", "rename", "delete", "export")
+HISTORY_OPS = ("ping", "list", "get", "check", "rename", "delete", "export", "erase_user")
 
 USAGE_RPC_PREFIX = "usage.v1.rpc"
 USAGE_QUEUE = "metrics"
-USAGE_OPS = ("ping", "usage", "admin_usage", "job_get", "job_list")
+USAGE_OPS = ("ping", "usage", "admin_usage", "job_get", "job_list", "user_requests")
 
 
 def history_subject(op: str) -> str:

@@ -127,3 +127,14 @@ class JobPage(_Out):
     data: list[JobRecord]
     # None on the last page.
     next_cursor: str | None = None
+
+
+class UserRequestsQuery(_Body):
+    """Every request the user made that the metrics service knows of (usage rows and jobs,
+    queued ones included): what erasing the user must forget."""
+
+    user_id: str = Field(min_length=1, max_length=128)
+
+
+class UserRequests(_Out):
+    request_ids: list[str]

@@ -11,6 +11,7 @@ from llmchat_common import subjects
 from llmchat_common.auth_contracts import (
     ChangePasswordRequest,
     CreateApiKeyRequest,
+    EraseUserRequest,
     ListUsersRequest,
     LoginRequest,
     LogoutRequest,
@@ -52,6 +53,7 @@ def operations(service: AuthService) -> dict[str, Operation]:
         "verify_api_key": Operation(VerifyApiKeyRequest, service.verify_api_key),
         "list_users": Operation(ListUsersRequest, service.list_users),
         "set_user_disabled": Operation(SetUserDisabledRequest, service.set_user_disabled),
+        "erase_user": Operation(EraseUserRequest, service.erase_user),
         "jwks": no_args(service.jwks),
     }
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -80,6 +80,11 @@ class AuthRepository:
             .execution_options(populate_existing=True)
         )
         return result.one_or_none()
+
+    async def delete_user(self, user_id: uuid.UUID) -> bool:
+        """The user's row, and with it (ON DELETE CASCADE) their API keys and refresh tokens."""
+        result = await self.s.execute(delete(User).where(User.id == user_id))
+        return bool(getattr(result, "rowcount", 0))
 
     async def list_users(self, *, limit: int, offset: int) -> tuple[list[User], int]:
         users = await self.s.scalars(

@@ -45,6 +45,7 @@ from llmchat_common.auth_contracts import (
     ChangePasswordRequest,
     CreateApiKeyRequest,
     Done,
+    EraseUserRequest,
     Jwks,
     ListUsersRequest,
     LoginRequest,
@@ -55,6 +56,7 @@ from llmchat_common.auth_contracts import (
     RevokeApiKeyRequest,
     SetUserDisabledRequest,
     TokenPair,
+    UserErased,
     UserList,
     UserRef,
     UserRole,
@@ -364,6 +366,17 @@ class AuthService:
             await self.revocations.delete(key)
         log.info("user disabled" if req.disabled else "user enabled", extra={"user_id": str(user_id)})
         return user_view(user)
+
+    async def erase_user(self, req: EraseUserRequest) -> UserErased:
+        """The account is deleted: email, password hash, keys and sessions. Its revocation
+        stays, so access tokens already issued stay refused until they expire."""
+        user_id = _user_id(req.user_id)
+        await self.revocations.put(revocation_key("user", str(user_id)), revocation_value())
+        async with self.db.transaction() as repo:
+            if not await repo.delete_user(user_id):
+                raise NotFound("no such user")
+        log.info("user erased", extra={"user_id": str(user_id)})
+        return UserErased(id=str(user_id))
 
     async def jwks(self) -> Jwks:
         return Jwks(keys=await self.keyring.jwks())

@@ -8,6 +8,7 @@ from faststream.nats import NatsBroker
 from llmchat_common import subjects
 from llmchat_common.history_contracts import (
     ConversationRef,
+    EraseUser,
     ExportConversation,
     ListConversations,
     RenameConversation,
@@ -25,6 +26,7 @@ def operations(service: HistoryService) -> dict[str, Operation]:
         "rename": Operation(RenameConversation, service.rename),
         "delete": Operation(ConversationRef, service.delete),
         "export": Operation(ExportConversation, service.export),
+        "erase_user": Operation(EraseUser, service.erase_user),
     }
     if tuple(ops) != subjects.HISTORY_OPS:  # the edge calls exactly these
         raise RuntimeError("history operations differ from subjects.HISTORY_OPS")

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib.resources import files
 
 from faststream.nats import NatsBroker
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmchat_common import consumer_telemetry
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
+from llmchat_common.forgetting import forget_requests
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker
 from llmchat_common.projection import ProjectionConsumer
@@ -93,14 +95,17 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
         await connect_broker(app.broker, settings.startup_timeout_s)
         js = jetstream(app.broker)
         await ensure_streams(js, settings.nats)
-        projection = HistoryProjection(titles=settings.titles, collect=True, title_model=settings.title_model)
+        forget = partial(forget_requests, js)
+        projection = HistoryProjection(
+            titles=settings.titles, collect=True, title_model=settings.title_model, forget=forget
+        )
         titles = TitlePublisher(js, app.engine, projection, title_timeout_s=settings.title_timeout_s)
         app.consumer = ProjectionConsumer(
             js, app.engine, projection, settings.projection, after_commit=titles.publish_pending
         )
         await app.consumer.ensure_consumer()
         task = asyncio.create_task(keep_consuming(app.consumer), name="history-projection")
-        service = HistoryService(app.engine)
+        service = HistoryService(app.engine, forget=forget)
         register_handlers(app.broker, service, max_workers=settings.max_concurrency)
         # Subscribing is the last step: a ping answered means everything above is in place.
         await app.broker.start()

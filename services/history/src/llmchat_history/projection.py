@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
+from llmchat_common.forgetting import Forget
 from llmchat_common.projection import StoredEvent
 from llmchat_common.telemetry import publish_traced, trace_id_of
 from llmchat_history import repository as repo
@@ -56,10 +57,20 @@ class HistoryProjection:
     name = "history"
     event_types: tuple[str, ...] = ("started", "completed", "failed", "cancelled")
 
-    def __init__(self, *, titles: bool = True, collect: bool = True, title_model: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        titles: bool = True,
+        collect: bool = True,
+        title_model: str | None = None,
+        forget: Forget | None = None,
+    ) -> None:
         self.titles = titles
         self.collect = collect
         self.title_model = title_model
+        # Erases the events of requests that end after their conversation was deleted (the
+        # delete forgot the log up to then); None when replaying (read only).
+        self.forget = forget
         # The jobs of the last `apply`; only read after its transaction committed.
         self.pending: list[TitleJob] = []
 
@@ -78,13 +89,15 @@ class HistoryProjection:
         accepted = await repo.upsert_conversations(conn, list(firsts.values()))
         for conv in rest:
             accepted |= await repo.upsert_conversations(conn, [conv])
-        for conv in plan.conversations:
-            if (conv.id, conv.user_id) not in accepted:
-                # No content in the log line: it is someone's conversation text.
-                log.warning(
-                    "events for a conversation of another user or a deleted one dropped",
-                    extra={"conversation_id": conv.id},
-                )
+        dropped = [conv for conv in plan.conversations if (conv.id, conv.user_id) not in accepted]
+        for conv in dropped:
+            # No content in the log line: it is someone's conversation text.
+            log.warning(
+                "events for a conversation of another user or a deleted one dropped",
+                extra={"conversation_id": conv.id},
+            )
+        if dropped and self.forget is not None:
+            await self._forget_late(conn, events, [conv.id for conv in dropped])
         inputs, answers = plan.messages_of(accepted)
         await repo.insert_inputs(conn, inputs)
         completed = await repo.insert_answers(conn, answers)
@@ -92,6 +105,18 @@ class HistoryProjection:
             await repo.set_model_title(conn, answer)
         if self.titles and completed:
             await self._claim_titles(conn, completed)
+
+    async def _forget_late(
+        self, conn: AsyncConnection, events: Sequence[StoredEvent], conversation_ids: list[str]
+    ) -> None:
+        """A request still running when its owner deleted the conversation ends after the
+        delete erased the log: its events are erased now (before the batch is acked, so a
+        failure retries it)."""
+        assert self.forget is not None
+        deleted = await repo.deleted_conversations(conn, conversation_ids)
+        late = [e.request_id for e in events if (e.event.conversation_id, e.event.user_id) in deleted]
+        if late:
+            await self.forget(late)
 
     async def _claim_titles(self, conn: AsyncConnection, conversation_ids: list[str]) -> None:
         # Only a conversation with an opening exchange to name it from is marked: one whose

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from llmchat_history.mapping import ConversationUpsert, TitleAnswer
 from llmchat_history.models import conversations as C
 from llmchat_history.models import messages as M
+from llmchat_history.titles import title_request_id
 
 # Columns written by statements (the tsvector columns are generated).
 CONVERSATION_COLUMNS = [c for c in C.columns if c.computed is None]
@@ -66,6 +67,16 @@ async def upsert_conversations(
         where=and_(C.c.user_id == ex.user_id, C.c.deleted_at.is_(None)),
     ).returning(C.c.id, C.c.user_id)
     return {(r.id, r.user_id) for r in await conn.execute(stmt)}
+
+
+async def deleted_conversations(conn: AsyncConnection, ids: Sequence[str]) -> set[tuple[str, str]]:
+    """The (id, owner) pairs among `ids` that their owner deleted (tombstones)."""
+    if not ids:
+        return set()
+    rows = await conn.execute(
+        select(C.c.id, C.c.user_id).where(C.c.id.in_(list(ids)), C.c.deleted_at.is_not(None))
+    )
+    return {(r.id, r.user_id) for r in rows}
 
 
 # The primary key: ON CONFLICT names it.
@@ -259,6 +270,33 @@ async def rename(
         .returning(C.c.id)
     )
     return result.first() is not None
+
+
+async def request_ids(conn: AsyncConnection, conversation_id: str) -> list[str]:
+    """The requests whose messages the conversation holds."""
+    rows = await conn.execute(select(M.c.request_id).where(M.c.conversation_id == conversation_id).distinct())
+    return [row.request_id for row in rows]
+
+
+async def user_request_ids(conn: AsyncConnection, user_id: str) -> list[str]:
+    """Every request whose messages the user's conversations hold, and their title requests."""
+    rows = await conn.execute(select(M.c.request_id).where(M.c.user_id == user_id).distinct())
+    titles = await conn.execute(select(C.c.id).where(C.c.user_id == user_id, C.c.deleted_at.is_(None)))
+    return [row.request_id for row in rows] + [title_request_id(row.id) for row in titles]
+
+
+async def erase_user(conn: AsyncConnection, user_id: str, now: datetime) -> int:
+    """All the user's conversations deleted (tombstones, as `delete_conversation` leaves), in
+    the caller's transaction; how many there were."""
+    result = await conn.execute(
+        update(C)
+        .where(C.c.user_id == user_id, C.c.deleted_at.is_(None))
+        .values(deleted_at=now, title="", system_prompt=None)
+        .returning(C.c.id)
+    )
+    erased = len(result.all())
+    await conn.execute(delete(M).where(M.c.user_id == user_id))
+    return erased
 
 
 async def delete_conversation(

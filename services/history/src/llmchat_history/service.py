@@ -11,12 +11,15 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmchat_common.contracts import ToolCall
+from llmchat_common.forgetting import Forget
 from llmchat_common.history_contracts import (
     Conversation,
     ConversationPage,
     ConversationRef,
     ConversationSummary,
     Deleted,
+    Erased,
+    EraseUser,
     ExportConversation,
     Exported,
     ListConversations,
@@ -28,6 +31,7 @@ from llmchat_common.history_contracts import (
 from llmchat_common.rpc import InvalidRequest, NotFound
 from llmchat_history import repository as repo
 from llmchat_history.rendering import decode_cursor, encode_cursor, export
+from llmchat_history.titles import title_request_id
 
 
 class Pong(BaseModel):
@@ -85,8 +89,11 @@ def clean_user_title(title: str) -> str:
 
 
 class HistoryService:
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, forget: Forget, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.engine = engine
+        self.forget = forget
         self.clock = clock
 
     async def ping(self) -> Pong:
@@ -136,10 +143,28 @@ class HistoryService:
         return summary(row)
 
     async def delete(self, req: ConversationRef) -> Deleted:
+        """Deleting forgets: the conversation's requests (and its title's) leave the event log
+        first, then its rows. A failure in between leaves the conversation listed, so that the
+        user's retry finishes the job."""
+        async with self.engine.connect() as conn:
+            if await repo.conversation(conn, req.user_id, req.conversation_id) is None:
+                raise NotFound("conversation not found")
+            request_ids = await repo.request_ids(conn, req.conversation_id)
+        await self.forget([*request_ids, title_request_id(req.conversation_id)])
         async with self.engine.begin() as conn:
             if not await repo.delete_conversation(conn, req.user_id, req.conversation_id, self.clock()):
                 raise NotFound("conversation not found")
         return Deleted(id=req.conversation_id)
+
+    async def erase_user(self, req: EraseUser) -> Erased:
+        """Forgets everything of the user's (their conversations and the requests named), like
+        `delete` does for one conversation; idempotent, so a failed erasure is retried."""
+        async with self.engine.connect() as conn:
+            request_ids = [*await repo.user_request_ids(conn, req.user_id), *req.request_ids]
+        forgotten = await self.forget(request_ids)
+        async with self.engine.begin() as conn:
+            conversations = await repo.erase_user(conn, req.user_id, self.clock())
+        return Erased(conversations=conversations, requests=forgotten)
 
     async def export(self, req: ExportConversation) -> Exported:
         conversation = await self.get(

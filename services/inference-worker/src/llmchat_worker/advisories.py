@@ -29,7 +29,7 @@ async def fail_exhausted_request(js: JetStreamContext, stream_seq: int, deliveri
     client gets a clear error instead of waiting for the deadline. Every worker of the model
     hears the advisory; the message id makes the event exist once."""
     raw = await js.get_msg(subjects.REQUESTS_STREAM, stream_seq)
-    request = parse_request(raw.data or b"")
+    request = parse_request(raw.data or b"", log_seq=stream_seq)
     with (
         log_context(request_id=request.request_id, user_id=request.user_id),
         consumer_span(

@@ -360,7 +360,7 @@ class RequestConsumer:
         attempt = int(msg.metadata.num_delivered)
         parent = extract(msg.headers)
         try:
-            request = parse_request(msg.data)
+            request = parse_request(msg.data, log_seq=msg.metadata.sequence.stream)
         except (ValidationError, ValueError):
             with attached(parent):
                 log.error("malformed request dropped", extra={"subject": msg.subject})

@@ -7,7 +7,13 @@ from faststream.nats import NatsBroker
 
 from llmchat_common import subjects
 from llmchat_common.rpc import Operation, no_args, serve_operations
-from llmchat_common.usage_contracts import AdminUsageQuery, JobListQuery, JobQuery, UsageQuery
+from llmchat_common.usage_contracts import (
+    AdminUsageQuery,
+    JobListQuery,
+    JobQuery,
+    UsageQuery,
+    UserRequestsQuery,
+)
 from llmchat_metrics.service import UsageService
 
 
@@ -18,6 +24,7 @@ def operations(service: UsageService) -> dict[str, Operation]:
         "admin_usage": Operation(AdminUsageQuery, service.admin_usage),
         "job_get": Operation(JobQuery, service.job_get),
         "job_list": Operation(JobListQuery, service.job_list),
+        "user_requests": Operation(UserRequestsQuery, service.user_requests),
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import text
+from sqlalchemy import select, text, union
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmchat_common.usage_contracts import (
@@ -14,8 +14,11 @@ from llmchat_common.usage_contracts import (
     JobRecord,
     UsageQuery,
     UsageReport,
+    UserRequests,
+    UserRequestsQuery,
 )
 from llmchat_metrics.job_queries import get_job, list_jobs
+from llmchat_metrics.models import Job, UsageRequest
 from llmchat_metrics.reports import build_report, report_query, status_sums
 
 
@@ -53,3 +56,12 @@ class UsageService:
     async def job_list(self, query: JobListQuery) -> JobPage:
         async with self.engine.connect() as conn:
             return await list_jobs(conn, query)
+
+    async def user_requests(self, query: UserRequestsQuery) -> UserRequests:
+        stmt = union(
+            select(UsageRequest.request_id).where(UsageRequest.user_id == query.user_id),
+            select(Job.request_id).where(Job.user_id == query.user_id),
+        )
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(stmt)
+        return UserRequests(request_ids=sorted(row[0] for row in rows))

@@ -9,7 +9,8 @@ keeps the two identical. Regenerate the deployment block with
 What a JetStream client needs beyond its own subjects (nats-py 2.16):
 - `$JS.API.*` requests: stream create/update/info (`ensure_streams` and `ensure_kv` at start),
   consumer create/info/next, direct gets. Each grant names its stream; delete, purge,
-  snapshot/restore, other streams and server-level calls stay denied.
+  snapshot/restore, other streams and server-level calls stay denied, except the erasure
+  that history alone does (`_erase`: a request's message and its events' subjects).
 - replies on the connection's inbox (`_INBOX.>` unless the connection sets its own prefix):
   JetStream API responses, publish acks, pull-consumer deliveries, KV watches;
 - `$JS.ACK.<stream>.>` for the consumers it acknowledges, `$JS.FC.<stream>.>` to answer flow
@@ -124,6 +125,17 @@ def _consume_only(stream: str, durable: str) -> list[str]:
         f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
         f"{_API}.CONSUMER.MSG.NEXT.{stream}.>",
         f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _erase() -> list[str]:
+    """Forgetting requests (`llmchat_common.forgetting`): finding a request's message through
+    its events, deleting that message, purging the events' subjects."""
+    return [
+        *_get(s.EVENTS_STREAM),
+        *_get(s.REQUESTS_STREAM),
+        f"{_API}.STREAM.MSG.DELETE.{s.REQUESTS_STREAM}",
+        f"{_API}.STREAM.PURGE.{s.EVENTS_STREAM}",
     ]
 
 
@@ -285,8 +297,9 @@ def permissions() -> dict[str, Permissions]:
         # it with ephemeral ones, answer their own request-reply subjects. History also asks
         # the model for conversation titles: it writes the request stream, on which it creates
         # no consumer (the invariant above). Metrics projects the jobs, queued ones included,
-        # so it reads the request stream too (and writes neither stream).
-        "history": _projection("history", HISTORY_RPC, s.HISTORY_QUEUE, publish=[REQUESTS]),
+        # so it reads the request stream too (and writes neither stream). History alone
+        # erases requests from the log (a deleted conversation's, an erased user's).
+        "history": _projection("history", HISTORY_RPC, s.HISTORY_QUEUE, publish=[REQUESTS], extra=_erase()),
         "metrics": _projection(
             "metrics",
             USAGE_RPC,

@@ -7,10 +7,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from llmchat_chat.api.deps import AdminDep, AuthenticatorDep, ServiceDep
+from llmchat_chat.api.deps import AdminDep, AuthenticatorDep, HistoryDep, ServiceDep, UsageDep
 from llmchat_chat.api.models import model_entries
 from llmchat_chat.errors import InvalidRequest
-from llmchat_common.auth_contracts import ListUsersRequest, SetUserDisabledRequest, UserList, UserView
+from llmchat_common.auth_contracts import (
+    EraseUserRequest,
+    ListUsersRequest,
+    SetUserDisabledRequest,
+    UserErased,
+    UserList,
+    UserView,
+)
+from llmchat_common.history_contracts import Erased, EraseUser
+from llmchat_common.usage_contracts import UserRequests, UserRequestsQuery
 
 router = APIRouter(tags=["admin"])
 
@@ -41,6 +50,35 @@ async def update_user(user_id: str, body: UserPatch, caller: AdminDep, auth: Aut
     else:
         auth.revocations.discard("user", user_id)
     return user
+
+
+@router.delete("/v1/admin/users/{user_id}")
+async def erase_user(
+    user_id: str, caller: AdminDep, auth: AuthenticatorDep, history: HistoryDep, usage: UsageDep
+) -> dict[str, Any]:
+    """Erases a user: disabled first (nothing new comes in), then every request of theirs
+    forgotten from the event log (the conversations' and the others the usage service knows),
+    their conversations deleted, and last the account itself. Each step is idempotent: after a
+    failure (a 503), the same call finishes the job. Usage rows stay, without content: they are
+    the billing record."""
+    if user_id == caller.user_id:
+        raise InvalidRequest("administrators cannot erase their own account", param="user_id")
+    await auth.client.call(
+        "set_user_disabled", SetUserDisabledRequest(user_id=user_id, disabled=True), UserView
+    )
+    auth.revocations.add("user", user_id)
+    others = await usage.call("user_requests", UserRequestsQuery(user_id=user_id), UserRequests)
+    erased = await history.call(
+        "erase_user", EraseUser(user_id=user_id, request_ids=others.request_ids), Erased
+    )
+    await auth.client.call("erase_user", EraseUserRequest(user_id=user_id), UserErased)
+    return {
+        "object": "user.deleted",
+        "id": user_id,
+        "deleted": True,
+        "conversations_deleted": erased.conversations,
+        "requests_forgotten": erased.requests,
+    }
 
 
 @router.get("/v1/admin/workers")
