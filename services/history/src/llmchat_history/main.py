@@ -25,7 +25,7 @@ from llmchat_common import consumer_telemetry
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.forgetting import forget_requests
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
-from llmchat_common.messaging import ensure_streams, jetstream, make_broker
+from llmchat_common.messaging import ensure_streams, jetstream, make_broker, nats_client
 from llmchat_common.projection import ProjectionConsumer
 from llmchat_common.telemetry import serve_metrics, stop_metrics
 from llmchat_history.handlers import register_handlers
@@ -95,7 +95,7 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
         await connect_broker(app.broker, settings.startup_timeout_s)
         js = jetstream(app.broker)
         await ensure_streams(js, settings.nats)
-        forget = partial(forget_requests, js)
+        forget = partial(forget_requests, nats_client(app.broker))
         projection = HistoryProjection(
             titles=settings.titles, collect=True, title_model=settings.title_model, forget=forget
         )

@@ -130,11 +130,13 @@ def _consume_only(stream: str, durable: str) -> list[str]:
 
 def _erase() -> list[str]:
     """Forgetting requests (`llmchat_common.forgetting`): finding a request's message through
-    its events, deleting that message, purging the events' subjects."""
+    its events, deleting that message and each event (secure deletes), purging the events'
+    subjects."""
     return [
         *_get(s.EVENTS_STREAM),
         *_get(s.REQUESTS_STREAM),
         f"{_API}.STREAM.MSG.DELETE.{s.REQUESTS_STREAM}",
+        f"{_API}.STREAM.MSG.DELETE.{s.EVENTS_STREAM}",
         f"{_API}.STREAM.PURGE.{s.EVENTS_STREAM}",
     ]
 
