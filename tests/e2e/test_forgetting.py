@@ -14,7 +14,8 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from llmchat_common import subjects
-from llmchat_common.contracts import Delta, Started
+from llmchat_common.contracts import Delta
+from llmchat_common.forgetting import outcome
 from llmchat_common.testing.services import Account, create_account
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL
@@ -60,14 +61,17 @@ def files_holding(folder: Path, needle: str) -> list[str]:
 
 
 async def request_seqs(stack: LocalStack, request_ids: list[str]) -> dict[str, int]:
-    """Where each request is in CHAT_REQUESTS, as its `started` says."""
-    found = {}
-    for request_id in request_ids:
-        events = await read_request_events(stack.env(), request_id, wait_terminal=0)
-        for event in events:
-            if isinstance(event, Started) and event.request_seq is not None:
-                found[request_id] = event.request_seq
-    return found
+    """Where each request is in CHAT_REQUESTS, as its events say."""
+    nc = await connect_nats(stack.env())
+    try:
+        found = {}
+        for request_id in request_ids:
+            _, seq = await outcome(nc.jetstream(), request_id)
+            if seq is not None:
+                found[request_id] = seq
+        return found
+    finally:
+        await nc.close()
 
 
 async def gone_from_the_log(stack: LocalStack, request_ids: list[str], seqs: dict[str, int]) -> bool:
