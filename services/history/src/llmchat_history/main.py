@@ -28,6 +28,7 @@ from llmchat_common.lifecycle import connect_broker, run_process, serve_until_st
 from llmchat_common.messaging import ensure_streams, jetstream, make_broker, nats_client
 from llmchat_common.projection import ProjectionConsumer
 from llmchat_common.telemetry import serve_metrics, stop_metrics
+from llmchat_history.erasing import Eraser
 from llmchat_history.handlers import register_handlers
 from llmchat_history.models import SCHEMA
 from llmchat_history.projection import HistoryProjection, TitlePublisher
@@ -86,7 +87,7 @@ async def keep_consuming(consumer: ProjectionConsumer) -> None:
 @asynccontextmanager
 async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
     settings = app.settings
-    task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     started = False
     metrics = None
     try:
@@ -95,17 +96,23 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
         await connect_broker(app.broker, settings.startup_timeout_s)
         js = jetstream(app.broker)
         await ensure_streams(js, settings.nats)
-        forget = partial(forget_requests, nats_client(app.broker))
+        eraser = Eraser(
+            app.engine,
+            partial(forget_requests, nats_client(app.broker)),
+            interval_s=settings.erase_interval_s,
+            retention_s=settings.nats.events_max_age_s,
+        )
         projection = HistoryProjection(
-            titles=settings.titles, collect=True, title_model=settings.title_model, forget=forget
+            titles=settings.titles, collect=True, title_model=settings.title_model, erase_late=True
         )
         titles = TitlePublisher(js, app.engine, projection, title_timeout_s=settings.title_timeout_s)
         app.consumer = ProjectionConsumer(
             js, app.engine, projection, settings.projection, after_commit=titles.publish_pending
         )
         await app.consumer.ensure_consumer()
-        task = asyncio.create_task(keep_consuming(app.consumer), name="history-projection")
-        service = HistoryService(app.engine, forget=forget)
+        tasks.append(asyncio.create_task(keep_consuming(app.consumer), name="history-projection"))
+        tasks.append(asyncio.create_task(eraser.run(), name="history-eraser"))
+        service = HistoryService(app.engine, erase_soon=eraser.wake)
         register_handlers(app.broker, service, max_workers=settings.max_concurrency)
         # Subscribing is the last step: a ping answered means everything above is in place.
         await app.broker.start()
@@ -113,8 +120,9 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
         log.info("history ready", extra={"titles": settings.titles})
         yield service
     finally:
-        if task is not None:
-            # A batch cut short is not acked: it is redelivered to whoever runs next.
+        # A batch cut short is not acked: it is redelivered to whoever runs next. An erasure cut
+        # short stays queued.
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

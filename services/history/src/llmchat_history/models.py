@@ -124,6 +124,20 @@ class Message(Base):
     content_tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(CONTENT_TSV, persisted=True))
 
 
+class Erasure(Base):
+    """A request to erase from the event log (`llmchat_common.forgetting`), queued in the
+    transaction that deletes its rows (a deleted conversation's, an erased user's) and worked
+    off by the eraser (`erasing.py`) once the request has ended; the row goes when it is done.
+    Only ids: nothing of what was said."""
+
+    __tablename__ = "erasures"
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    requested_at: Mapped[datetime] = _ts()
+    tries: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
 # Core views of the tables (the projection and replay write with Core statements).
 conversations: Table = Conversation.__table__  # type: ignore[assignment]
 messages: Table = Message.__table__  # type: ignore[assignment]
+erasures: Table = Erasure.__table__  # type: ignore[assignment]

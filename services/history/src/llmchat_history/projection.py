@@ -22,12 +22,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
-from llmchat_common.forgetting import Forget
 from llmchat_common.projection import StoredEvent
 from llmchat_common.telemetry import publish_traced, trace_id_of
 from llmchat_history import repository as repo
@@ -63,14 +63,14 @@ class HistoryProjection:
         titles: bool = True,
         collect: bool = True,
         title_model: str | None = None,
-        forget: Forget | None = None,
+        erase_late: bool = False,
     ) -> None:
         self.titles = titles
         self.collect = collect
         self.title_model = title_model
-        # Erases the events of requests that end after their conversation was deleted (the
-        # delete forgot the log up to then); None when replaying (read only).
-        self.forget = forget
+        # Queue for erasure the requests whose events name a deleted conversation (a turn that
+        # ran on after the delete, a request queued before it); not when replaying.
+        self.erase_late = erase_late
         # The jobs of the last `apply`; only read after its transaction committed.
         self.pending: list[TitleJob] = []
 
@@ -96,8 +96,8 @@ class HistoryProjection:
                 "events for a conversation of another user or a deleted one dropped",
                 extra={"conversation_id": conv.id},
             )
-        if dropped and self.forget is not None:
-            await self._forget_late(conn, events, [conv.id for conv in dropped])
+        if dropped and self.erase_late:
+            await self._erase_late(conn, events, [conv.id for conv in dropped])
         inputs, answers = plan.messages_of(accepted)
         await repo.insert_inputs(conn, inputs)
         completed = await repo.insert_answers(conn, answers)
@@ -106,17 +106,17 @@ class HistoryProjection:
         if self.titles and completed:
             await self._claim_titles(conn, completed)
 
-    async def _forget_late(
+    async def _erase_late(
         self, conn: AsyncConnection, events: Sequence[StoredEvent], conversation_ids: list[str]
     ) -> None:
-        """A request still running when its owner deleted the conversation ends after the
-        delete erased the log: its events are erased now (before the batch is acked, so a
-        failure retries it)."""
-        assert self.forget is not None
+        """Events of a deleted conversation (of its owner's): their requests are queued for
+        erasure in this batch's transaction (the eraser waits for them to end)."""
         deleted = await repo.deleted_conversations(conn, conversation_ids)
         late = [e.request_id for e in events if (e.event.conversation_id, e.event.user_id) in deleted]
         if late:
-            await self.forget(late)
+            # Queued at the time of the events (a replayed batch queues them at the same time).
+            at = datetime.fromtimestamp(max(e.event.ts for e in events), UTC)
+            await repo.queue_erasures(conn, late, at)
 
     async def _claim_titles(self, conn: AsyncConnection, conversation_ids: list[str]) -> None:
         # Only a conversation with an opening exchange to name it from is marked: one whose

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmchat_history.mapping import ConversationUpsert, TitleAnswer
 from llmchat_history.models import conversations as C
+from llmchat_history.models import erasures as E
 from llmchat_history.models import messages as M
 from llmchat_history.titles import title_request_id
 
@@ -276,6 +277,39 @@ async def request_ids(conn: AsyncConnection, conversation_id: str) -> list[str]:
     """The requests whose messages the conversation holds."""
     rows = await conn.execute(select(M.c.request_id).where(M.c.conversation_id == conversation_id).distinct())
     return [row.request_id for row in rows]
+
+
+# -- erasures --------------------------------------------------------------------------------
+async def queue_erasures(conn: AsyncConnection, request_ids: Sequence[str], now: datetime) -> int:
+    """Requests to erase from the log, in the caller's transaction (a request already queued
+    keeps its place); how many were new."""
+    if not request_ids:
+        return 0
+    rows = [{"request_id": r, "requested_at": now} for r in dict.fromkeys(request_ids)]
+    result = await conn.execute(
+        pg_insert(E)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[E.c.request_id])
+        .returning(E.c.request_id)
+    )
+    return len(result.all())
+
+
+async def pending_erasures(conn: AsyncConnection, limit: int) -> Sequence[Row[Any, Any, Any]]:
+    """The oldest erasures not done yet."""
+    result = await conn.execute(
+        select(E.c.request_id, E.c.requested_at, E.c.tries).order_by(E.c.requested_at).limit(limit)
+    )
+    return result.all()
+
+
+async def erasure_done(conn: AsyncConnection, request_id: str) -> None:
+    await conn.execute(delete(E).where(E.c.request_id == request_id))
+
+
+async def erasure_tried(conn: AsyncConnection, request_ids: Sequence[str]) -> None:
+    if request_ids:
+        await conn.execute(update(E).where(E.c.request_id.in_(list(request_ids))).values(tries=E.c.tries + 1))
 
 
 async def user_request_ids(conn: AsyncConnection, user_id: str) -> list[str]:

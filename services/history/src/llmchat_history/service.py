@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmchat_common.contracts import ToolCall
-from llmchat_common.forgetting import Forget
 from llmchat_common.history_contracts import (
     Conversation,
     ConversationPage,
@@ -90,10 +89,11 @@ def clean_user_title(title: str) -> str:
 
 class HistoryService:
     def __init__(
-        self, engine: AsyncEngine, *, forget: Forget, clock: Callable[[], datetime] = utcnow
+        self, engine: AsyncEngine, *, erase_soon: Callable[[], None], clock: Callable[[], datetime] = utcnow
     ) -> None:
         self.engine = engine
-        self.forget = forget
+        # Wakes the eraser (`Eraser.wake`) once erasures are queued.
+        self.erase_soon = erase_soon
         self.clock = clock
 
     async def ping(self) -> Pong:
@@ -143,28 +143,28 @@ class HistoryService:
         return summary(row)
 
     async def delete(self, req: ConversationRef) -> Deleted:
-        """Deleting forgets: the conversation's requests (and its title's) leave the event log
-        first, then its rows. A failure in between leaves the conversation listed, so that the
-        user's retry finishes the job."""
-        async with self.engine.connect() as conn:
-            if await repo.conversation(conn, req.user_id, req.conversation_id) is None:
-                raise NotFound("conversation not found")
-            request_ids = await repo.request_ids(conn, req.conversation_id)
-        await self.forget([*request_ids, title_request_id(req.conversation_id)])
+        """Deleting forgets: in one transaction the conversation becomes a tombstone, its
+        messages go, and its requests (its title's too) are queued for erasure from the event
+        log, which the eraser does once each has ended (`erasing.py`)."""
         async with self.engine.begin() as conn:
+            request_ids = await repo.request_ids(conn, req.conversation_id)
             if not await repo.delete_conversation(conn, req.user_id, req.conversation_id, self.clock()):
                 raise NotFound("conversation not found")
+            await repo.queue_erasures(
+                conn, [*request_ids, title_request_id(req.conversation_id)], self.clock()
+            )
+        self.erase_soon()
         return Deleted(id=req.conversation_id)
 
     async def erase_user(self, req: EraseUser) -> Erased:
-        """Forgets everything of the user's (their conversations and the requests named), like
-        `delete` does for one conversation; idempotent, so a failed erasure is retried."""
-        async with self.engine.connect() as conn:
-            request_ids = [*await repo.user_request_ids(conn, req.user_id), *req.request_ids]
-        forgotten = await self.forget(request_ids)
+        """Everything of the user's, as `delete` does for one conversation: all their
+        conversations, and the requests named (the user's others); idempotent."""
         async with self.engine.begin() as conn:
+            request_ids = [*await repo.user_request_ids(conn, req.user_id), *req.request_ids]
             conversations = await repo.erase_user(conn, req.user_id, self.clock())
-        return Erased(conversations=conversations, requests=forgotten)
+            await repo.queue_erasures(conn, request_ids, self.clock())
+        self.erase_soon()
+        return Erased(conversations=conversations, requests=len(set(request_ids)))
 
     async def export(self, req: ExportConversation) -> Exported:
         conversation = await self.get(

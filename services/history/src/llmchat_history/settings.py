@@ -35,6 +35,10 @@ class HistorySettings(BaseSettings):
     # Touched every few seconds while serving: a liveness probe for containers (no HTTP port).
     health_file: Path | None = None
 
+    # The eraser's pass over the queue of requests to forget from the event log (it is also
+    # woken by each delete).
+    erase_interval_s: float = Field(default=5.0, gt=0)
+
     projection: ProjectionSettings = Field(default_factory=ProjectionSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)

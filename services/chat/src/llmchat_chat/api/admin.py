@@ -56,9 +56,9 @@ async def update_user(user_id: str, body: UserPatch, caller: AdminDep, auth: Aut
 async def erase_user(
     user_id: str, caller: AdminDep, auth: AuthenticatorDep, history: HistoryDep, usage: UsageDep
 ) -> dict[str, Any]:
-    """Erases a user: disabled first (nothing new comes in), then every request of theirs
-    forgotten from the event log (the conversations' and the others the usage service knows),
-    their conversations deleted, and last the account itself. Each step is idempotent: after a
+    """Erases a user: disabled first (nothing new comes in), then their conversations deleted
+    and every request of theirs (the conversations' and the others the usage service knows)
+    queued for erasure from the event log, and last the account itself. Each step is idempotent: after a
     failure (a 503), the same call finishes the job. Usage rows stay, without content: they are
     the billing record."""
     if user_id == caller.user_id:
@@ -77,7 +77,9 @@ async def erase_user(
         "id": user_id,
         "deleted": True,
         "conversations_deleted": erased.conversations,
-        "requests_forgotten": erased.requests,
+        # Queued for erasure from the event log: the history service's eraser does it in the
+        # background, each request once it has ended.
+        "requests_to_erase": erased.requests,
     }
 
 
