@@ -274,9 +274,11 @@ async def rename(
 
 
 async def request_ids(conn: AsyncConnection, conversation_id: str) -> list[str]:
-    """The requests whose messages the conversation holds."""
+    """The requests whose messages the conversation holds, and its title request if it was
+    ever asked for (one never asked for has nothing in the log to wait for)."""
     rows = await conn.execute(select(M.c.request_id).where(M.c.conversation_id == conversation_id).distinct())
-    return [row.request_id for row in rows]
+    titled = await conn.scalar(select(C.c.title_requested).where(C.c.id == conversation_id))
+    return [row.request_id for row in rows] + ([title_request_id(conversation_id)] if titled else [])
 
 
 # -- erasures --------------------------------------------------------------------------------
@@ -315,7 +317,9 @@ async def erasure_tried(conn: AsyncConnection, request_ids: Sequence[str]) -> No
 async def user_request_ids(conn: AsyncConnection, user_id: str) -> list[str]:
     """Every request whose messages the user's conversations hold, and their title requests."""
     rows = await conn.execute(select(M.c.request_id).where(M.c.user_id == user_id).distinct())
-    titles = await conn.execute(select(C.c.id).where(C.c.user_id == user_id, C.c.deleted_at.is_(None)))
+    titles = await conn.execute(
+        select(C.c.id).where(C.c.user_id == user_id, C.c.deleted_at.is_(None), C.c.title_requested)
+    )
     return [row.request_id for row in rows] + [title_request_id(row.id) for row in titles]
 
 

@@ -30,7 +30,6 @@ from llmchat_common.history_contracts import (
 from llmchat_common.rpc import InvalidRequest, NotFound
 from llmchat_history import repository as repo
 from llmchat_history.rendering import decode_cursor, encode_cursor, export
-from llmchat_history.titles import title_request_id
 
 
 class Pong(BaseModel):
@@ -147,12 +146,11 @@ class HistoryService:
         messages go, and its requests (its title's too) are queued for erasure from the event
         log, which the eraser does once each has ended (`erasing.py`)."""
         async with self.engine.begin() as conn:
+            # Read first: the delete clears the messages (and checks the owner).
             request_ids = await repo.request_ids(conn, req.conversation_id)
             if not await repo.delete_conversation(conn, req.user_id, req.conversation_id, self.clock()):
                 raise NotFound("conversation not found")
-            await repo.queue_erasures(
-                conn, [*request_ids, title_request_id(req.conversation_id)], self.clock()
-            )
+            await repo.queue_erasures(conn, request_ids, self.clock())
         self.erase_soon()
         return Deleted(id=req.conversation_id)
 
