@@ -301,13 +301,10 @@ async def test_sigkill_mid_tool_call_and_mid_json_answer_start_over(
         assert stored == [(c["id"], c["name"], c["arguments"]) for c in streamed["calls"]]
 
     # -- Two json_schema answers on the next worker, one streamed (its client has been shown
-    # the start of the JSON) and one whole, SIGKILLed mid-answer. ---------------------------
-    whole = asyncio.create_task(
-        completions.create(
-            model=FAILOVER_MODEL, response_format=json_format(FOUR_WORDS), extra_body=STORE, **JSON_ANSWER
-        )
-    )
-    whole_id = (await watcher.first_attempts_on("worker-s2", 1))[0]
+    # the start of the JSON) and one whole, SIGKILLed mid-answer. The long one (~1300 tokens)
+    # starts first and the short one (~500) once it streams, so both still run when the short
+    # one has text (the other way round, the short one could end while the long one's grammar
+    # was still being compiled). ------------------------------------------------------------
     stream = await completions.create(
         model=FAILOVER_MODEL,
         response_format=json_format(OKS),
@@ -317,8 +314,14 @@ async def test_sigkill_mid_tool_call_and_mid_json_answer_start_over(
         **JSON_ANSWER,
     )
     shown, stream = await first_content(stream)
+    whole = asyncio.create_task(
+        completions.create(
+            model=FAILOVER_MODEL, response_format=json_format(FOUR_WORDS), extra_body=STORE, **JSON_ANSWER
+        )
+    )
     started = await watcher.first_attempts_on("worker-s2", 2)
-    assert started == [whole_id, stream_id(stream)]
+    assert started[0] == stream_id(stream)
+    whole_id = started[1]
     await watcher.mid_answer(started, "worker-s2")
     s2.kill()
     assert not whole.done()
