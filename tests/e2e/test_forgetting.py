@@ -55,6 +55,14 @@ async def usage_rows(stack: LocalStack, request_ids: list[str]) -> int:
         await conn.close()
 
 
+async def stored_turn(http: httpx.AsyncClient, content: str) -> httpx.Response:
+    """A short answer in a new stored conversation."""
+    body = {"model": MAIN_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+    answer = await http.post("/v1/chat/completions", json={**body, "store": True})
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
 def files_holding(folder: Path, needle: str) -> list[str]:
     data = needle.encode()
     return [str(p) for p in folder.rglob("*") if p.is_file() and data in p.read_bytes()]
@@ -101,29 +109,10 @@ async def test_deleting_a_conversation_forgets_it(stack: LocalStack, edge_url: s
     user = create_account(edge_url)
     mark = f"zebracorn{uuid.uuid4().hex[:12]}"
     async with httpx.AsyncClient(base_url=edge_url, headers=bearer(user), timeout=120) as http:
-        first = await http.post(
-            "/v1/chat/completions",
-            json={
-                "model": MAIN_MODEL,
-                "messages": [{"role": "user", "content": f"Remember the word {mark}."}],
-                "max_tokens": 8,
-                "store": True,
-            },
-        )
-        assert first.status_code == 200, first.text
+        first = await stored_turn(http, f"Remember the word {mark}.")
         cid = first.headers["x-conversation-id"]
         first_id = first.headers["x-request-id"]
-        other = await http.post(
-            "/v1/chat/completions",
-            json={
-                "model": MAIN_MODEL,
-                "messages": [{"role": "user", "content": "Keep me."}],
-                "max_tokens": 8,
-                "store": True,
-            },
-        )
-        assert other.status_code == 200, other.text
-        other_id = other.headers["x-request-id"]
+        other_id = (await stored_turn(http, "Keep me.")).headers["x-request-id"]
 
         async def titled() -> bool:
             got = await http.get(f"/v1/conversations/{cid}")

@@ -30,7 +30,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
 
 def check_token(value: str) -> str:
-    if not _TOKEN.match(value):
+    if not is_token(value):
         raise ValueError(f"not a valid subject token: {value!r}")
     return value
 
