@@ -135,6 +135,32 @@ async def test_cancel_mid_generation_keeps_partial_usage() -> None:
     check_invariants(sink.events)
 
 
+async def test_failed_mid_generation_by_the_platform_keeps_the_text_so_far() -> None:
+    """A full event log ends the answer `failed`, retriable, with what was generated."""
+    engine = ScriptedEngine(n_tokens=1000, delay=0.005)
+    run, sink = runner(engine, make_request(max_tokens=None))
+    task = asyncio.create_task(run.run())
+    while len([e for e in sink.events if isinstance(e, Delta)]) < 2:
+        await asyncio.sleep(0.005)
+    run.fail("log_full", "the event log is full; retry later")
+    run.cancel("client")  # too late: the first outcome stands
+    terminal = await task
+    assert isinstance(terminal, Failed) and terminal.code == "log_full" and terminal.retriable
+    assert 0 < terminal.usage.completion_tokens < 1000 and terminal.text
+    assert engine.aborted == ["chatcmpl-test-1"]
+    check_invariants(sink.events)
+
+
+async def test_failed_before_it_starts_never_reaches_the_engine() -> None:
+    engine = ScriptedEngine()
+    run, sink = runner(engine)
+    run.fail("log_full", "the event log is full; retry later")
+    terminal = await run.run()
+    assert isinstance(terminal, Failed) and terminal.code == "log_full"
+    assert terminal.usage.completion_tokens == 0 and sink.events == [terminal]
+    assert not engine.aborted  # nothing was started
+
+
 async def test_deadline_aborts_engine_and_says_why() -> None:
     engine = ScriptedEngine(n_tokens=1000, delay=0.005)
     run, sink = runner(engine, make_request(max_tokens=None, timeout=0.2))

@@ -60,6 +60,11 @@ BATCH_SECONDS = Histogram(
     buckets=BATCH_SECONDS_BUCKETS,
 )
 ERRORS = Counter("llmchat_consumer_errors", "Failed batch attempts (retried until they commit)", ["consumer"])
+DISK_FULL = Counter(
+    "llmchat_consumer_disk_full",
+    "Failed batch attempts because Postgres had no disk space left (retried; nothing is acked)",
+    ["consumer"],
+)
 SKIPPED = Counter(
     "llmchat_consumer_skipped",
     "Events the database refused for their content (logged, skipped)",

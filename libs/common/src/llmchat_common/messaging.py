@@ -65,7 +65,7 @@ def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
     common = {
         "retention": RetentionPolicy.LIMITS,
         "storage": StorageType.FILE,
-        "discard": DiscardPolicy.OLD,
+        "discard": DiscardPolicy.NEW,
         "duplicate_window": settings.duplicate_window_s,
         "max_msg_size": settings.max_msg_bytes,
         "allow_direct": True,
@@ -75,18 +75,21 @@ def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
             name=subjects.REQUESTS_STREAM,
             subjects=[subjects.requests_wildcard()],
             max_age=settings.requests_max_age_s,
+            max_bytes=settings.requests_max_bytes,
             **common,  # type: ignore[arg-type]
         ),
         StreamConfig(
             name=subjects.EVENTS_STREAM,
             subjects=[subjects.events_wildcard()],
             max_age=settings.events_max_age_s,
+            max_bytes=settings.events_max_bytes,
             **common,  # type: ignore[arg-type]
         ),
         StreamConfig(
             name=subjects.AUDIT_STREAM,
             subjects=[subjects.audit_wildcard()],
             max_age=settings.audit_max_age_s,
+            max_bytes=settings.audit_max_bytes,
             **common,  # type: ignore[arg-type]
         ),
     ]

@@ -234,13 +234,27 @@ async def apply_batch(
 _POISON_STATES = ("22", "23")
 
 
-def is_data_error(exc: BaseException) -> bool:
-    """Whether Postgres refused the events themselves, as opposed to being unreachable."""
+# Postgres could not write (no space left on its disk): retried like an outage, and counted
+# apart for its own alert (infra/observability/prometheus/alerts.yml).
+_DISK_FULL = "53100"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
     for candidate in (getattr(exc, "orig", None), exc.__cause__, getattr(exc.__cause__, "__cause__", None)):
         state = getattr(candidate, "sqlstate", None)
-        if isinstance(state, str) and state[:2] in _POISON_STATES:
-            return True
-    return False
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether Postgres refused the events themselves, as opposed to being unreachable."""
+    state = _sqlstate(exc)
+    return state is not None and state[:2] in _POISON_STATES
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return _sqlstate(exc) == _DISK_FULL
 
 
 async def apply_skipping_poison(
@@ -411,7 +425,10 @@ class LogConsumer(Generic[Item]):
                 self.stats.errors += 1
                 telemetry.ERRORS.labels(self.durable).inc()
                 record_error(trace.get_current_span(), exc)
-                log.warning(
+                if is_disk_full(exc):
+                    telemetry.DISK_FULL.labels(self.durable).inc()
+                log.log(
+                    logging.ERROR if is_disk_full(exc) else logging.WARNING,
                     "projection batch failed; retrying",
                     extra={
                         "projection": self._projection.name,

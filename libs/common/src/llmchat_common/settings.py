@@ -30,6 +30,16 @@ class NatsSettings(BaseSettings):
     events_max_age_s: float = 7 * 24 * 3600
     # Operators' actions are kept longer than the traffic they acted on.
     audit_max_age_s: float = 365 * 24 * 3600
+    # Byte limits: a full stream refuses what is new (discard "new"); nothing stored is ever
+    # dropped to make room, so a projection that lags never misses an event. The broker
+    # reserves the sum of these on its store (nats-server refuses a stream it cannot fit).
+    requests_max_bytes: int = 1024**3
+    events_max_bytes: int = 4 * 1024**3
+    audit_max_bytes: int = 256 * 1024**2
+    # Room kept free in the event stream for the last events of the answers already running:
+    # with less, the edge refuses new requests (503 `log_full`) and workers end the running
+    # ones (failed, `log_full`), each with a terminal event that still fits.
+    events_reserve_bytes: int = 64 * 1024**2
     duplicate_window_s: float = 120.0
     # Storage is "file" everywhere; tests may shrink replicas/limits, never switch to memory.
     max_msg_bytes: int = 8 * 1024 * 1024

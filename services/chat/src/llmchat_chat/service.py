@@ -44,6 +44,7 @@ from llmchat_common.contracts import (
     WorkerInfo,
     parse_event,
 )
+from llmchat_common.log_space import LogSpace, is_log_full
 from llmchat_common.messaging import REGISTRY_TTL_S
 from llmchat_common.request_log import LoggedEvent, LogUnavailable, read_request_log
 from llmchat_common.telemetry import inject, publish_traced
@@ -322,6 +323,7 @@ class ChatService:
         self.cancels = cancels
         self.settings = settings
         self.queue = QueueGauge(js, settings.queue.refresh_s)
+        self.log_space = LogSpace(js, subjects.EVENTS_STREAM, settings.nats.events_reserve_bytes)
         self._background: set[asyncio.Task[Any]] = set()
 
     async def context_of(self, model: str) -> int | None:
@@ -333,7 +335,10 @@ class ChatService:
 
     async def admit(self, model: str, *, job: bool) -> None:
         """Admission control: past the model's queue bound an interactive request is refused at
-        once (503 + Retry-After) instead of waiting; jobs may queue deeper."""
+        once (503 + Retry-After) instead of waiting; jobs may queue deeper. Nothing is queued
+        while the event log has no room for its answer."""
+        if await self.log_space.low():
+            raise log_full()
         limit = self.settings.queue.jobs if job else self.settings.queue.interactive
         depth = await self.queue.depth(model)
         if depth >= limit:
@@ -353,6 +358,11 @@ class ChatService:
         try:
             await self._publish_request(request)
         except Exception as exc:
+            if is_log_full(exc):
+                # Refused, so never stored: nothing to cancel.
+                if subscribing is not None:
+                    await _discard(subscribing)
+                raise log_full() from exc
             if subscribing is not None:
                 await _discard(subscribing)
             log.error("request publish failed", extra={"request_id": request.request_id, "error": repr(exc)})
@@ -407,7 +417,7 @@ class ChatService:
             except MaxPayloadError:
                 raise  # never sent
             except Exception as exc:
-                if attempt == attempts:
+                if is_log_full(exc) or attempt == attempts:
                     raise
                 log.warning(
                     "request publish unconfirmed; retrying",
@@ -560,6 +570,13 @@ _closing: set[asyncio.Future[None]] = set()
 async def _discard(subscribing: asyncio.Future[EventFeed]) -> None:
     with contextlib.suppress(Exception):
         await (await subscribing).close()
+
+
+def log_full() -> ServiceUnavailable:
+    """The event log is at its byte limit (llmchat_common.log_space): retry once it has room."""
+    return ServiceUnavailable(
+        "the event log is full; retry later", code="log_full", headers={"Retry-After": "60"}
+    )
 
 
 def terminal_error(event: Failed | Cancelled) -> ApiError:

@@ -41,6 +41,7 @@ from llmchat_common.contracts import (
     WorkerStateName,
     parse_request,
 )
+from llmchat_common.log_space import LogSpace
 from llmchat_common.logging import log_context
 from llmchat_common.messaging import cancels_kv, jetstream, nats_client, registry_kv, served_kv
 from llmchat_common.request_log import LogUnavailable, Progress, progress_of, read_request_log
@@ -165,6 +166,11 @@ def _embedding_capabilities(engine: object) -> ModelCapabilities | None:
     return engine.capabilities() if isinstance(engine, EmbeddingEngine) else None
 
 
+# A full event log (llmchat_common.log_space): retriable, once the log has room again.
+LOG_FULL = ("log_full", "the event log is full; retry later")
+LOG_CHECK_INTERVAL_S = 1.0
+
+
 class RequestConsumer:
     def __init__(
         self,
@@ -188,11 +194,13 @@ class RequestConsumer:
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._log_watch_task: asyncio.Task[None] | None = None
         self._cancels: KeyValue | None = None
         self._registry: KeyValue | None = None
         self._sink: NatsEventSink | None = None
         self._publisher: EventPublisher | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
+        self._log_space: LogSpace | None = None
         self._fatal = False
         self.ready = False
         # What the registry entry says besides the load: `draining` once a model switch has
@@ -213,6 +221,7 @@ class RequestConsumer:
         self._cancels = await cancels_kv(js)
         self._registry = await registry_kv(js)
         self._served = await served_kv(js)
+        self._log_space = LogSpace(js, subjects.EVENTS_STREAM, self.settings.nats.events_reserve_bytes)
         durable = subjects.worker_consumer(self.token)
         await js.add_consumer(
             subjects.REQUESTS_STREAM,
@@ -229,6 +238,7 @@ class RequestConsumer:
         self._psub = await js.pull_subscribe_bind(durable=durable, stream=subjects.REQUESTS_STREAM)
         await self._heartbeat_once()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        self._log_watch_task = asyncio.create_task(self._watch_log_space())
         self._loop_task = asyncio.create_task(self._pull_loop(self._psub))
         self.ready = True
 
@@ -259,10 +269,11 @@ class RequestConsumer:
         if self._publisher is not None:
             with contextlib.suppress(Exception):
                 await self._publisher.close()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        for loop in (self._heartbeat_task, self._log_watch_task):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         if self._registry is not None and leave_registry:
             with contextlib.suppress(Exception):
                 await self._registry.delete(subjects.registry_key(self.token, self.settings.worker_id))
@@ -468,6 +479,8 @@ class RequestConsumer:
             )
         if await self._cancelled_while_queued(request):
             runner.cancel("client")
+        elif isinstance(runner, RequestRunner) and await self._log_full():
+            runner.fail(*LOG_FULL)
         self.runners[request.request_id] = runner
         log.info(
             "request started",
@@ -710,6 +723,24 @@ class RequestConsumer:
                 await self._heartbeat_once()
             except Exception as exc:  # noqa: BLE001 - the next beat retries
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def _watch_log_space(self) -> None:
+        """While answers run, ends them once the event log is nearly full (each still has room
+        for its terminal event)."""
+        while True:
+            await asyncio.sleep(LOG_CHECK_INTERVAL_S)
+            if self.runners and await self._log_full():
+                self._end_running(*LOG_FULL)
+
+    async def _log_full(self) -> bool:
+        return self._log_space is not None and await self._log_space.low()
+
+    def _end_running(self, code: str, message: str) -> None:
+        """Fails every running answer (each ends with its text so far)."""
+        for runner in self.runners.values():
+            if isinstance(runner, RequestRunner):
+                runner.fail(code, message)
+        log.error("running requests ended", extra={"code": code, "requests": len(self.runners)})
 
 
 def _no_continuation(request: ChatRequested) -> str | None:

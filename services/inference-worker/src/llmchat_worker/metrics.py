@@ -40,7 +40,7 @@ FAILOVERS = Counter(
 )
 ABORTS = Counter(
     "llmchat_worker_aborts",
-    "Generations stopped before their end, by reason (client, deadline, shutdown).",
+    "Generations stopped before their end, by reason (client, deadline, shutdown, log_full).",
     ["model", "reason"],
 )
 
@@ -56,5 +56,5 @@ def init_model(model: str, capacity: int) -> None:
         REQUESTS.labels(model, outcome)
     for kind in ("continued", "reset", "poisoned"):
         FAILOVERS.labels(model, kind)
-    for reason in ("client", "deadline", "shutdown"):
+    for reason in ("client", "deadline", "shutdown", "log_full"):
         ABORTS.labels(model, reason)

@@ -390,6 +390,8 @@ class RequestRunner(EventWriter):
         self._generated = metrics.GENERATED_TOKENS.labels(self.metrics_model)
         self.engine = engine
         self.cancel_reason: CancelReason | None = None
+        # Set by `fail`: the platform ends the request (a full event log), not its caller.
+        self.failure: RequestRejected | None = None
         self._coalesce = coalesce
         self._plan: ToolPlan | None = None
         self._plan_known = False
@@ -428,8 +430,18 @@ class RequestRunner(EventWriter):
         return self._prompt_tokens
 
     def cancel(self, reason: CancelReason) -> None:
-        if self.cancel_reason is None:
+        if self.cancel_reason is None and self.failure is None:
             self.cancel_reason = reason
+        self._stop_generating()
+
+    def fail(self, code: str, message: str) -> None:
+        """Ends the request as failed and retriable, with the text so far (unless it was
+        cancelled first)."""
+        if self.cancel_reason is None and self.failure is None:
+            self.failure = RequestRejected(code, message)
+        self._stop_generating()
+
+    def _stop_generating(self) -> None:
         if self._gen_task is not None and not self._gen_task.done():
             self._gen_task.cancel()
 
@@ -437,6 +449,8 @@ class RequestRunner(EventWriter):
         self._started_at = self.clock()
         if self.cancel_reason is None and self._started_at >= self.request.deadline:
             self.cancel_reason = "deadline"
+        if self.failure is not None:
+            return await self._finish_failed(self.failure, retriable=True)
         if self.cancel_reason is not None:
             return await self._finish_cancelled(self.cancel_reason)
         try:
@@ -493,25 +507,16 @@ class RequestRunner(EventWriter):
                 # engine drops the request when its generator is cancelled.
                 metrics.ABORTS.labels(self.metrics_model, "shutdown").inc()
                 raise
+            if self.failure is not None:
+                await self._abort(self.failure.code)
+                return await self._finish_failed(self.failure, retriable=True)
             reason = self.cancel_reason or "client"
             await self._abort(reason)
             return await self._finish_cancelled(reason)
         except EngineFailure:
             raise
         except RequestRejected as exc:
-            await self._flush()
-            return await self._terminal(
-                Failed(
-                    **self._base(),
-                    code=exc.code,
-                    message=exc.message,
-                    param=exc.param,
-                    retriable=False,
-                    text="".join(self._text),
-                    usage=self._usage(),
-                    timings=self._timings(),
-                )
-            )
+            return await self._finish_failed(exc, retriable=False)
         except Exception as exc:  # noqa: BLE001 - one request's engine error must not kill the worker
             await self._flush()
             return await self._terminal(
@@ -525,6 +530,9 @@ class RequestRunner(EventWriter):
                     timings=self._timings(),
                 )
             )
+        if finish_reason == "cancelled" and self.failure is not None:
+            await self._abort(self.failure.code)
+            return await self._finish_failed(self.failure, retriable=True)
         if finish_reason == "cancelled" and self.cancel_reason is not None:
             await self._abort(self.cancel_reason)
             return await self._finish_cancelled(self.cancel_reason)
@@ -562,7 +570,7 @@ class RequestRunner(EventWriter):
     def _completion_engine(self) -> CompletionEngine | None:
         return self.engine if isinstance(self.engine, CompletionEngine) else None
 
-    async def _abort(self, reason: CancelReason) -> None:
+    async def _abort(self, reason: str) -> None:
         await self.engine.abort(self.engine_key)
         metrics.ABORTS.labels(self.metrics_model, reason).inc()
 
@@ -793,6 +801,21 @@ class RequestRunner(EventWriter):
             Cancelled(
                 **self._base(),
                 reason=reason,
+                text="".join(self._text),
+                usage=self._usage(),
+                timings=self._timings(),
+            )
+        )
+
+    async def _finish_failed(self, failure: RequestRejected, *, retriable: bool) -> Terminal:
+        await self._flush()
+        return await self._terminal(
+            Failed(
+                **self._base(),
+                code=failure.code,
+                message=failure.message,
+                param=failure.param,
+                retriable=retriable,
                 text="".join(self._text),
                 usage=self._usage(),
                 timings=self._timings(),
