@@ -147,15 +147,27 @@ class ManagedProcess:
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
     def pause(self) -> None:
-        """SIGSTOP the whole group (a worker and its engine processes): a stalled process, e.g.
-        a long GC pause or a VM that lost its CPU, that wakes up later with `resume`."""
+        """SIGSTOP the whole group (a worker and its engine processes) and every descendant
+        (Postgres's backends are group leaders of their own): a stalled process, e.g. a long GC
+        pause or a VM that lost its CPU, that wakes up later with `resume`."""
         if self._proc is not None:
             os.killpg(self._proc.pid, signal.SIGSTOP)
+            self._signal_descendants(signal.SIGSTOP)
 
     def resume(self) -> None:
         if self._proc is not None:
+            self._signal_descendants(signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGCONT)
+
+    def _signal_descendants(self, sig: int) -> None:
+        import psutil  # a test dependency: pause and resume are for tests only
+
+        assert self._proc is not None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self._proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL the whole group at once (e.g. a worker and its engine processes)."""
