@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,18 +34,21 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import nats
 import orjson
 import pytest
 from nats.js import JetStreamContext
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Delta, Failed
+from llmchat_common.messaging import ensure_streams
 from llmchat_common.settings import NatsSettings
-from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.testing.process import ManagedProcess, find_binary, free_port, port_open, wait_until
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL, Worker
 from tests.helpers import connect_nats, eventually, read_request_events
 
+STREAMS = (subjects.REQUESTS_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM)
 SHORT = {"model": MAIN_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 RESERVE = NatsSettings().events_reserve_bytes
 
@@ -257,3 +261,33 @@ async def test_postgres_out_of_disk_holds_the_answer_until_space_is_freed(
                 await db.execute("DROP TABLESPACE small_disk")
     finally:
         await db.close()
+
+
+async def test_streams_fit_a_broker_with_a_small_store(tmp_path: Path) -> None:
+    """nats-server reserves the streams' byte limits on its store and refuses a stream it cannot
+    fit; on a small one the limits are halved together until they fit, and a second service's
+    start leaves them as they are."""
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f"port: {port}\njetstream {{ store_dir: {tmp_path / 'store'}, max_file_store: 100MB }}\n")
+    binary = find_binary("nats-server", [Path(sys.executable).parent])
+    assert binary is not None
+    proc = ManagedProcess("nats-small", [binary, "-c", str(conf)], log_path=tmp_path / "nats.log").start()
+    try:
+        wait_until(lambda: port_open(port), timeout=30, what="nats-server")
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        try:
+            js = nc.jetstream()
+            settings = NatsSettings()
+            await ensure_streams(js, settings)
+            first = {n: (await js.stream_info(n)).config.max_bytes or 0 for n in STREAMS}
+            share = settings.events_max_bytes // first[subjects.EVENTS_STREAM]
+            assert share > 1
+            assert first[subjects.REQUESTS_STREAM] == settings.requests_max_bytes // share
+            assert sum(first.values()) <= 100 * 1024**2
+            await ensure_streams(js, settings)
+            assert {n: (await js.stream_info(n)).config.max_bytes or 0 for n in STREAMS} == first
+        finally:
+            await nc.close()
+    finally:
+        proc.stop()

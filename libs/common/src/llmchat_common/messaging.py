@@ -7,6 +7,7 @@ per-request subscriptions, `publish_async`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from faststream.nats import NatsBroker
@@ -20,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from llmchat_common import subjects
@@ -95,14 +96,47 @@ def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
     ]
 
 
+# nats-server reserves a stream's byte limit on its store, and refuses a stream it cannot fit.
+INSUFFICIENT_STORAGE = 10047
+SMALLEST_STREAM_BYTES = 1024**2
+
+
 async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
-    """Create or update the streams; safe to run from every service at every start."""
-    for config in stream_configs(settings):
+    """Create or update the streams; safe to run from every service at every start. On a
+    broker whose store cannot fit the byte limits, all of them are halved together until they
+    fit (a warning says so; the largest, the event log, is updated first, which frees room
+    for the others), down to 1 MiB for the smallest."""
+    configs = sorted(stream_configs(settings), key=lambda c: -(c.max_bytes or 0))
+    share = 1
+    while True:
+        scaled = [dataclasses.replace(c, max_bytes=(c.max_bytes or 0) // share) for c in configs]
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # Exists with another configuration (e.g. a changed max_age): update in place.
-            await js.update_stream(config)
+            for config in scaled:
+                await _create_or_update(js, config)
+            return
+        except APIError as exc:
+            if (
+                exc.err_code != INSUFFICIENT_STORAGE
+                or min(c.max_bytes or 0 for c in scaled) // 2 < SMALLEST_STREAM_BYTES
+            ):
+                raise
+            share *= 2
+            log.warning(
+                "the broker cannot reserve the streams' byte limits; halved",
+                extra={"max_bytes": {c.name: (c.max_bytes or 0) // share for c in configs}},
+            )
+
+
+async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    # Exists (perhaps with another configuration, e.g. a changed max_age): update in place.
+    # An update checks only what it adds to the broker's reservation.
+    await js.update_stream(config)
 
 
 async def ensure_kv(js: JetStreamContext, bucket: str, ttl_s: float) -> KeyValue:
