@@ -373,13 +373,18 @@ async def inject(fault: Fault, supervisor: str) -> None:
     if fault.how == "kill":
         os.kill(pid, signal.SIGKILL)
         return
-    # The whole process group: a worker with its engine, Postgres with its backends.
-    group = os.getpgid(pid) if fault.target != "engine" else pid
-    os.killpg(group, signal.SIGSTOP)
+    # The process and every descendant: a worker with its engine, Postgres with its backends
+    # (each backend leads a process group of its own, so a group signal would miss them).
+    frozen = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for proc in frozen:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGSTOP)
     try:
         await asyncio.sleep(fault.pause_s)
     finally:
-        os.killpg(group, signal.SIGCONT)
+        for proc in reversed(frozen):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)
 
 
 async def recovered(run: Run, fault: str, supervisor: str, since: float, patience_s: float = 240) -> float:
