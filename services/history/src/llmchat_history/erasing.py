@@ -69,10 +69,10 @@ class Eraser:
                 done += 1
             else:
                 waiting.append(row.request_id)
-        if waiting:
-            async with self._engine.begin() as conn:
+        async with self._engine.begin() as conn:
+            if waiting:
                 await repo.erasure_tried(conn, waiting)
-        PENDING.set(len(pending) - done)
+            PENDING.set(await repo.erasures_queued(conn))
         if done:
             log.info("requests erased from the log", extra={"requests": done, "waiting": len(waiting)})
         return done

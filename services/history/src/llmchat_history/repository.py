@@ -305,6 +305,10 @@ async def pending_erasures(conn: AsyncConnection, limit: int) -> Sequence[Row[An
     return result.all()
 
 
+async def erasures_queued(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(E))).scalar_one())
+
+
 async def erasure_done(conn: AsyncConnection, request_id: str) -> None:
     await conn.execute(delete(E).where(E.c.request_id == request_id))
 
