@@ -284,6 +284,10 @@ async def auth_client(run: Run, http: httpx.AsyncClient) -> None:
             try:
                 resp = await http.request(method, path, json=body, headers=bearer(token) if token else None)
                 kind = "ok" if resp.status_code == 200 else kind_of(resp.status_code, resp.headers)
+                if what == "login" and kind == "ok":
+                    # The chats' token, renewed like a browser's session (access tokens live
+                    # 15 minutes: a soak outlives one).
+                    run.token = resp.json()["access_token"]
             except httpx.TransportError as exc:
                 kind = f"connection ({type(exc).__name__})"
             run.auth_checks[(run.fault, f"{what}: {kind}")] += 1
