@@ -599,7 +599,9 @@ async def chaos(args: argparse.Namespace) -> int:
 
 
 async def soak(info: dict[str, str], seconds: float, out: Path) -> None:
-    """Samples RSS and open files of every supervised process, and the consumers' lag."""
+    """Samples memory (PSS: shared pages divided among their sharers, so a family of processes
+    is not counted twice, as RSS would for Postgres's shared buffers) and open files of every
+    supervised process with its children, and the consumers' lag."""
     samples: list[dict[str, Any]] = []
     nc = await admin_nats(info)
     try:
@@ -612,7 +614,7 @@ async def soak(info: dict[str, str], seconds: float, out: Path) -> None:
                     with contextlib.suppress(psutil.Error):
                         proc = psutil.Process(p["pid"])
                         family = [proc, *proc.children(recursive=True)]
-                        row[f"{name}.rss_mb"] = sum(c.memory_info().rss for c in family) / 2**20
+                        row[f"{name}.pss_mb"] = sum(c.memory_full_info().pss for c in family) / 2**20
                         row[f"{name}.fds"] = sum(c.num_fds() for c in family)
             for consumer in ("projection-history", "projection-usage"):
                 with contextlib.suppress(Exception):
@@ -633,12 +635,12 @@ WINDOW_S = 300.0
 
 
 def soak_report(samples: list[dict[str, Any]], out: Path) -> str:
-    """A table of RSS and open files per process (after warm-up → at the end, growth) and the
-    consumers' lag, and their plots (`soak-rss.png`, `soak-fds.png`, `soak-lag.png`)."""
+    """A table of memory (PSS) and open files per process (after warm-up → at the end, growth)
+    and the consumers' lag, and their plots (`soak-memory.png`, `soak-fds.png`, `soak-lag.png`)."""
     if not samples:
         return "no samples"
     t0 = samples[0]["t"]
-    names = sorted({k.rsplit(".", 1)[0] for row in samples for k in row if k.endswith(".rss_mb")})
+    names = sorted({k.rsplit(".", 1)[0] for row in samples for k in row if k.endswith(".pss_mb")})
 
     def series(key: str) -> list[tuple[float, float]]:
         return [(row["t"] - t0, row[key]) for row in samples if key in row]
@@ -650,21 +652,21 @@ def soak_report(samples: list[dict[str, Any]], out: Path) -> str:
     end = samples[-1]["t"] - t0
     start_of_end = max(WARM_UP_S, end - WINDOW_S)
     rows = [
-        "| process | RSS MB after warm-up | RSS MB at the end | growth | open files after warm-up "
+        "| process | PSS MB after warm-up | PSS MB at the end | growth | open files after warm-up "
         "| at the end |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in names:
         cells = []
-        for metric in ("rss_mb", "fds"):
+        for metric in ("pss_mb", "fds"):
             points = series(f"{name}.{metric}")
             early = median([v for t, v in points if WARM_UP_S <= t < WARM_UP_S + WINDOW_S])
             late = median([v for t, v in points if t >= start_of_end])
             cells.append((early, late))
-        (rss_early, rss_late), (fds_early, fds_late) = cells
-        growth = (rss_late - rss_early) / rss_early * 100 if rss_early else float("nan")
+        (mem_early, mem_late), (fds_early, fds_late) = cells
+        growth = (mem_late - mem_early) / mem_early * 100 if mem_early else float("nan")
         rows.append(
-            f"| {name} | {rss_early:.0f} | {rss_late:.0f} | {growth:+.1f} % "
+            f"| {name} | {mem_early:.0f} | {mem_late:.0f} | {growth:+.1f} % "
             f"| {fds_early:.0f} | {fds_late:.0f} |"
         )
     lags = sorted({k for row in samples for k in row if k.endswith(".pending")})
@@ -684,7 +686,7 @@ def _plot(samples: list[dict[str, Any]], t0: float, names: list[str], lags: list
     import matplotlib.pyplot as plt
 
     charts = [
-        ("soak-rss.png", "RSS (MB), process and its children", [f"{n}.rss_mb" for n in names]),
+        ("soak-memory.png", "memory (PSS, MB), process and its children", [f"{n}.pss_mb" for n in names]),
         ("soak-fds.png", "open file descriptors", [f"{n}.fds" for n in names]),
         ("soak-lag.png", "projection consumers' lag (messages pending or unacked)", lags),
     ]
