@@ -269,7 +269,7 @@ async def test_streams_fit_a_broker_with_a_small_store(tmp_path: Path) -> None:
     start leaves them as they are."""
     port = free_port()
     conf = tmp_path / "nats.conf"
-    conf.write_text(f"port: {port}\njetstream {{ store_dir: {tmp_path / 'store'}, max_file_store: 100MB }}\n")
+    conf.write_text(f"port: {port}\njetstream {{ store_dir: {tmp_path / 'store'}, max_file_store: 300MB }}\n")
     binary = find_binary("nats-server", [Path(sys.executable).parent])
     assert binary is not None
     proc = ManagedProcess("nats-small", [binary, "-c", str(conf)], log_path=tmp_path / "nats.log").start()
@@ -284,7 +284,8 @@ async def test_streams_fit_a_broker_with_a_small_store(tmp_path: Path) -> None:
             share = settings.events_max_bytes // first[subjects.EVENTS_STREAM]
             assert share > 1
             assert first[subjects.REQUESTS_STREAM] == settings.requests_max_bytes // share
-            assert sum(first.values()) <= 100 * 1024**2
+            assert sum(first.values()) <= 300 * 1000**2
+            assert first[subjects.EVENTS_STREAM] >= 2 * settings.events_reserve_bytes
             await ensure_streams(js, settings)
             assert {n: (await js.stream_info(n)).config.max_bytes or 0 for n in STREAMS} == first
         finally:

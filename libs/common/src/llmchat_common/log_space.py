@@ -53,9 +53,7 @@ class LogSpace:
             limit = info.config.max_bytes or -1
             STREAM_BYTES.labels(self._stream).set(info.state.bytes)
             STREAM_MAX_BYTES.labels(self._stream).set(limit)
-            # A stream the broker could only give a small limit (messaging.ensure_streams)
-            # keeps at most an eighth of it in reserve.
-            low = limit > 0 and limit - info.state.bytes < min(self._reserve, limit // 8)
+            low = limit > 0 and limit - info.state.bytes < self._reserve
             if low != self._low:
                 log.warning(
                     "event log nearly full" if low else "event log has room again",

@@ -105,7 +105,8 @@ async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
     """Create or update the streams; safe to run from every service at every start. On a
     broker whose store cannot fit the byte limits, all of them are halved together until they
     fit (a warning says so; the largest, the event log, is updated first, which frees room
-    for the others), down to 1 MiB for the smallest."""
+    for the others), down to 1 MiB for the smallest and twice its reserve for the event log
+    (below, the log would always count as full: the start fails instead)."""
     configs = sorted(stream_configs(settings), key=lambda c: -(c.max_bytes or 0))
     share = 1
     while True:
@@ -115,9 +116,11 @@ async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
                 await _create_or_update(js, config)
             return
         except APIError as exc:
+            halved = {c.name: (c.max_bytes or 0) // 2 for c in scaled}
             if (
                 exc.err_code != INSUFFICIENT_STORAGE
-                or min(c.max_bytes or 0 for c in scaled) // 2 < SMALLEST_STREAM_BYTES
+                or min(halved.values()) < SMALLEST_STREAM_BYTES
+                or halved[subjects.EVENTS_STREAM] < 2 * settings.events_reserve_bytes
             ):
                 raise
             share *= 2
