@@ -32,6 +32,7 @@ SWITCHED = "worker-switch"
 SHORT_DRAIN = {"LLMCHAT_WORKER_SWITCH_DRAIN_S": "2", "LLMCHAT_WORKER_HEARTBEAT_INTERVAL_S": "1"}
 GREEDY = {"temperature": 0, "max_tokens": 1800, "extra_body": {"ignore_eos": True, "timeout": 600}}
 MESSAGES = [{"role": "user", "content": "Tell me about the harbour."}]
+MAX_STREAMS = 8
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +225,21 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
                 text.append(chunk.choices[0].delta.content)
         return request_id, "".join(text)
 
-    # Both workers busy with long greedy answers when the switch begins.
-    streams = [asyncio.create_task(stream()) for _ in range(6)]
-    await eventually(_both_running(http), timeout=120, what="streams running on both workers of the pool")
+    # Both workers busy with long greedy answers when the switch begins. The streams start one
+    # at a time until both run some: a worker that finds a backlog takes all it has room for in
+    # one fetch, so six started at once could all land on one worker (seen in CI).
+    streams: list[asyncio.Task[tuple[str, str]]] = []
+    both_running = _both_running(http)
+
+    async def both_busy() -> bool:
+        if await both_running():
+            return True
+        if len(streams) < MAX_STREAMS:
+            streams.append(asyncio.create_task(stream()))
+            await asyncio.sleep(2)
+        return False
+
+    await eventually(both_busy, timeout=120, what="streams running on both workers of the pool")
     started = time.time()
     accepted = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": REAL})
     assert accepted.status_code == 202, accepted.text
