@@ -221,10 +221,29 @@ async def create_chat_completion(
     conversation = await conversation_for(body, caller, conversations)
     request = await to_request(body, service, caller, conversation=conversation)
     admission = await admit(service, limiter, caller, request)
+    return await serve_admitted(
+        service,
+        limiter,
+        request,
+        admission,
+        lambda handle: respond(body, http_request, service, handle, admission, limiter),
+    )
+
+
+async def serve_admitted(
+    service: ChatService,
+    limiter: Limiter,
+    request: ChatRequested,
+    admission: Admission,
+    respond: Callable[[Submitted], Awaitable[Response]],
+) -> Response:
+    """Queues an admitted request and answers with what `respond` makes of its events: a whole
+    answer (the handle is closed and the budget settled before it leaves) or a stream (which
+    does both when it ends)."""
     handle = await submit_admitted(service, limiter, request, admission)
     streaming = False
     try:
-        response = await respond(body, http_request, service, handle, admission, limiter)
+        response = await respond(handle)
         streaming = isinstance(response, StreamingResponse)
         return response
     except ApiError as exc:
@@ -240,7 +259,6 @@ async def create_chat_completion(
             # Before the answer leaves: the caller's next request sees the settled budget. A
             # streamed answer releases its slot when its stream ends (stream_chunks).
             await limiter.release(admission)
-        if not body.stream:
             await handle.close()
 
 
@@ -259,14 +277,7 @@ async def respond(
     limiter: Limiter,
 ) -> Response:
     request = handle.request
-    try:
-        first = await until_disconnected(http_request, service.wait_started(handle))
-        if isinstance(first.event, Failed | Cancelled):
-            settle(admission, first.event)
-            raise terminal_error(first.event)
-    except BaseException:
-        await handle.close()
-        raise
+    first = await first_event(http_request, service, handle, admission)
     conversation = request.conversation_id
     headers = {"X-Request-Id": request.request_id, **admission.headers}
     if conversation is not None:
@@ -287,6 +298,17 @@ async def respond(
         media_type="application/json",
         headers=headers,
     )
+
+
+async def first_event(
+    http_request: Request, service: ChatService, handle: Submitted, admission: Admission
+) -> LoggedEvent:
+    """The request's `started` (a 4xx/5xx if it ended before it did)."""
+    first = await until_disconnected(http_request, service.wait_started(handle))
+    if isinstance(first.event, Failed | Cancelled):
+        settle(admission, first.event)
+        raise terminal_error(first.event)
+    return first
 
 
 async def collect(handle: Submitted, attempt: int, admission: Admission) -> Completed:
