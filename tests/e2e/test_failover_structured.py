@@ -4,7 +4,11 @@ of a forced tool call (streamed, `required` and a named tool) or of a `json_sche
 so the next worker of the pool publishes a `reset` and starts the answer over; with greedy
 sampling it writes the same answer again, and the client ends with the uninterrupted run's calls
 or JSON (valid for their schemas), never a repeat of text it was sent. The request has one usage
-row (the reset attempt's tokens, counted once) and one answer in its conversation."""
+row (the reset attempt's tokens, counted once) and one answer in its conversation.
+
+Responses API streams ride the same kills: their clients cannot take text back, so a plain
+response goes on from the stored tokens, and a `json_schema` one fails (`worker_lost`) holding the
+text it had shown, instead of starting over."""
 
 from __future__ import annotations
 
@@ -146,6 +150,10 @@ async def reference(completions: Any, **kwargs: Any) -> Any:
     return answer
 
 
+async def read_all(stream: Any) -> list[Any]:
+    return [event async for event in stream]
+
+
 def calls_of(message: Any) -> list[tuple[str, str]]:
     return [(c.function.name, c.function.arguments) for c in message.tool_calls or []]
 
@@ -285,12 +293,28 @@ async def test_sigkill_mid_tool_call_and_mid_json_answer_start_over(
             for name, choice in (("required", "required"), ("named", NAMED))
         }
         ids = {name: stream_id(stream) for name, stream in streams.items()}
-        assert set(await watcher.first_attempts_on("worker-s1", 2, besides=void)) == set(ids.values())
-        if await watcher.mid_answer(ids.values(), "worker-s1"):
+        # A plain answer through the Responses API, streamed: it goes on from the stored tokens.
+        plain_stream = await client.responses.create(
+            model=FAILOVER_MODEL,
+            input="Tell me about the harbour.",
+            temperature=0,
+            max_output_tokens=1400,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        plain_id = stream_id(plain_stream)
+        plain_events = asyncio.create_task(read_all(plain_stream))
+        wanted = {*ids.values(), plain_id}
+        assert set(await watcher.first_attempts_on("worker-s1", 3, besides=void)) == wanted
+        if await watcher.mid_answer(wanted, "worker-s1"):
             break
         for stream in streams.values():
             await stream.close()  # the client leaves: the answer still running is cancelled
-        void |= set(ids.values())
+        await plain_stream.close()
+        plain_events.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await plain_events
+        void |= wanted
     else:
         pytest.fail(f"an answer ended before the kill in each of {TRIES} tries")
     s1.kill()  # SIGKILL to the worker and its engine processes at once
@@ -321,6 +345,20 @@ async def test_sigkill_mid_tool_call_and_mid_json_answer_start_over(
         stored = [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in answer["tool_calls"]]
         assert stored == [(c["id"], c["name"], c["arguments"]) for c in streamed["calls"]]
 
+    # The streamed response went on where it stopped: the text its client was shown is the
+    # response's, none of it twice.
+    plain: list[Any] = await asyncio.wait_for(plain_events, timeout=300)
+    assert [e.sequence_number for e in plain] == list(range(len(plain)))
+    assert plain[-1].type == "response.incomplete"  # max_output_tokens, as asked
+    plain_text = "".join(e.delta for e in plain if e.type == "response.output_text.delta")
+    assert plain_text and plain_text == plain[-1].response.output_text
+    resumed = [
+        e for e in await read_request_events(nats_env, plain_id) if isinstance(e, Started) and e.attempt == 2
+    ]
+    assert len(resumed) == 1 and resumed[0].resumed_tokens > 0 and resumed[0].worker_id == "worker-s2"
+    row = await usage_row(stack, plain_id)
+    assert (row["status"], row["attempts"], row["completion_tokens"]) == ("completed", 2, 1400)
+
     # -- Two json_schema answers on the next worker, one streamed (its client has been shown
     # the start of the JSON) and one whole, SIGKILLed mid-answer. The long one (~1300 tokens)
     # starts first and the short one (~500) once it streams, so both still run when the short
@@ -336,20 +374,32 @@ async def test_sigkill_mid_tool_call_and_mid_json_answer_start_over(
             **JSON_ANSWER,
         )
         shown, stream = await first_content(stream)
+        # The same JSON answer through the Responses API, streamed: it cannot start over.
+        response_stream = await client.responses.create(
+            model=FAILOVER_MODEL,
+            input=TAKE_NOTE,
+            text={"format": {"type": "json_schema", "name": "note", "schema": FOUR_WORDS, "strict": True}},
+            temperature=0,
+            max_output_tokens=JSON_ANSWER["max_tokens"],
+            stream=True,
+        )
+        response_events = asyncio.create_task(read_all(response_stream))
         whole = asyncio.create_task(
             completions.create(
                 model=FAILOVER_MODEL, response_format=json_format(FOUR_WORDS), extra_body=STORE, **JSON_ANSWER
             )
         )
-        started = await watcher.first_attempts_on("worker-s2", 2, besides=void)
-        assert started[0] == stream_id(stream)
-        whole_id = started[1]
+        started = await watcher.first_attempts_on("worker-s2", 3, besides=void)
+        assert started[:2] == [stream_id(stream), stream_id(response_stream)]
+        response_id, whole_id = started[1:]
         if await watcher.mid_answer(started, "worker-s2"):
             break
         await stream.close()
-        whole.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await whole
+        await response_stream.close()
+        for task in (whole, response_events):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         void |= set(started)
     else:
         pytest.fail(f"an answer ended before the kill in each of {TRIES} tries")
@@ -367,6 +417,21 @@ async def test_sigkill_mid_tool_call_and_mid_json_answer_start_over(
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage.completion_tokens == words_ref.usage.completion_tokens
     jsonschema.validate(json.loads(answer.choices[0].message.content), FOUR_WORDS)
+
+    # The response fails instead (Responses API clients cannot take text back), holding the
+    # text its client was shown; retrieved, it is the same response.
+    seen: list[Any] = await asyncio.wait_for(response_events, timeout=300)
+    assert [e.sequence_number for e in seen] == list(range(len(seen)))
+    assert seen[-1].type == "response.failed"
+    failed = seen[-1].response
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    assert (failed.error.model_extra or {})["llmchat_code"] == "worker_lost"
+    text_shown = "".join(e.delta for e in seen if e.type == "response.output_text.delta")
+    assert text_shown and failed.output_text == text_shown and words_json.startswith(text_shown)
+    assert (await client.responses.retrieve(response_id)).model_dump() == failed.model_dump()
+    assert not [e for e in await read_request_events(nats_env, response_id) if isinstance(e, Reset)]
+    row = await usage_row(stack, response_id)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("failed", 2, "worker-s3")
 
     for request_id, ref, conversation_id in (
         (stream_id(stream), oks_ref, stream.response.headers["x-conversation-id"]),

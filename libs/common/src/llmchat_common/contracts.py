@@ -19,7 +19,10 @@ CancelReason = Literal["client", "deadline", "shutdown"]
 # `title`: a conversation title the history service asks the model for (low priority); not a
 # message of the conversation. `completion`: the legacy `/v1/completions` (a raw prompt, no chat
 # template). `embedding`: `/v1/embeddings`, served by a worker of the embedding kind.
-RequestKind = Literal["chat", "title", "completion", "embedding"]
+# `response`: `/v1/responses` (a chat request that carries `ResponseFacts`).
+RequestKind = Literal["chat", "title", "completion", "embedding", "response"]
+# The kinds a conversation stores (history) and the jobs list shows.
+CONVERSATION_KINDS = frozenset({"chat", "response"})
 # How the request came in: a chat completion (someone usually watches it live) or a job
 # (`POST /v1/jobs`, fetched later; may carry a completion webhook).
 RequestSource = Literal["chat", "job"]
@@ -117,6 +120,25 @@ class PromptLogprob(_Contract):
     top: dict[str, float] | None = None
 
 
+class ResponseFacts(_Contract):
+    """What a `/v1/responses` request adds to a chat request: what its Response object echoes,
+    and what a later `previous_response_id` continues from. Carried by the request and repeated
+    by its `started` and terminal events (like the other facts), so a response is read back
+    from the log alone, at any edge."""
+
+    # The request's own input items, in OpenAI's item shape (each with its id); a chain's
+    # earlier items belong to the responses before it.
+    input: list[dict[str, Any]] = Field(default_factory=list)
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    background: bool = False
+    store: bool = True
+    # The request's other fields as the Response object shows them (temperature, top_p,
+    # max_output_tokens, tools, tool_choice, parallel_tool_calls, text).
+    echo: dict[str, Any] = Field(default_factory=dict)
+
+
 class GenerationParams(_Contract):
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -177,6 +199,12 @@ class ChatRequested(_Contract):
     echo: bool = False
     # `embedding`: the inputs (texts or token id arrays).
     inputs: list[str] | list[list[int]] | None = None
+    # Kind `response`: its Responses API fields.
+    response: ResponseFacts | None = None
+    # An attempt that cannot continue where the one before stopped fails (retriable) instead of
+    # starting the answer over: its text may already have been shown to someone (a streamed or
+    # background response, whose API has no way to take text back).
+    no_reset: bool = False
     # Where the request is stored in CHAT_REQUESTS: set by its reader (`parse_request`), never
     # published. Its events repeat it (`request_seq`), so erasing a request finds its message.
     log_seq: int | None = Field(default=None, exclude=True)
@@ -207,6 +235,7 @@ class ChatRequested(_Contract):
             # Like the user message, stored once: not again by a regenerated answer.
             "tool_results": [] if self.regenerate else self.tool_results(),
             "request_seq": self.log_seq,
+            "response": self.response,
         }
 
     def tool_results(self) -> list[ChatMessage]:
@@ -263,6 +292,7 @@ class _WithFacts(_Event):
     user_message: str | None = None
     system_prompt: str | None = None
     tool_results: list[ChatMessage] = Field(default_factory=list)
+    response: ResponseFacts | None = None
     # The request's sequence in CHAT_REQUESTS (`forgetting` deletes it by that); None in logs
     # written before it was recorded.
     request_seq: int | None = None

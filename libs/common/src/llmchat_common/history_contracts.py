@@ -146,6 +146,14 @@ class EraseUser(_Body):
     request_ids: list[str] = Field(default_factory=list, max_length=1_000_000)
 
 
+class ForgetRequest(_Body):
+    """One request of the user's (a deleted response): its turn leaves its conversation and it
+    is forgotten from the event log."""
+
+    user_id: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(min_length=1, max_length=128)
+
+
 class Erased(_Out):
     conversations: int
     requests: int

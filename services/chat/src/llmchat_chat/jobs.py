@@ -26,7 +26,7 @@ from llmchat_chat.backends import ServiceClient
 from llmchat_chat.errors import Conflict, NotFound, ServiceUnavailable
 from llmchat_chat.service import ChatService, JobState
 from llmchat_common import subjects
-from llmchat_common.contracts import ChatRequested
+from llmchat_common.contracts import ChatRequested, ResponseFacts
 from llmchat_common.usage_contracts import JobQuery, JobRecord
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class Pending:
     model: str
     conversation_id: str | None
     created_at: float
+    # A background response: its facts (what its Response object shows before it starts).
+    response: ResponseFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -83,12 +85,20 @@ class JobDirectory:
             "model": request.model,
             "conversation_id": request.conversation_id,
             "created_at": request.created_at,
+            "response": request.response.model_dump(mode="json") if request.response is not None else None,
         }
         ttl = max(1, int(request.deadline - time.time()) + 60)
         try:
             await self._redis.set(_pending_key(request.request_id), json.dumps(pending), ex=ttl)
         except Exception as exc:  # noqa: BLE001 - the metrics projection answers for it shortly
             log.warning("queued job not cached", extra={"error": type(exc).__name__})
+
+    async def forget(self, request_id: str) -> None:
+        """A queued job's note is dropped (its request was deleted)."""
+        try:
+            await self._redis.delete(_pending_key(request_id))
+        except Exception as exc:  # noqa: BLE001 - it expires at the job's deadline
+            log.warning("queued job note not dropped", extra={"error": type(exc).__name__})
 
     async def find(self, request_id: str, user_id: str) -> Job:
         """The caller's job, or 404 (another user's job is not found either)."""
@@ -125,7 +135,14 @@ class JobDirectory:
         if raw is None:
             return None
         data = json.loads(raw)
-        return Pending(data["user_id"], data["model"], data.get("conversation_id"), float(data["created_at"]))
+        response = data.get("response")
+        return Pending(
+            data["user_id"],
+            data["model"],
+            data.get("conversation_id"),
+            float(data["created_at"]),
+            ResponseFacts.model_validate(response) if response is not None else None,
+        )
 
     async def claim(
         self, user_id: str, key: str, body_hash: str, request: ChatRequested

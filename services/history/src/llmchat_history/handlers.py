@@ -10,6 +10,7 @@ from llmchat_common.history_contracts import (
     ConversationRef,
     EraseUser,
     ExportConversation,
+    ForgetRequest,
     ListConversations,
     RenameConversation,
 )
@@ -27,6 +28,7 @@ def operations(service: HistoryService) -> dict[str, Operation]:
         "delete": Operation(ConversationRef, service.delete),
         "export": Operation(ExportConversation, service.export),
         "erase_user": Operation(EraseUser, service.erase_user),
+        "forget_request": Operation(ForgetRequest, service.forget_request),
     }
     if tuple(ops) != subjects.HISTORY_OPS:  # the edge calls exactly these
         raise RuntimeError("history operations differ from subjects.HISTORY_OPS")

@@ -9,7 +9,7 @@ all give the same rows.
 A request gives at most: its user message (position 0), the tool results the client sent with
 it (role `tool`, positions 0.. in the order of the request), and its answer (position 0). Both
 `started` and the terminal event carry the first two (the request's facts); only the terminal
-event carries the answer. Only `chat` requests with a conversation are stored: a title answer
+event carries the answer. Only `chat` and `response` requests with a conversation are stored: a title answer
 renames its conversation, and `completion` and `embedding` requests belong to none.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmchat_common.contracts import Cancelled, Completed, Failed, Started
+from llmchat_common.contracts import CONVERSATION_KINDS, Cancelled, Completed, Failed, Started
 from llmchat_common.projection import ProjectedEvent, StoredEvent
 from llmchat_history.titles import clean_title, fallback_title
 
@@ -249,7 +249,7 @@ def plan_batch(events: Sequence[StoredEvent]) -> BatchPlan:
                         TitleAnswer(event.conversation_id, event.user_id, title, to_datetime(event.ts))
                     )
             continue  # a title request is never a message; a failed one leaves the fallback
-        if event.kind != "chat":
+        if event.kind not in CONVERSATION_KINDS:
             continue  # legacy completions and embeddings are not turns of a conversation
         key = (event.conversation_id, event.user_id)
         groups[key] = _merge_conversation(groups.get(key), event, seq)

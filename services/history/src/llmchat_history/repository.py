@@ -297,6 +297,18 @@ async def queue_erasures(conn: AsyncConnection, request_ids: Sequence[str], now:
     return len(result.all())
 
 
+async def delete_request_messages(conn: AsyncConnection, user_id: str, request_id: str) -> None:
+    await conn.execute(delete(M).where(M.c.request_id == request_id, M.c.user_id == user_id))
+
+
+async def erasing(conn: AsyncConnection, request_ids: Sequence[str]) -> set[str]:
+    """Those of the requests queued for erasure (not to be stored again)."""
+    if not request_ids:
+        return set()
+    result = await conn.execute(select(E.c.request_id).where(E.c.request_id.in_(set(request_ids))))
+    return set(result.scalars().all())
+
+
 async def pending_erasures(conn: AsyncConnection, limit: int) -> Sequence[Row[Any, Any, Any]]:
     """The oldest erasures not done yet."""
     result = await conn.execute(

@@ -21,6 +21,7 @@ from llmchat_common.history_contracts import (
     EraseUser,
     ExportConversation,
     Exported,
+    ForgetRequest,
     ListConversations,
     Message,
     MessageUsage,
@@ -163,6 +164,15 @@ class HistoryService:
             await repo.queue_erasures(conn, request_ids, self.clock())
         self.erase_soon()
         return Erased(conversations=conversations, requests=len(set(request_ids)))
+
+    async def forget_request(self, req: ForgetRequest) -> Deleted:
+        """One request (a deleted response): its turn's messages go, and it is queued for
+        erasure from the event log; a turn projected later is dropped (`projection`)."""
+        async with self.engine.begin() as conn:
+            await repo.delete_request_messages(conn, req.user_id, req.request_id)
+            await repo.queue_erasures(conn, [req.request_id], self.clock())
+        self.erase_soon()
+        return Deleted(id=req.request_id)
 
     async def export(self, req: ExportConversation) -> Exported:
         conversation = await self.get(

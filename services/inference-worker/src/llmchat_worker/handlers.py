@@ -414,6 +414,7 @@ class RequestConsumer:
         trace_headers = inject({})
         resume: Resume | None = None
         reset_reason: str | None = None
+        lost: tuple[str, str] | None = None  # (why it cannot continue, the text so far)
         # Where the request's log ends as this attempt sees it (its fence): nothing for a
         # first delivery.
         position = 0
@@ -446,7 +447,14 @@ class RequestConsumer:
                 record_outcome(span, poisoned)
                 return
             resume, reset_reason = await self._continuation(request, progress)
-            metrics.FAILOVERS.labels(self.alias, "reset" if reset_reason else "continued").inc()
+            if reset_reason and request.no_reset:
+                # Its text may have been shown (a streamed or background response): it ends
+                # failed, with that text, rather than start over and show other text.
+                lost = (reset_reason, progress.text if progress is not None else "")
+                reset_reason = None
+            metrics.FAILOVERS.labels(
+                self.alias, "reset" if reset_reason else "lost" if lost else "continued"
+            ).inc()
             if reset_reason:
                 span.set_attribute("llmchat.reset_reason", reset_reason)
         resumed_tokens = len(resume.tokens) if resume is not None else 0
@@ -481,6 +489,14 @@ class RequestConsumer:
             runner.cancel("client")
         elif isinstance(runner, RequestRunner) and await self._log_full():
             runner.fail(*LOG_FULL)
+        elif isinstance(runner, RequestRunner) and lost is not None:
+            why, text = lost
+            runner.fail(
+                "worker_lost",
+                f"the worker serving this answer was lost and it cannot continue where it stopped "
+                f"({why}); retry",
+                text=text,
+            )
         self.runners[request.request_id] = runner
         log.info(
             "request started",

@@ -34,8 +34,9 @@ IN_FLIGHT = Gauge("llmchat_worker_in_flight", "Requests this worker is handling.
 CAPACITY = Gauge("llmchat_worker_capacity", "Requests this worker handles at once.", ["model"])
 FAILOVERS = Counter(
     "llmchat_worker_failovers",
-    "Redelivered requests: continued from the stored tokens, reset (started over), or poisoned "
-    "(failed after too many crashed attempts).",
+    "Redelivered requests: continued from the stored tokens, reset (started over), lost (failed: "
+    "could not continue and may not start over), or poisoned (failed after too many crashed "
+    "attempts).",
     ["model", "kind"],
 )
 ABORTS = Counter(
@@ -54,7 +55,7 @@ def init_model(model: str, capacity: int) -> None:
     QUEUE_WAIT.labels(model)
     for outcome in ("completed", "failed", "cancelled", "released"):
         REQUESTS.labels(model, outcome)
-    for kind in ("continued", "reset", "poisoned"):
+    for kind in ("continued", "reset", "lost", "poisoned"):
         FAILOVERS.labels(model, kind)
     for reason in ("client", "deadline", "shutdown", "log_full"):
         ABORTS.labels(model, reason)

@@ -392,6 +392,7 @@ class RequestRunner(EventWriter):
         self.cancel_reason: CancelReason | None = None
         # Set by `fail`: the platform ends the request (a full event log), not its caller.
         self.failure: RequestRejected | None = None
+        self._failed_text = ""
         self._coalesce = coalesce
         self._plan: ToolPlan | None = None
         self._plan_known = False
@@ -434,11 +435,12 @@ class RequestRunner(EventWriter):
             self.cancel_reason = reason
         self._stop_generating()
 
-    def fail(self, code: str, message: str) -> None:
-        """Ends the request as failed and retriable, with the text so far (unless it was
-        cancelled first)."""
+    def fail(self, code: str, message: str, *, text: str = "") -> None:
+        """Ends the request as failed and retriable, with the text so far (`text`: an earlier
+        attempt's, before this one generates any) unless it was cancelled first."""
         if self.cancel_reason is None and self.failure is None:
             self.failure = RequestRejected(code, message)
+            self._failed_text = text
         self._stop_generating()
 
     def _stop_generating(self) -> None:
@@ -816,7 +818,7 @@ class RequestRunner(EventWriter):
                 message=failure.message,
                 param=failure.param,
                 retriable=retriable,
-                text="".join(self._text),
+                text="".join(self._text) or self._failed_text,
                 usage=self._usage(),
                 timings=self._timings(),
             )

@@ -53,7 +53,7 @@ TERMINAL_FIELDS = (
 )
 DEADLINE_MESSAGE = "the request was stopped at its deadline"
 # What a caller asked for: a chat completion or a legacy completion (not a conversation title).
-JOB_KINDS = frozenset({"chat", "completion"})
+JOB_KINDS = frozenset({"chat", "completion", "response"})
 
 
 def utc(ts: float) -> datetime:

@@ -11,6 +11,7 @@ from llmchat_chat.api import (
     jobs,
     models,
     requests,
+    responses,
     usage,
 )
 
@@ -21,6 +22,7 @@ def build_router() -> APIRouter:
     router.include_router(models.router)
     router.include_router(chat.router)
     router.include_router(completions.router)
+    router.include_router(responses.router)
     router.include_router(auth.router)
     router.include_router(admin.router)
     router.include_router(admin_models.router)
