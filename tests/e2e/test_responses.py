@@ -19,10 +19,11 @@ from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
+from llmchat_common.forgetting import forget_requests
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL
 from tests.e2e.test_failover import stored_rows
-from tests.helpers import eventually
+from tests.helpers import connect_nats, eventually
 
 GREEDY: dict[str, Any] = {"model": MAIN_MODEL, "temperature": 0}
 WEATHER = {
@@ -170,7 +171,11 @@ async def test_background_response_resumes_after_a_cut_stream(client: AsyncOpenA
 
 async def test_cancel_a_background_response_twice(client: AsyncOpenAI, stack: LocalStack) -> None:
     queued = await client.responses.create(
-        input="Go on and on", max_output_tokens=1500, background=True, **GREEDY
+        input="Go on and on",
+        max_output_tokens=1800,
+        background=True,
+        extra_body={"ignore_eos": True},
+        **GREEDY,
     )
 
     async def running() -> bool:
@@ -281,6 +286,44 @@ async def test_bad_input_names_its_field(client: AsyncOpenAI) -> None:
         await client.responses.retrieve(stored.id)
     with pytest.raises(openai.NotFoundError):
         await client.responses.delete(stored.id)
+
+
+async def test_a_response_outlives_its_events_in_the_log(
+    client: AsyncOpenAI, stack: LocalStack, edge_url: str, api_key: str
+) -> None:
+    """Past the event log's retention (here: its events erased from the log), a stored response
+    is still retrieved, streamed and continued, from the history service's copy."""
+    raw = await client.responses.with_raw_response.create(
+        input="Remember the number 7.", max_output_tokens=8, **GREEDY
+    )
+    first = raw.parse()
+
+    async def kept() -> bool:
+        conn = await asyncpg.connect(stack.env()["LLMCHAT_POSTGRES_DSN"])
+        try:
+            return bool(
+                await conn.fetchval("SELECT count(*) FROM history.responses WHERE request_id = $1", first.id)
+            )
+        finally:
+            await conn.close()
+
+    await eventually(kept, timeout=30, what="the response in history")
+    nc = await connect_nats(stack.env())
+    try:
+        assert await forget_requests(nc, [first.id]) == 1
+    finally:
+        await nc.close()
+    assert (await client.responses.retrieve(first.id)).model_dump() == first.model_dump()
+    second = await client.responses.create(
+        input="Which number?", previous_response_id=first.id, max_output_tokens=8, **GREEDY
+    )
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    # The conversation goes (the log no longer has its first turn: a replay could not rebuild it).
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=edge_url, timeout=10, headers=headers) as http:
+        deleted = await http.delete(f"/v1/conversations/{raw.headers['x-conversation-id']}")
+    assert deleted.status_code == 200, deleted.text
 
 
 class Verdict(BaseModel):

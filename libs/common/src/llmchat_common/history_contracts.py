@@ -8,7 +8,7 @@ another user's id give the same `not_found`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -146,12 +146,18 @@ class EraseUser(_Body):
     request_ids: list[str] = Field(default_factory=list, max_length=1_000_000)
 
 
-class ForgetRequest(_Body):
-    """One request of the user's (a deleted response): its turn leaves its conversation and it
-    is forgotten from the event log."""
+class RequestRef(_Body):
+    """One request of the user's: `forget_request` (a deleted response: its turn leaves its
+    conversation and it is forgotten from the event log), `response_get`."""
 
     user_id: str = Field(min_length=1, max_length=128)
     request_id: str = Field(min_length=1, max_length=128)
+
+
+class StoredResponse(_Out):
+    """`response_get` op: a stored response's terminal event, as the log had it."""
+
+    terminal: dict[str, Any]
 
 
 class Erased(_Out):

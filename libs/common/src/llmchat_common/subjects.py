@@ -139,7 +139,18 @@ def auth_wildcard() -> str:
 # -- history and usage (request-reply; only the edge may publish here) -------------------------
 HISTORY_RPC_PREFIX = "history.v1.rpc"
 HISTORY_QUEUE = "history"
-HISTORY_OPS = ("ping", "list", "get", "check", "rename", "delete", "export", "erase_user", "forget_request")
+HISTORY_OPS = (
+    "ping",
+    "list",
+    "get",
+    "check",
+    "rename",
+    "delete",
+    "export",
+    "erase_user",
+    "forget_request",
+    "response_get",
+)
 
 USAGE_RPC_PREFIX = "usage.v1.rpc"
 USAGE_QUEUE = "metrics"

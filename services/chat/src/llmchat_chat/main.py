@@ -23,6 +23,7 @@ from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.observability import HttpMetrics, init_metrics, instrument, watch_workers
 from llmchat_chat.ratelimit import Limiter
+from llmchat_chat.responses import ResponseDirectory
 from llmchat_chat.service import ChatService, ModelRegistry
 from llmchat_chat.settings import ChatSettings
 from llmchat_chat.webhooks import WebhookDispatcher
@@ -80,6 +81,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.conversations = ConversationGuard(app.state.history, redis)
         app.state.usage = usage_client(nc, settings.usage_timeout_s)
         app.state.jobs = JobDirectory(service, app.state.usage, redis, settings.jobs.idempotency_ttl_s)
+        app.state.responses = ResponseDirectory(service, app.state.jobs, app.state.history)
         webhooks = WebhookDispatcher(js, settings.webhooks)
         await webhooks.start()
         init_metrics(settings.models)

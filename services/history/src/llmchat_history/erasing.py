@@ -58,14 +58,15 @@ class Eraser:
     async def work(self, now: datetime | None = None) -> int:
         """One pass over the queue, oldest first; how many erasures it finished."""
         done = 0
+        now = now or utcnow()
         async with self._engine.connect() as conn:
             pending = await repo.pending_erasures(conn, BATCH)
         waiting = []
         for row in pending:
-            expired = row.requested_at < (now or utcnow()) - self._retention
+            expired = row.requested_at < now - self._retention
             if expired or await self._forget([row.request_id]):
                 async with self._engine.begin() as conn:
-                    await repo.erasure_done(conn, row.request_id)
+                    await repo.erasure_done(conn, row.request_id, now)
                 done += 1
             else:
                 waiting.append(row.request_id)
@@ -73,6 +74,7 @@ class Eraser:
             if waiting:
                 await repo.erasure_tried(conn, waiting)
             PENDING.set(await repo.erasures_queued(conn))
+            await repo.drop_tombstones(conn, now - self._retention)
         if done:
             log.info("requests erased from the log", extra={"requests": done, "waiting": len(waiting)})
         return done

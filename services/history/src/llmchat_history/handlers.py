@@ -10,9 +10,9 @@ from llmchat_common.history_contracts import (
     ConversationRef,
     EraseUser,
     ExportConversation,
-    ForgetRequest,
     ListConversations,
     RenameConversation,
+    RequestRef,
 )
 from llmchat_common.rpc import Operation, no_args, serve_operations
 from llmchat_history.service import HistoryService
@@ -28,7 +28,8 @@ def operations(service: HistoryService) -> dict[str, Operation]:
         "delete": Operation(ConversationRef, service.delete),
         "export": Operation(ExportConversation, service.export),
         "erase_user": Operation(EraseUser, service.erase_user),
-        "forget_request": Operation(ForgetRequest, service.forget_request),
+        "forget_request": Operation(RequestRef, service.forget_request),
+        "response_get": Operation(RequestRef, service.response_get),
     }
     if tuple(ops) != subjects.HISTORY_OPS:  # the edge calls exactly these
         raise RuntimeError("history operations differ from subjects.HISTORY_OPS")

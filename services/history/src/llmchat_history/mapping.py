@@ -80,6 +80,8 @@ class BatchPlan:
     # Each row knows its (conversation_id, user_id).
     messages: dict[MessageKey, dict[str, Any]] = field(default_factory=dict)
     titles: list[TitleAnswer] = field(default_factory=list)
+    # Stored responses, by request id (the newest attempt's terminal event).
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def messages_of(
         self, accepted: set[tuple[str, str]]
@@ -231,6 +233,18 @@ def storable(event: ProjectedEvent) -> ProjectedEvent:
     return event.model_copy(update=changed) if changed else event
 
 
+def response_row(event: Completed | Failed | Cancelled, seq: int) -> dict[str, Any]:
+    return {
+        "request_id": event.request_id,
+        "user_id": event.user_id,
+        "conversation_id": event.conversation_id,
+        "attempt": event.attempt,
+        "terminal": _without_nul(event.model_dump(mode="json")),
+        "created_at": _request_time(event),
+        "stream_seq": seq,
+    }
+
+
 def plan_batch(events: Sequence[StoredEvent]) -> BatchPlan:
     plan = BatchPlan()
     groups: dict[tuple[str, str], ConversationUpsert] = {}
@@ -256,6 +270,11 @@ def plan_batch(events: Sequence[StoredEvent]) -> BatchPlan:
         rows = input_rows(event, seq)
         if not isinstance(event, Started):
             rows += [row] if (row := answer_row(event, seq)) is not None else []
+            if event.response is not None and event.response.store:
+                stored_response = response_row(event, seq)
+                earlier = plan.responses.get(event.request_id)
+                if earlier is None or earlier["attempt"] < stored_response["attempt"]:
+                    plan.responses[event.request_id] = stored_response
         for row in rows:
             mkey: MessageKey = (row["request_id"], row["role"], row["position"])
             previous = plan.messages.get(mkey)

@@ -126,18 +126,39 @@ class Message(Base):
 
 class Erasure(Base):
     """A request to erase from the event log (`llmchat_common.forgetting`), queued in the
-    transaction that deletes its rows (a deleted conversation's, an erased user's) and worked
-    off by the eraser (`erasing.py`) once the request has ended; the row goes when it is done.
-    Only ids: nothing of what was said."""
+    transaction that deletes its rows (a deleted conversation's or response's, an erased
+    user's) and worked off by the eraser (`erasing.py`) once the request has ended. A done one
+    stays as a tombstone (`done_at`) for the log's retention: an event of it that the
+    projection had already fetched is then not stored again. Only ids: nothing of what was
+    said."""
 
     __tablename__ = "erasures"
 
     request_id: Mapped[str] = mapped_column(Text, primary_key=True)
     requested_at: Mapped[datetime] = _ts()
     tries: Mapped[int] = mapped_column(Integer, server_default="0")
+    done_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class StoredResponse(Base):
+    """A stored Responses API response (`store`), kept past the event log's retention: its
+    terminal event as the log has it (the newest attempt's), from which the edge renders the
+    Response object exactly as it does from the log. Its turn is also in `messages`."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index(None, "conversation_id"), Index(None, "user_id"))
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    conversation_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    terminal: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _ts()
+    stream_seq: Mapped[int] = mapped_column(BigInteger)
 
 
 # Core views of the tables (the projection and replay write with Core statements).
 conversations: Table = Conversation.__table__  # type: ignore[assignment]
 messages: Table = Message.__table__  # type: ignore[assignment]
 erasures: Table = Erasure.__table__  # type: ignore[assignment]
+responses: Table = StoredResponse.__table__  # type: ignore[assignment]

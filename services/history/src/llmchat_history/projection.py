@@ -100,10 +100,20 @@ class HistoryProjection:
             await self._erase_late(conn, events, [conv.id for conv in dropped])
         inputs, answers = plan.messages_of(accepted)
         # A request deleted on its own (a response) before its events were projected.
-        gone = await repo.erasing(conn, [row["request_id"] for row in inputs + answers])
+        gone = await repo.erasing(
+            conn, [row["request_id"] for row in inputs + answers] + list(plan.responses)
+        )
         if gone:
             inputs = [row for row in inputs if row["request_id"] not in gone]
             answers = [row for row in answers if row["request_id"] not in gone]
+        await repo.upsert_responses(
+            conn,
+            [
+                row
+                for row in plan.responses.values()
+                if (row["conversation_id"], row["user_id"]) in accepted and row["request_id"] not in gone
+            ],
+        )
         await repo.insert_inputs(conn, inputs)
         completed = await repo.insert_answers(conn, answers)
         for answer in plan.titles:

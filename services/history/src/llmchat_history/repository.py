@@ -33,6 +33,7 @@ from llmchat_history.mapping import ConversationUpsert, TitleAnswer
 from llmchat_history.models import conversations as C
 from llmchat_history.models import erasures as E
 from llmchat_history.models import messages as M
+from llmchat_history.models import responses as R
 from llmchat_history.titles import title_request_id
 
 # Columns written by statements (the tsvector columns are generated).
@@ -288,17 +289,61 @@ async def queue_erasures(conn: AsyncConnection, request_ids: Sequence[str], now:
     if not request_ids:
         return 0
     rows = [{"request_id": r, "requested_at": now} for r in dict.fromkeys(request_ids)]
+    stmt = pg_insert(E).values(rows)
+    # A tombstone (done) is queued again: events of it may have come since.
     result = await conn.execute(
-        pg_insert(E)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[E.c.request_id])
-        .returning(E.c.request_id)
+        stmt.on_conflict_do_update(
+            index_elements=[E.c.request_id],
+            set_={"done_at": None, "requested_at": stmt.excluded.requested_at},
+            where=E.c.done_at.is_not(None),
+        ).returning(E.c.request_id)
     )
     return len(result.all())
 
 
-async def delete_request_messages(conn: AsyncConnection, user_id: str, request_id: str) -> None:
-    await conn.execute(delete(M).where(M.c.request_id == request_id, M.c.user_id == user_id))
+async def delete_request_messages(conn: AsyncConnection, user_id: str, request_id: str) -> str | None:
+    """The request's messages and stored response gone, in the caller's transaction; the id of
+    its conversation if that has no messages left."""
+    result = await conn.execute(
+        delete(M).where(M.c.request_id == request_id, M.c.user_id == user_id).returning(M.c.conversation_id)
+    )
+    conversations = {row.conversation_id for row in result}
+    await conn.execute(delete(R).where(R.c.request_id == request_id, R.c.user_id == user_id))
+    for conversation_id in conversations:
+        left = await conn.scalar(
+            select(func.count()).select_from(M).where(M.c.conversation_id == conversation_id)
+        )
+        if not left:
+            return str(conversation_id)
+    return None
+
+
+async def upsert_responses(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """A response's row is its newest attempt's terminal event (an older one never replaces
+    it, whatever the order the log is read in)."""
+    if not rows:
+        return
+    stmt = pg_insert(R)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[R.c.request_id],
+            set_={
+                "attempt": stmt.excluded.attempt,
+                "terminal": stmt.excluded.terminal,
+                "stream_seq": stmt.excluded.stream_seq,
+            },
+            where=R.c.attempt < stmt.excluded.attempt,
+        ),
+        list(rows),
+    )
+
+
+async def stored_response(conn: AsyncConnection, user_id: str, request_id: str) -> dict[str, Any] | None:
+    result = await conn.execute(
+        select(R.c.terminal).where(R.c.request_id == request_id, R.c.user_id == user_id)
+    )
+    terminal: dict[str, Any] | None = result.scalar_one_or_none()
+    return terminal
 
 
 async def erasing(conn: AsyncConnection, request_ids: Sequence[str]) -> set[str]:
@@ -312,17 +357,26 @@ async def erasing(conn: AsyncConnection, request_ids: Sequence[str]) -> set[str]
 async def pending_erasures(conn: AsyncConnection, limit: int) -> Sequence[Row[Any, Any, Any]]:
     """The oldest erasures not done yet."""
     result = await conn.execute(
-        select(E.c.request_id, E.c.requested_at, E.c.tries).order_by(E.c.requested_at).limit(limit)
+        select(E.c.request_id, E.c.requested_at, E.c.tries)
+        .where(E.c.done_at.is_(None))
+        .order_by(E.c.requested_at)
+        .limit(limit)
     )
     return result.all()
 
 
 async def erasures_queued(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.count()).select_from(E))).scalar_one())
+    query = select(func.count()).select_from(E).where(E.c.done_at.is_(None))
+    return int((await conn.execute(query)).scalar_one())
 
 
-async def erasure_done(conn: AsyncConnection, request_id: str) -> None:
-    await conn.execute(delete(E).where(E.c.request_id == request_id))
+async def erasure_done(conn: AsyncConnection, request_id: str, now: datetime) -> None:
+    await conn.execute(update(E).where(E.c.request_id == request_id).values(done_at=now))
+
+
+async def drop_tombstones(conn: AsyncConnection, done_before: datetime) -> None:
+    """Done erasures older than the log's retention: nothing of them can come back."""
+    await conn.execute(delete(E).where(E.c.done_at < done_before))
 
 
 async def erasure_tried(conn: AsyncConnection, request_ids: Sequence[str]) -> None:
@@ -350,6 +404,7 @@ async def erase_user(conn: AsyncConnection, user_id: str, now: datetime) -> int:
     )
     erased = len(result.all())
     await conn.execute(delete(M).where(M.c.user_id == user_id))
+    await conn.execute(delete(R).where(R.c.user_id == user_id))
     return erased
 
 
@@ -366,6 +421,7 @@ async def delete_conversation(
     if result.first() is None:
         return False
     await conn.execute(delete(M).where(M.c.conversation_id == conversation_id))
+    await conn.execute(delete(R).where(R.c.conversation_id == conversation_id))
     return True
 
 

@@ -21,12 +21,13 @@ from llmchat_common.history_contracts import (
     EraseUser,
     ExportConversation,
     Exported,
-    ForgetRequest,
     ListConversations,
     Message,
     MessageUsage,
     Owned,
     RenameConversation,
+    RequestRef,
+    StoredResponse,
 )
 from llmchat_common.rpc import InvalidRequest, NotFound
 from llmchat_history import repository as repo
@@ -165,14 +166,27 @@ class HistoryService:
         self.erase_soon()
         return Erased(conversations=conversations, requests=len(set(request_ids)))
 
-    async def forget_request(self, req: ForgetRequest) -> Deleted:
+    async def forget_request(self, req: RequestRef) -> Deleted:
         """One request (a deleted response): its turn's messages go, and it is queued for
-        erasure from the event log; a turn projected later is dropped (`projection`)."""
+        erasure from the event log; a turn projected later is dropped (`projection`). A
+        conversation left without messages is deleted as `delete` does (so that a replay of the
+        log, which no longer has the request, gives the same rows)."""
         async with self.engine.begin() as conn:
-            await repo.delete_request_messages(conn, req.user_id, req.request_id)
-            await repo.queue_erasures(conn, [req.request_id], self.clock())
+            request_ids = [req.request_id]
+            emptied = await repo.delete_request_messages(conn, req.user_id, req.request_id)
+            if emptied is not None:
+                request_ids += await repo.request_ids(conn, emptied)
+                await repo.delete_conversation(conn, req.user_id, emptied, self.clock())
+            await repo.queue_erasures(conn, request_ids, self.clock())
         self.erase_soon()
         return Deleted(id=req.request_id)
+
+    async def response_get(self, req: RequestRef) -> StoredResponse:
+        async with self.engine.connect() as conn:
+            terminal = await repo.stored_response(conn, req.user_id, req.request_id)
+        if terminal is None:
+            raise NotFound("response not found")
+        return StoredResponse(terminal=terminal)
 
     async def export(self, req: ExportConversation) -> Exported:
         conversation = await self.get(

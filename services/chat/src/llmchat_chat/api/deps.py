@@ -14,6 +14,7 @@ from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.errors import Forbidden, Unauthorized
 from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.ratelimit import Limiter
+from llmchat_chat.responses import ResponseDirectory
 from llmchat_chat.service import ChatService
 from llmchat_common.auth_contracts import Principal
 from llmchat_common.logging import bind_log_fields
@@ -51,6 +52,11 @@ def get_usage(request: Request) -> ServiceClient:
 def get_jobs(request: Request) -> JobDirectory:
     jobs: JobDirectory = request.app.state.jobs
     return jobs
+
+
+def get_responses(request: Request) -> ResponseDirectory:
+    responses: ResponseDirectory = request.app.state.responses
+    return responses
 
 
 def get_conversations(request: Request) -> ConversationGuard:
@@ -103,6 +109,7 @@ HistoryDep = Annotated[ServiceClient, Depends(get_history)]
 UsageDep = Annotated[ServiceClient, Depends(get_usage)]
 ConversationsDep = Annotated[ConversationGuard, Depends(get_conversations)]
 JobsDep = Annotated[JobDirectory, Depends(get_jobs)]
+ResponsesDep = Annotated[ResponseDirectory, Depends(get_responses)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[Caller, Depends(get_session)]
 AdminDep = Annotated[Caller, Depends(get_admin)]

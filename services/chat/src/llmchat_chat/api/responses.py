@@ -5,7 +5,8 @@ is queued, admitted, limited, run, failed over and counted like any chat request
 Responses fields ride with it (`ResponseFacts`) on its request and on its `started` and terminal
 events. So the log alone says what a response is, at any edge and after any restart:
 - `GET /v1/responses/{id}` reads the response's last `started` and terminal events (a queued
-  background response, not yet started, is known from Redis like a queued job);
+  background response, not yet started, is known from Redis like a queued job; past the log's
+  retention, the history service keeps its terminal event: `llmchat_chat.responses`);
 - `previous_response_id` walks the chain back the same way: each response's input items and
   output, oldest first, then this request's input (instructions are not carried over, as
   OpenAI does);
@@ -21,7 +22,6 @@ are listed in `/v1/jobs` too.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -47,12 +47,12 @@ from llmchat_chat.api.deps import (
     Caller,
     CallerDep,
     ConversationsDep,
-    HistoryDep,
     JobsDep,
     LimiterDep,
+    ResponsesDep,
     ServiceDep,
 )
-from llmchat_chat.api.responses_format import ResponseStream, ResponseView, output_of
+from llmchat_chat.api.responses_format import ResponseStream, ResponseView
 from llmchat_chat.api.responses_schema import (
     ResponsesRequest,
     TextFormatIn,
@@ -62,19 +62,16 @@ from llmchat_chat.api.responses_schema import (
     messages_of_items,
 )
 from llmchat_chat.api.schemas import ChatCompletionRequest
-from llmchat_chat.errors import ApiError, NotFound
-from llmchat_chat.jobs import JobDirectory
+from llmchat_chat.conversations import ConversationGuard
+from llmchat_chat.errors import ApiError
 from llmchat_chat.ratelimit import Admission, Limiter
+from llmchat_chat.responses import ResponseDirectory
 from llmchat_chat.service import ChatService, RequestHandle, Submitted
-from llmchat_common import subjects
 from llmchat_common.contracts import ChatRequested, ResponseFacts
-from llmchat_common.history_contracts import Deleted, ForgetRequest
 from llmchat_common.request_log import LoggedEvent
 
 router = APIRouter(tags=["responses"])
 
-# How long cancel and delete wait for a running response to end before they answer.
-END_WAIT_S = 10.0
 # Chat-completions field names (in errors of the shared checks) as the Responses API has them.
 PARAMS = {
     "messages": "input",
@@ -86,10 +83,6 @@ PARAMS = {
 
 def new_response_id() -> str:
     return f"resp_{uuid.uuid4().hex}"
-
-
-def _not_found(param: str | None = None) -> NotFound:
-    return NotFound("response not found", param=param, code="response_not_found")
 
 
 def _renamed(exc: ApiError) -> ApiError:
@@ -147,42 +140,13 @@ def _tool_choice(body: ResponsesRequest) -> tuple[Any, Any]:
     return choice, choice or "auto"
 
 
-async def _chain(
-    service: ChatService, caller: Caller, previous: str
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The items of the chain that ends with response `previous` (oldest first), and the
-    conversation it is stored in."""
-    segments: list[list[dict[str, Any]]] = []
-    conversation: str | None = None
-    current: str | None = previous
-    while current is not None:
-        param = "previous_response_id"
-        try:
-            subjects.check_token(current)
-        except ValueError:
-            raise _not_found(param) from None
-        state = await service.job_state(current)
-        event = state.terminal or state.started
-        facts = event.response if event is not None else None
-        if event is None or facts is None or not facts.store or event.user_id != caller.user_id:
-            if current == previous:
-                raise _not_found(param)
-            raise NotFound(
-                f"response {current!r} of the chain before {previous!r} no longer exists",
-                param=param,
-                code="response_not_found",
-            )
-        if state.terminal is None:
-            raise ApiError(f"the response {current!r} is still in progress", param=param)
-        if current == previous:
-            conversation = event.conversation_id
-        segments.append(facts.input + output_of(current, state.terminal))
-        current = facts.previous_response_id
-    return [item for segment in reversed(segments) for item in segment], conversation
-
-
 async def to_response_request(
-    body: ResponsesRequest, service: ChatService, caller: Caller, conversations: Any, response_id: str
+    body: ResponsesRequest,
+    service: ChatService,
+    caller: Caller,
+    conversations: ConversationGuard,
+    responses: ResponseDirectory,
+    response_id: str,
 ) -> ChatRequested:
     """The chat request a response is (every check of a chat completion applies)."""
     check_tools(body)
@@ -190,7 +154,7 @@ async def to_response_request(
     earlier: list[dict[str, Any]] = []
     conversation: str | None = None
     if body.previous_response_id is not None:
-        earlier, conversation = await _chain(service, caller, body.previous_response_id)
+        earlier, conversation = await responses.chain(body.previous_response_id, caller.user_id)
     store = body.store is not False
     background = bool(body.background)
     if background and not store:
@@ -284,8 +248,9 @@ async def create_response(
     limiter: LimiterDep,
     conversations: ConversationsDep,
     jobs: JobsDep,
+    responses: ResponsesDep,
 ) -> Response:
-    request = await to_response_request(body, service, caller, conversations, new_response_id())
+    request = await to_response_request(body, service, caller, conversations, responses, new_response_id())
     admission = await admit(service, limiter, caller, request)
     headers = {"X-Request-Id": request.request_id, **admission.headers}
     if request.conversation_id is not None:
@@ -397,40 +362,16 @@ async def _follow(stream: ResponseStream, handle: RequestHandle, *, after: int) 
         await handle.close()
 
 
-async def _find(jobs: JobDirectory, response_id: str, caller: Caller) -> ResponseView:
-    """The caller's stored response, or 404 (another user's, an unstored one, or one whose
-    events the log no longer keeps)."""
-    job = await jobs.find(response_id, caller.user_id)
-    state = job.state
-    event = state.terminal or state.started
-    if event is not None:
-        facts, model, created = event.response, event.model, event.created_at
-    elif job.pending is not None:
-        facts, model, created = job.pending.response, job.pending.model, job.pending.created_at
-    else:
-        raise _not_found()
-    if facts is None or not facts.store or model is None or created is None:
-        raise _not_found()
-    view = ResponseView(response_id, model, created, facts)
-    if state.started is not None:
-        view.saw(state.started)
-    if state.terminal is not None:
-        view.saw(state.terminal)
-    elif job.cancelled_while_queued:
-        view.status = "cancelled"
-    return view
-
-
 @router.get("/v1/responses/{response_id}")
 async def get_response(
     response_id: str,
     caller: CallerDep,
-    jobs: JobsDep,
+    responses: ResponsesDep,
     service: ServiceDep,
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
-    view = await _find(jobs, response_id, caller)
+    view = await responses.find(response_id, caller.user_id)
     if not stream:
         return JSONResponse(view.body())
     if not view.facts.background:
@@ -440,8 +381,11 @@ async def get_response(
     if view.ended:
         # Rendered whole from the stored events: a `starting_after` past its end is refused.
         events = renderer.opening()
-        for logged in await service.stored_events(response_id, limit=100_000):
-            events += renderer.take(logged.event)
+        logged = await service.stored_events(response_id, limit=100_000)
+        # Past the log's retention, from its stored terminal event alone.
+        kept = [view.terminal] if view.terminal is not None else []
+        for event in [e.event for e in logged] or kept:
+            events += renderer.take(event)
         if after >= len(events) - 1:
             raise ApiError(
                 f"starting_after {after} is at or past the stream's last event ({len(events) - 1})",
@@ -458,50 +402,24 @@ async def get_response(
     return _event_stream(_follow(renderer, handle, after=after), {"X-Request-Id": response_id})
 
 
-async def _wait_end(jobs: JobDirectory, response_id: str, caller: Caller) -> ResponseView:
-    deadline = time.monotonic() + END_WAIT_S
-    while True:
-        view = await _find(jobs, response_id, caller)
-        if view.ended or time.monotonic() > deadline:
-            return view
-        await asyncio.sleep(0.2)
-
-
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(
-    response_id: str, caller: CallerDep, jobs: JobsDep, service: ServiceDep
+    response_id: str, caller: CallerDep, responses: ResponsesDep, service: ServiceDep
 ) -> dict[str, Any]:
     """A background response stops (idempotent: an ended one is returned as it is)."""
-    view = await _find(jobs, response_id, caller)
+    view = await responses.find(response_id, caller.user_id)
     if not view.facts.background:
         raise ApiError("only a background response can be cancelled", param="response_id")
     if not view.ended:
         await service.cancel(response_id, "client")
-        view = await _wait_end(jobs, response_id, caller)
+        view = await responses.wait_end(response_id, caller.user_id)
     return view.body()
 
 
 @router.delete("/v1/responses/{response_id}")
-async def delete_response(
-    response_id: str, caller: CallerDep, jobs: JobsDep, service: ServiceDep, history: HistoryDep
-) -> dict[str, Any]:
-    """Forgets the response (a running one is cancelled first): its turn leaves its
-    conversation, and the history service's eraser erases its request and events from the log
-    once it has ended (as for a deleted conversation). Answers once the log no longer has it
-    (or after `END_WAIT_S`: the erasure is queued, and happens)."""
-    view = await _find(jobs, response_id, caller)
-    if not view.ended:
-        await service.cancel(response_id, "client")
-    await history.call(
-        "forget_request", ForgetRequest(user_id=caller.user_id, request_id=response_id), Deleted
-    )
-    await jobs.forget(response_id)
-    deadline = time.monotonic() + END_WAIT_S
-    while time.monotonic() < deadline:
-        state = await service.job_state(response_id)
-        if state.started is None and state.terminal is None:
-            break
-        await asyncio.sleep(0.1)
+async def delete_response(response_id: str, caller: CallerDep, responses: ResponsesDep) -> dict[str, Any]:
+    """Forgets the response (`ResponseDirectory.forget`)."""
+    await responses.forget(response_id, caller.user_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
@@ -509,13 +427,13 @@ async def delete_response(
 async def list_input_items(
     response_id: str,
     caller: CallerDep,
-    jobs: JobsDep,
+    responses: ResponsesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     after: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict[str, Any]:
     """The response's own input items (not those of the responses before it)."""
-    view = await _find(jobs, response_id, caller)
+    view = await responses.find(response_id, caller.user_id)
     items = list(view.facts.input)
     if order == "desc":
         items.reverse()

@@ -126,12 +126,14 @@ class ResponseView:
     error: dict[str, Any] | None = None
     incomplete: str | None = None
     completed_at: float | None = None
+    terminal: Terminal | None = None
 
     def saw(self, event: AnyEvent) -> None:
         """Takes in a `started` or terminal event (the newest attempt's)."""
         if isinstance(event, Started) and self.status == "queued":
             self.status = "in_progress"
         elif isinstance(event, Completed | Failed | Cancelled):
+            self.terminal = event
             self.output = output_of(self.id, event)
             self.usage = event.usage
             if isinstance(event, Completed):
