@@ -76,6 +76,8 @@ EXPECTED_OPERATIONS = {
     "POST /v1/chat/completions",
     "POST /v1/embeddings",
     "POST /v1/completions",
+    "POST /v1/responses",
+    "GET /v1/responses/{response_id}",
     "POST /v1/auth/register",
     "POST /v1/auth/login",
     "POST /v1/auth/refresh",

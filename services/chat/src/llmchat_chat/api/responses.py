@@ -239,7 +239,26 @@ def sse(event: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
-@router.post("/v1/responses")
+# A Response object, or with `stream: true` an SSE stream of its events (OpenAPI before 3.2 has
+# no itemSchema: each event is described as `event:` and `data:` lines).
+RESPONSE_OR_EVENTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a `response` object, or with `stream: true` an SSE stream of Responses events",
+        "content": {
+            "application/json": {},
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                    "required": ["data"],
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("/v1/responses", responses=RESPONSE_OR_EVENTS)
 async def create_response(
     body: ResponsesRequest,
     http_request: Request,
@@ -362,7 +381,7 @@ async def _follow(stream: ResponseStream, handle: RequestHandle, *, after: int) 
         await handle.close()
 
 
-@router.get("/v1/responses/{response_id}")
+@router.get("/v1/responses/{response_id}", responses=RESPONSE_OR_EVENTS)
 async def get_response(
     response_id: str,
     caller: CallerDep,
