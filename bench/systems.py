@@ -64,6 +64,8 @@ class System:
     # label -> the processes whose CPU time the system spends (children included).
     pids: dict[str, list[int]] = field(default_factory=dict)
     stop: Callable[[], object] = lambda: None
+    # More edges of the same platform (`edges` > 1), as base URLs.
+    other_edges: list[str] = field(default_factory=list)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,6 +110,7 @@ def start_llmchat(
     worker_env: Mapping[str, str] | None = None,
     edge_env: Mapping[str, str] | None = None,
     traces_env: Mapping[str, str] | None = None,
+    edges: int = 1,
 ) -> System:
     """The whole platform, as `make run` starts it, on a new state folder. Conversation
     titles are off: they are extra generations the peers do not make. The worker serves the
@@ -126,14 +129,17 @@ def start_llmchat(
         started.append(start_auth(stack))
         started.append(start_history(stack, extra_env={"LLMCHAT_HISTORY_TITLES": "false"}))
         started.append(start_metrics(stack))
-        edge, port = start_edge(stack, extra_env={**ROOMY_LIMITS, **(edge_env or {})})
-        started.append(edge)
+        ports = []
+        for _ in range(edges):
+            edge, port = start_edge(stack, extra_env={**ROOMY_LIMITS, **(edge_env or {})})
+            started.append(edge)
+            ports.append(port)
     except BaseException:
         for proc in reversed(started):
             proc.stop()
         stack.stop()
         raise
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{ports[0]}"
     account = create_account(url)
     by_name = {p.name: p for p in [*stack.processes, *started]}
 
@@ -149,6 +155,7 @@ def start_llmchat(
         model=profile.alias,
         pids={name: [proc.pid] for name, proc in by_name.items()},
         stop=stop,
+        other_edges=[f"http://127.0.0.1:{port}/v1" for port in ports[1:]],
     )
 
 

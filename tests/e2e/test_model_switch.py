@@ -254,7 +254,11 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
     seen_steps: set[str] = set()
 
     async def loaded() -> dict[str, Any] | None:
-        worker = (await workers_by_id(http))[SWITCHED]
+        # Absent from one listing (a heartbeat late while the model converts, holding the GIL
+        # on two shared cores: seen in CI) is "not yet".
+        worker = (await workers_by_id(http)).get(SWITCHED)
+        if worker is None:
+            return None
         seen_steps.add(worker["state"])
         models = await model_view(http)
         if worker["state"] != "ready":

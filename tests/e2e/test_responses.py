@@ -356,3 +356,43 @@ async def test_agents_sdk_on_its_default_responses_model(edge_url: str, api_key:
     assert isinstance(result.final_output, Verdict)
     assert len(calls) == 1
     assert calls[0][0] in ("Paris", "London") and calls[0][1] in ("celsius", "fahrenheit")
+
+
+async def test_agents_sdk_streamed_run_with_a_tool(edge_url: str, api_key: str) -> None:
+    """`Runner.run_streamed` reads the Responses stream itself: the tool's call arrives as
+    function-call events, and the answer's text deltas (JSON of its output type: the random
+    model's free text would run to the token limit, which the SDK refuses in a stream) make its
+    final output."""
+    set_tracing_disabled(True)
+    calls: list[str] = []
+
+    @function_tool
+    def lookup(city: Literal["Paris", "London"]) -> str:
+        """Facts about a city."""
+        calls.append(city)
+        return "a harbour"
+
+    async with AsyncOpenAI(base_url=f"{edge_url}/v1", api_key=api_key, max_retries=0) as client:
+        agent = Agent(
+            name="guide",
+            instructions="Look the city up, then answer.",
+            model=OpenAIResponsesModel(model=MAIN_MODEL, openai_client=client),
+            tools=[lookup],
+            model_settings=ModelSettings(
+                tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=600
+            ),
+            output_type=Verdict,
+        )
+        result = Runner.run_streamed(agent, "Tell me about Paris.", max_turns=3)
+        kinds: list[str] = []
+        deltas: list[str] = []
+        async for event in result.stream_events():
+            if event.type == "raw_response_event":
+                kinds.append(event.data.type)
+                if event.data.type == "response.output_text.delta":
+                    deltas.append(event.data.delta)
+    # The first turn's call is forced; with the choice back to `auto` the model may call again.
+    assert calls and all(city in ("Paris", "London") for city in calls)
+    assert kinds.count("response.function_call_arguments.done") == len(calls)
+    assert kinds.count("response.completed") == len(calls) + 1  # a turn per call, then the answer
+    assert deltas and result.final_output == Verdict.model_validate_json("".join(deltas))

@@ -207,3 +207,37 @@ def test_unreadable_input_is_refused_naming_the_field(item: dict[str, Any], para
     with pytest.raises(ApiError) as refused:
         input_items(ResponsesRequest(model="m", input=[item]), RID)
     assert refused.value.param == param
+
+
+def test_a_long_string_input_is_one_message_not_too_many_items() -> None:
+    body = ResponsesRequest(model="m", input="x" * 5000)
+    assert input_items(body, RID)[0]["content"][0]["text"] == "x" * 5000
+    with pytest.raises(ValueError, match="2048"):
+        ResponsesRequest(model="m", input=[{"role": "user", "content": "hi"}] * 2049)
+
+
+def test_a_lone_surrogate_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="surrogate"):
+        ResponsesRequest(model="m", input="hi", metadata={"k": "\ud800"})
+    item = {"type": "function_call_output", "call_id": "c\ud800", "output": "x"}
+    with pytest.raises(ApiError) as refused:
+        input_items(ResponsesRequest(model="m", input=[item]), RID)
+    assert refused.value.param == "input.0.call_id"
+
+
+def test_a_started_stream_opens_in_progress_then_says_so() -> None:
+    started_view = view()
+    started_view.status = "in_progress"
+    stream = ResponseStream(started_view)
+    out = stream.opening() + stream.take(started())
+    assert [(e["type"], e["response"]["status"]) for e in out] == [
+        ("response.created", "in_progress"),
+        ("response.in_progress", "in_progress"),
+    ]
+
+
+def test_with_tools_a_failed_answer_shows_no_raw_call_syntax() -> None:
+    failed = Failed(**base(2, 0), code="worker_lost", message="lost", retriable=True, text='<tool_call>{"na')
+    out = render([started(), delta(1, "<tool_call>"), failed], tools=[{"type": "function", "name": "f"}])
+    final = Response.model_validate(out[-1]["response"])
+    assert final.status == "failed" and final.output == []

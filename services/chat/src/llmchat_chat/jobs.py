@@ -127,6 +127,10 @@ class JobDirectory:
         cancelled = record.status == "queued" and await self._service.cancel_requested(request_id)
         return Job(request_id, state, record=record, cancelled_while_queued=cancelled)
 
+    async def pending(self, request_id: str) -> Pending | None:
+        """What the edge that queued the request noted (None: not noted, or gone)."""
+        return await self._pending(request_id)
+
     async def _pending(self, request_id: str) -> Pending | None:
         try:
             raw = await self._redis.get(_pending_key(request_id))

@@ -13,13 +13,13 @@ from typing import Any
 
 import orjson
 
-from llmchat_chat.api.responses_format import ResponseView, Terminal, output_of
+from llmchat_chat.api.responses_format import ResponseView, Terminal
 from llmchat_chat.backends import ServiceClient
 from llmchat_chat.errors import ApiError, NotFound
 from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.service import ChatService
 from llmchat_common import subjects
-from llmchat_common.contracts import Cancelled, Completed, Failed, parse_event
+from llmchat_common.contracts import Cancelled, Completed, Failed, ResponseFacts, parse_event
 from llmchat_common.history_contracts import Deleted, RequestRef, StoredResponse
 
 # How long cancel and delete wait for a running response to end, or to be erased.
@@ -40,35 +40,55 @@ class ResponseDirectory:
         """The user's stored response, or 404 (another user's, one stored with `store: false`,
         one deleted)."""
         try:
-            job = await self._jobs.find(response_id, user_id)
-        except NotFound:
-            job = None
-        if job is not None and (job.state.started or job.state.terminal or job.pending):
-            state = job.state
-            event = state.terminal or state.started
-            if event is not None:
-                facts, model, created = event.response, event.model, event.created_at
-            else:
-                assert job.pending is not None
-                facts, model, created = job.pending.response, job.pending.model, job.pending.created_at
-            if facts is None or not facts.store or model is None or created is None:
+            subjects.check_token(response_id)
+        except ValueError:
+            raise not_found() from None
+        state = await self._service.job_state(response_id)
+        event = state.terminal or state.started
+        if event is not None:
+            if event.user_id != user_id or event.response is None or event.model is None:
                 raise not_found()
-            view = ResponseView(response_id, model, created, facts)
+            view = self._view(response_id, event.model, event.created_at or event.ts, event.response)
             if state.started is not None:
                 view.saw(state.started)
             if state.terminal is not None:
                 view.saw(state.terminal)
-            elif job.cancelled_while_queued:
-                view.status = "cancelled"
+            return view
+        pending = await self._jobs.pending(response_id)
+        if pending is not None:
+            if pending.user_id != user_id or pending.response is None:
+                raise not_found()
+            view = self._view(response_id, pending.model, pending.created_at, pending.response)
+            if await self._service.cancel_requested(response_id):
+                # Cancelled before a worker took it: it ends so (the worker that pulls it
+                # publishes the same), and a replay shows that end.
+                view.saw(
+                    Cancelled(
+                        request_id=response_id,
+                        attempt=1,
+                        seq=0,
+                        worker_id="",
+                        ts=time.time(),
+                        reason="client",
+                        user_id=user_id,
+                        model=pending.model,
+                        created_at=pending.created_at,
+                        response=pending.response,
+                    )
+                )
             return view
         terminal = await self._stored(response_id, user_id)
         if terminal is None or terminal.response is None or terminal.model is None:
             raise not_found()
-        view = ResponseView(
-            response_id, terminal.model, terminal.created_at or terminal.ts, terminal.response
-        )
+        view = self._view(response_id, terminal.model, terminal.created_at or terminal.ts, terminal.response)
         view.saw(terminal)
         return view
+
+    @staticmethod
+    def _view(response_id: str, model: str, created_at: float, facts: ResponseFacts) -> ResponseView:
+        if not facts.store:
+            raise not_found()
+        return ResponseView(response_id, model, created_at, facts)
 
     async def _stored(self, response_id: str, user_id: str) -> Terminal | None:
         try:
@@ -103,7 +123,7 @@ class ResponseDirectory:
                 raise ApiError(f"the response {current!r} is still in progress", param=param)
             if current == previous:
                 conversation = view.terminal.conversation_id
-            segments.append(view.facts.input + output_of(current, view.terminal))
+            segments.append(view.facts.input + view.output)
             current = view.facts.previous_response_id
         return [item for segment in reversed(segments) for item in segment], conversation
 

@@ -76,6 +76,11 @@ class HistoryProjection:
 
     async def apply(self, conn: AsyncConnection, events: Sequence[StoredEvent]) -> None:
         self.pending = []  # a retried batch starts over: only the committed attempt counts
+        # Requests deleted (a response on its own, or with a conversation) before these events
+        # of theirs were projected: nothing of them is stored again, not even a conversation.
+        gone = await repo.erasing(conn, list({e.event.request_id for e in events}))
+        if gone:
+            events = [e for e in events if e.event.request_id not in gone]
         plan = plan_batch(events)
         # One statement for the first share of each id; a second owner claiming the same id
         # in this batch (rare: a forged id) gets statements of its own, after it.
@@ -99,20 +104,9 @@ class HistoryProjection:
         if dropped and self.erase_late:
             await self._erase_late(conn, events, [conv.id for conv in dropped])
         inputs, answers = plan.messages_of(accepted)
-        # A request deleted on its own (a response) before its events were projected.
-        gone = await repo.erasing(
-            conn, [row["request_id"] for row in inputs + answers] + list(plan.responses)
-        )
-        if gone:
-            inputs = [row for row in inputs if row["request_id"] not in gone]
-            answers = [row for row in answers if row["request_id"] not in gone]
         await repo.upsert_responses(
             conn,
-            [
-                row
-                for row in plan.responses.values()
-                if (row["conversation_id"], row["user_id"]) in accepted and row["request_id"] not in gone
-            ],
+            [row for row in plan.responses.values() if (row["conversation_id"], row["user_id"]) in accepted],
         )
         await repo.insert_inputs(conn, inputs)
         completed = await repo.insert_answers(conn, answers)

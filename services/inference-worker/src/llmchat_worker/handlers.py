@@ -414,7 +414,7 @@ class RequestConsumer:
         trace_headers = inject({})
         resume: Resume | None = None
         reset_reason: str | None = None
-        lost: tuple[str, str] | None = None  # (why it cannot continue, the text so far)
+        lost: tuple[str, Progress | None] | None = None  # (why it cannot continue, the answer so far)
         # Where the request's log ends as this attempt sees it (its fence): nothing for a
         # first delivery.
         position = 0
@@ -450,7 +450,7 @@ class RequestConsumer:
             if reset_reason and request.no_reset:
                 # Its text may have been shown (a streamed or background response): it ends
                 # failed, with that text, rather than start over and show other text.
-                lost = (reset_reason, progress.text if progress is not None else "")
+                lost = (reset_reason, progress)
                 reset_reason = None
             metrics.FAILOVERS.labels(
                 self.alias, "reset" if reset_reason else "lost" if lost else "continued"
@@ -490,12 +490,16 @@ class RequestConsumer:
         elif isinstance(runner, RequestRunner) and await self._log_full():
             runner.fail(*LOG_FULL)
         elif isinstance(runner, RequestRunner) and lost is not None:
-            why, text = lost
+            why, so_far = lost
             runner.fail(
                 "worker_lost",
                 f"the worker serving this answer was lost and it cannot continue where it stopped "
                 f"({why}); retry",
-                text=text,
+                # What the lost attempts generated (and were charged for, as a poisoned one).
+                text=so_far.text if so_far is not None else "",
+                usage=Usage(prompt_tokens=so_far.prompt_tokens, completion_tokens=len(so_far.tokens))
+                if so_far is not None
+                else None,
             )
         self.runners[request.request_id] = runner
         log.info(

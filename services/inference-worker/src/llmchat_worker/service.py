@@ -393,6 +393,7 @@ class RequestRunner(EventWriter):
         # Set by `fail`: the platform ends the request (a full event log), not its caller.
         self.failure: RequestRejected | None = None
         self._failed_text = ""
+        self._failed_usage: Usage | None = None
         self._coalesce = coalesce
         self._plan: ToolPlan | None = None
         self._plan_known = False
@@ -435,12 +436,14 @@ class RequestRunner(EventWriter):
             self.cancel_reason = reason
         self._stop_generating()
 
-    def fail(self, code: str, message: str, *, text: str = "") -> None:
-        """Ends the request as failed and retriable, with the text so far (`text`: an earlier
-        attempt's, before this one generates any) unless it was cancelled first."""
+    def fail(self, code: str, message: str, *, text: str = "", usage: Usage | None = None) -> None:
+        """Ends the request as failed and retriable, with the text so far unless it was
+        cancelled first (`text` and `usage`: an earlier attempt's, before this one generates
+        any)."""
         if self.cancel_reason is None and self.failure is None:
             self.failure = RequestRejected(code, message)
             self._failed_text = text
+            self._failed_usage = usage
         self._stop_generating()
 
     def _stop_generating(self) -> None:
@@ -819,7 +822,7 @@ class RequestRunner(EventWriter):
                 param=failure.param,
                 retriable=retriable,
                 text="".join(self._text) or self._failed_text,
-                usage=self._usage(),
+                usage=self._failed_usage or self._usage(),
                 timings=self._timings(),
             )
         )

@@ -41,6 +41,7 @@ from llmchat_chat.api.chat import (
     serve_admitted,
     settle,
     to_request,
+    until_disconnected,
 )
 from llmchat_chat.api.chat_request import check_schema
 from llmchat_chat.api.deps import (
@@ -223,7 +224,8 @@ async def to_response_request(
             "kind": "response",
             "response": facts,
             # Someone may see its text as it comes: it never starts over (responses_format).
-            "no_reset": bool(body.stream) or background,
+            # With tools offered nothing is shown before the end, so it may start over.
+            "no_reset": (bool(body.stream) or background) and not request.tools_active(),
             "stream": bool(body.stream),
         }
     )
@@ -287,12 +289,13 @@ async def create_response(
         if body.stream:
             stream = ResponseStream(view)
             handle = await service.follow(request.request_id, after_seq=0, give_up_at=_give_up(service))
-            return _event_stream(_follow(stream, handle, after=-1), headers)
+            return _followed(service, _follow(stream, handle, after=-1), handle, headers)
         return JSONResponse(view.body(), headers=headers)
 
     async def respond(handle: Submitted) -> Response:
         first = await first_event(http_request, service, handle, admission)
         view = _view(request)
+        view.status = "in_progress"  # it has started (`response.created` says so, as OpenAI's)
         if body.stream:
             stream = ResponseStream(view)
             return AbandonableStream(
@@ -301,8 +304,7 @@ async def create_response(
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             )
-        view.saw(first.event)
-        view.saw(await collect(handle, first.event.attempt, admission))
+        view.saw(await until_disconnected(http_request, collect(handle, first.event.attempt, admission)))
         return JSONResponse(view.body(), headers=headers)
 
     return await serve_admitted(service, limiter, request, admission, respond)
@@ -311,6 +313,19 @@ async def create_response(
 def _give_up(service: ChatService) -> float:
     settings = service.settings
     return time.time() + settings.max_timeout_s + settings.deadline_grace_s
+
+
+def _followed(
+    service: ChatService, frames: AsyncIterator[bytes], handle: RequestHandle, headers: dict[str, str]
+) -> Response:
+    """A stream that follows the log: its subscription is closed when it ends, also when the
+    client left before its body began (`AbandonableStream`)."""
+    return AbandonableStream(
+        frames,
+        abandoned=lambda: service.in_background(handle.close()),
+        media_type="text/event-stream",
+        headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def _event_stream(frames: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
@@ -418,7 +433,7 @@ async def get_response(
 
         return _event_stream(stored(), {"X-Request-Id": response_id})
     handle = await service.follow(response_id, after_seq=0, give_up_at=_give_up(service))
-    return _event_stream(_follow(renderer, handle, after=after), {"X-Request-Id": response_id})
+    return _followed(service, _follow(renderer, handle, after=after), handle, {"X-Request-Id": response_id})
 
 
 @router.post("/v1/responses/{response_id}/cancel")

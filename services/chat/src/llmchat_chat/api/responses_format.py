@@ -97,16 +97,24 @@ def error_of(event: Failed) -> dict[str, Any]:
     return {"code": code, "message": event.message, "llmchat_code": event.code}
 
 
-def answer_of(event: Terminal) -> tuple[str, list[ToolCall]]:
-    """The answer's text (without the calls' syntax) and its calls."""
+def holds(facts: ResponseFacts) -> bool:
+    """Function tools offered: the answer's text may be calls in the model's own syntax, so
+    text and calls are shown only once the answer has ended (as the worker's parser read it)."""
+    echo = facts.echo
+    return bool(echo.get("tools")) and echo.get("tool_choice") != "none"
+
+
+def answer_of(event: Terminal, *, held: bool) -> tuple[str, list[ToolCall]]:
+    """The answer's text (without the calls' syntax) and its calls. An answer with tools that
+    did not complete has no parsed calls: its raw text is not shown."""
     if isinstance(event, Completed):
         choice = choices_of(event)[0]
         return message_content(choice) or "", list(choice.tool_calls)
-    return event.text, []
+    return ("" if held else event.text), []
 
 
-def output_of(response_id: str, event: Terminal) -> list[dict[str, Any]]:
-    text, calls = answer_of(event)
+def output_of(response_id: str, event: Terminal, *, held: bool) -> list[dict[str, Any]]:
+    text, calls = answer_of(event, held=held)
     done = isinstance(event, Completed) and event.finish_reason != "length"
     items = [message_item(response_id, text, "completed" if done else "incomplete")] if text else []
     return items + [call_item(response_id, k, call) for k, call in enumerate(calls)]
@@ -134,7 +142,7 @@ class ResponseView:
             self.status = "in_progress"
         elif isinstance(event, Completed | Failed | Cancelled):
             self.terminal = event
-            self.output = output_of(self.id, event)
+            self.output = output_of(self.id, event, held=holds(self.facts))
             self.usage = event.usage
             if isinstance(event, Completed):
                 self.completed_at = event.ts
@@ -190,13 +198,12 @@ class ResponseStream:
     def __init__(self, view: ResponseView) -> None:
         self.view = view
         self.seq = -1
-        echo = view.facts.echo
-        # Function tools offered: text and calls come with the terminal event.
-        self._hold = bool(echo.get("tools")) and echo.get("tool_choice") != "none"
+        self._hold = holds(view.facts)
         self._follower = TextFollower()
         self._gaps = SeqTracker()
         self._holed = False
         self._text_open = False
+        self._started = False
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         self.seq += 1
@@ -215,8 +222,9 @@ class ResponseStream:
         if self._gaps.hole(event):
             self._holed = True  # the rest of the text comes from the terminal event
         if isinstance(event, Started):
-            if self.view.status != "queued":
-                return []
+            if self._started:
+                return []  # a later attempt: the response was in progress already
+            self._started = True
             self.view.saw(event)
             return [self._snapshot("response.in_progress")]
         if isinstance(event, Delta):
@@ -260,7 +268,7 @@ class ResponseStream:
 
     def _end(self, event: Terminal) -> list[dict[str, Any]]:
         self.view.saw(event)
-        text, calls = answer_of(event)
+        text, calls = answer_of(event, held=self._hold)
         out: list[dict[str, Any]] = []
         if self._text_open or text:
             try:

@@ -12,7 +12,7 @@ them and a later response that continues the chain reads them back.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -92,7 +92,8 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: Text = Field(min_length=1, max_length=256)
-    input: Text | list[dict[str, Any]] = Field(max_length=MAX_INPUT_ITEMS)
+    # The bound is on the items (on a union, pydantic would apply it to a string's length too).
+    input: Text | Annotated[list[dict[str, Any]], Field(max_length=MAX_INPUT_ITEMS)]
     instructions: Text | None = None
     tools: list[FunctionToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceIn | None = None
@@ -101,7 +102,7 @@ class ResponsesRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
-    metadata: dict[str, str] | None = None
+    metadata: dict[Text, Text] | None = None
     store: bool | None = None
     previous_response_id: str | None = Field(default=None, max_length=128)
     background: bool | None = None
@@ -174,19 +175,28 @@ def check_tools(body: ResponsesRequest) -> None:
         raise ApiError("tool_choice 'required' needs tools", param="tool_choice")
 
 
+def _checked(value: str, param: str) -> str:
+    """Text that can be stored and sent (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError("must be valid Unicode text (it holds a lone surrogate)", param=param) from None
+    return value
+
+
 def _text_of(content: Any, param: str) -> str:
     """A message's content: a string, or text parts (`input_text`, `output_text`, `text`)."""
     if isinstance(content, str):
-        return content
+        return _checked(content, param)
     if not isinstance(content, list):
         raise ApiError("content must be a string or a list of content parts", param=param)
     texts: list[str] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            texts.append(part["text"])
+            texts.append(_checked(part["text"], f"{param}.{j}.text"))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
+            texts.append(_checked(part["refusal"], f"{param}.{j}.refusal"))
         else:
             raise ApiError(
                 f"content parts of type {kind!r} are not supported; this server reads text",
@@ -211,6 +221,8 @@ def input_items(body: ResponsesRequest, response_id: str) -> list[dict[str, Any]
         given = item.get("id")
         if given is not None and not (isinstance(given, str) and 0 < len(given) <= 128):
             raise ApiError("an item id is a string of at most 128 characters", param=f"{param}.id")
+        if given is not None:
+            _checked(given, f"{param}.id")
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
@@ -235,6 +247,7 @@ def input_items(body: ResponsesRequest, response_id: str) -> list[dict[str, Any]
             for field in ("call_id", "name", "arguments"):
                 if not isinstance(item.get(field), str) or (field != "arguments" and not item[field]):
                     raise ApiError(f"a function_call item needs its {field}", param=f"{param}.{field}")
+                _checked(item[field], f"{param}.{field}")
             items.append(
                 {
                     "type": "function_call",
@@ -248,8 +261,9 @@ def input_items(body: ResponsesRequest, response_id: str) -> list[dict[str, Any]
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str) or not item["call_id"]:
                 raise ApiError("a function_call_output item needs its call_id", param=f"{param}.call_id")
+            _checked(item["call_id"], f"{param}.call_id")
             output = item.get("output")
-            text = output if isinstance(output, str) else _text_of(output, f"{param}.output")
+            text = _text_of(output, f"{param}.output")
             items.append(
                 {
                     "type": "function_call_output",
