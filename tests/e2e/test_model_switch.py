@@ -217,12 +217,16 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
     assert expected
 
     async def stream() -> tuple[str, str]:
-        chunks = await completions.create(model=POOL, messages=MESSAGES, stream=True, **GREEDY)
-        text, request_id = [], ""
-        async for chunk in chunks:
-            request_id = chunk.id
-            if chunk.choices and chunk.choices[0].delta.content:
-                text.append(chunk.choices[0].delta.content)
+        # A client of its own: the streams must run at the same time (in a run where they
+        # shared one, the edge saw each only once the one before had ended).
+        async with AsyncOpenAI(base_url=f"{edge_url}/v1", api_key=api_key, max_retries=0, timeout=600) as own:
+            own_completions: Any = own.chat.completions
+            chunks = await own_completions.create(model=POOL, messages=MESSAGES, stream=True, **GREEDY)
+            text, request_id = [], ""
+            async for chunk in chunks:
+                request_id = chunk.id
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text.append(chunk.choices[0].delta.content)
         return request_id, "".join(text)
 
     # Both workers busy with long greedy answers when the switch begins. The streams start one

@@ -20,10 +20,10 @@ What a stream shows:
 - last, `response.completed`, `response.incomplete` (the answer reached `max_output_tokens`)
   or `response.failed` (failed, or cancelled: status `cancelled`). No `[DONE]`.
 
-A response someone may watch (streamed, or background) never starts its answer over
-(`ChatRequested.no_reset`): a worker lost mid-answer is continued from the stored tokens, or the
-response fails with the text it had (`worker_lost`), so a client is never shown text that the
-final response does not hold.
+A response someone may watch as it is generated (streamed, or background, without function
+tools) never starts its answer over (`ChatRequested.no_reset`): a worker lost mid-answer is
+continued from the stored tokens, or the response fails with the text it had (`worker_lost`),
+so a client is never shown text that the final response does not hold.
 """
 
 from __future__ import annotations
