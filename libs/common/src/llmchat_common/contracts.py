@@ -23,9 +23,10 @@ CancelReason = Literal["client", "deadline", "shutdown"]
 RequestKind = Literal["chat", "title", "completion", "embedding", "response"]
 # The kinds a conversation stores (history) and the jobs list shows.
 CONVERSATION_KINDS = frozenset({"chat", "response"})
-# How the request came in: a chat completion (someone usually watches it live) or a job
-# (`POST /v1/jobs`, fetched later; may carry a completion webhook).
-RequestSource = Literal["chat", "job"]
+# How the request came in: a chat completion (someone usually watches it live), a job
+# (`POST /v1/jobs`, fetched later; may carry a completion webhook) or a line of a batch
+# (`POST /v1/batches`; its request id names the batch and the line).
+RequestSource = Literal["chat", "job", "batch"]
 # vLLM's priority scheduling: lower runs first.
 PRIORITY_DEFAULT = 0
 PRIORITY_BACKGROUND = 10

@@ -8,7 +8,9 @@ per-request subscriptions, `publish_async`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from collections.abc import AsyncIterator
 
 from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
@@ -17,15 +19,18 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectInfo,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from llmchat_common import subjects
-from llmchat_common.contracts import AuditEvent
+from llmchat_common.contracts import AuditEvent, CancelReason, CancelRequest
 from llmchat_common.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -148,6 +153,68 @@ async def ensure_kv(js: JetStreamContext, bucket: str, ttl_s: float) -> KeyValue
         return await js.create_key_value(config)
     except BadRequestError:
         return await js.key_value(bucket)
+
+
+async def files_store(js: JetStreamContext) -> ObjectStore:
+    """Uploaded files and prepared batch lines: JetStream's object store, so files are
+    replicated with the streams and need no other server (a Postgres large object would tie
+    every read to the database, and the edge owns no tables)."""
+    config = ObjectStoreConfig(bucket=subjects.FILES_BUCKET, storage=StorageType.FILE)
+    try:
+        return await js.create_object_store(config=config)
+    except BadRequestError:
+        return await js.object_store(subjects.FILES_BUCKET)
+
+
+FILES_STREAM = f"OBJ_{subjects.FILES_BUCKET}"
+
+
+async def object_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[bytes]:
+    """An object's bytes, one chunk per direct get: no consumer (a user that writes the store may
+    not create one: llmchat_common.testing.nats_auth), nothing gathered in memory."""
+    subject = f"$O.{subjects.FILES_BUCKET}.C.{info.nuid}"
+    seq = 1
+    for _ in range(info.chunks or 0):
+        msg = await js.get_msg(FILES_STREAM, seq=seq, subject=subject, next=True, direct=True)
+        if msg.seq is None:
+            raise RuntimeError(f"object {info.name!r}: a chunk has no sequence")
+        seq = msg.seq + 1
+        yield msg.data or b""
+
+
+async def read_object(js: JetStreamContext, store: ObjectStore, name: str) -> bytes:
+    info = await store.get_info(name)
+    return b"".join([chunk async for chunk in object_chunks(js, info)])
+
+
+async def list_objects(js: JetStreamContext) -> list[ObjectInfo]:
+    """The store's objects, deleted ones left out, from the meta subjects the stream reports
+    and one direct get each (no consumer, as above)."""
+    meta = f"$O.{subjects.FILES_BUCKET}.M.>"
+    state = (await js.stream_info(FILES_STREAM, subjects_filter=meta)).state
+    found = []
+    for subject in sorted((state.subjects or {}) if state is not None else {}):
+        try:
+            msg = await js.get_last_msg(FILES_STREAM, subject, direct=True)
+        except NotFoundError:
+            continue
+        info = ObjectInfo.from_response(json.loads(msg.data or b"{}"))
+        if not info.deleted:
+            found.append(info)
+    return found
+
+
+async def send_cancel(
+    nc: Client,
+    cancels: KeyValue,
+    request_id: str,
+    reason: CancelReason,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """KV entry first (a worker that pulls the request later skips it), then the live signal."""
+    payload = CancelRequest(request_id=request_id, reason=reason).model_dump_json().encode()
+    await cancels.put(request_id, payload)
+    await nc.publish(subjects.cancel_subject(request_id), payload, headers=headers)
 
 
 async def registry_kv(js: JetStreamContext) -> KeyValue:

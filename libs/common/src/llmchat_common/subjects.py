@@ -19,6 +19,8 @@ REGISTRY_BUCKET = "llmchat_models"
 CANCELS_BUCKET = "llmchat_cancels"
 # Models served lately (`contracts.ServedModel`), kept for days after their last worker left.
 SERVED_BUCKET = "llmchat_served"
+# Uploaded files (`/v1/files`) and the prepared lines of batches: a JetStream object store.
+FILES_BUCKET = "llmchat_files"
 
 # Operators' actions (model switches, ...): `audit.v1.<action>`, kept like the event log.
 AUDIT_STREAM = "LLMCHAT_AUDIT"
@@ -150,11 +152,23 @@ HISTORY_OPS = (
     "erase_user",
     "forget_request",
     "response_get",
+    "batch_create",
+    "batch_get",
+    "batch_list",
+    "batch_cancel",
+    "batch_lines",
 )
 
 USAGE_RPC_PREFIX = "usage.v1.rpc"
 USAGE_QUEUE = "metrics"
-USAGE_OPS = ("ping", "usage", "admin_usage", "job_get", "job_list", "user_requests")
+USAGE_OPS = (
+    "ping",
+    "usage",
+    "admin_usage",
+    "job_get",
+    "job_list",
+    "user_requests",
+)
 
 
 def history_subject(op: str) -> str:

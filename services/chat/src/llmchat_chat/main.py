@@ -20,6 +20,7 @@ from llmchat_chat.api.web import WebApp
 from llmchat_chat.auth import AuthClient, Authenticator, Revocations, TokenVerifier
 from llmchat_chat.backends import history_client, usage_client
 from llmchat_chat.conversations import ConversationGuard
+from llmchat_chat.files import FileStore
 from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.observability import HttpMetrics, init_metrics, instrument, watch_workers
 from llmchat_chat.ratelimit import Limiter
@@ -31,6 +32,7 @@ from llmchat_common.logging import setup_logging
 from llmchat_common.messaging import (
     cancels_kv,
     ensure_streams,
+    files_store,
     jetstream,
     make_broker,
     nats_client,
@@ -82,6 +84,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.usage = usage_client(nc, settings.usage_timeout_s)
         app.state.jobs = JobDirectory(service, app.state.usage, redis, settings.jobs.idempotency_ttl_s)
         app.state.responses = ResponseDirectory(service, app.state.jobs, app.state.history)
+        app.state.files = FileStore(await files_store(js), js, settings.files)
         webhooks = WebhookDispatcher(js, settings.webhooks)
         await webhooks.start()
         init_metrics(settings.models)
@@ -109,7 +112,9 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
     api_errors.install(app)
     # Pure ASGI middleware only (BaseHTTPMiddleware hides client disconnects); the last added
     # runs first.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # An upload's multipart framing rides on top of the file's own cap (checked while parsed).
+    uploads = {"/v1/files": settings.files.max_bytes + 64 * 1024}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, paths=uploads)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -45,7 +45,7 @@ from llmchat_common.contracts import (
     parse_event,
 )
 from llmchat_common.log_space import LogSpace, is_log_full
-from llmchat_common.messaging import REGISTRY_TTL_S
+from llmchat_common.messaging import REGISTRY_TTL_S, send_cancel
 from llmchat_common.request_log import LoggedEvent, LogUnavailable, read_request_log
 from llmchat_common.telemetry import inject, publish_traced
 
@@ -501,10 +501,8 @@ class ChatService:
 
     async def cancel(self, request_id: str, reason: CancelReason = "client") -> None:
         """KV entry first (a worker that pulls the request later skips it), then the live signal."""
-        payload = CancelRequest(request_id=request_id, reason=reason).model_dump_json().encode()
         try:
-            await self.cancels.put(request_id, payload)
-            await self.nc.publish(subjects.cancel_subject(request_id), payload, headers=inject({}))
+            await send_cancel(self.nc, self.cancels, request_id, reason, headers=inject({}))
         except Exception as exc:  # noqa: BLE001 - the deadline still bounds the request
             log.warning("cancel publish failed", extra={"request_id": request_id, "error": repr(exc)})
 

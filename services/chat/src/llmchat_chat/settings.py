@@ -5,6 +5,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmchat_chat.files import FileSettings
 from llmchat_chat.webhooks import WebhookSettings
 from llmchat_common.settings import LogSettings, NatsSettings, RedisSettings, TokenSettings
 
@@ -68,6 +69,12 @@ class JobSettings(BaseModel):
     keepalive_s: float = Field(default=15.0, gt=0)
 
 
+class BatchSettings(BaseModel):
+    # Lines one batch may hold; the windows a batch may ask for (OpenAI offers 24h).
+    max_lines: int = Field(default=50_000, ge=1)
+    windows: dict[str, int] = Field(default_factory=lambda: {"24h": 24 * 3600})
+
+
 class ChatSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMCHAT_CHAT_", extra="ignore", env_nested_delimiter="__")
 
@@ -124,6 +131,8 @@ class ChatSettings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

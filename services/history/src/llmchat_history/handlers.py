@@ -6,6 +6,7 @@ from __future__ import annotations
 from faststream.nats import NatsBroker
 
 from llmchat_common import subjects
+from llmchat_common.batch_contracts import BatchCreate, BatchLinesQuery, BatchListQuery, BatchRef
 from llmchat_common.history_contracts import (
     ConversationRef,
     EraseUser,
@@ -15,10 +16,11 @@ from llmchat_common.history_contracts import (
     RequestRef,
 )
 from llmchat_common.rpc import Operation, no_args, serve_operations
+from llmchat_history.batches import BatchCoordinator
 from llmchat_history.service import HistoryService
 
 
-def operations(service: HistoryService) -> dict[str, Operation]:
+def operations(service: HistoryService, batches: BatchCoordinator) -> dict[str, Operation]:
     ops = {
         "ping": no_args(service.ping),
         "list": Operation(ListConversations, service.list),
@@ -30,16 +32,23 @@ def operations(service: HistoryService) -> dict[str, Operation]:
         "erase_user": Operation(EraseUser, service.erase_user),
         "forget_request": Operation(RequestRef, service.forget_request),
         "response_get": Operation(RequestRef, service.response_get),
+        "batch_create": Operation(BatchCreate, batches.create),
+        "batch_get": Operation(BatchRef, batches.get),
+        "batch_list": Operation(BatchListQuery, batches.list),
+        "batch_cancel": Operation(BatchRef, batches.cancel),
+        "batch_lines": Operation(BatchLinesQuery, batches.lines),
     }
     if tuple(ops) != subjects.HISTORY_OPS:  # the edge calls exactly these
         raise RuntimeError("history operations differ from subjects.HISTORY_OPS")
     return ops
 
 
-def register_handlers(broker: NatsBroker, service: HistoryService, *, max_workers: int) -> None:
+def register_handlers(
+    broker: NatsBroker, service: HistoryService, batches: BatchCoordinator, *, max_workers: int
+) -> None:
     serve_operations(
         broker,
-        operations(service),
+        operations(service, batches),
         service="history",
         subject=subjects.history_subject,
         queue=subjects.HISTORY_QUEUE,

@@ -25,9 +25,17 @@ from llmchat_common import consumer_telemetry
 from llmchat_common.db import create_engine, upgrade_schema, wait_for_database
 from llmchat_common.forgetting import forget_requests
 from llmchat_common.lifecycle import connect_broker, run_process, serve_until_stopped
-from llmchat_common.messaging import ensure_streams, jetstream, make_broker, nats_client
+from llmchat_common.messaging import (
+    cancels_kv,
+    ensure_streams,
+    files_store,
+    jetstream,
+    make_broker,
+    nats_client,
+)
 from llmchat_common.projection import ProjectionConsumer
 from llmchat_common.telemetry import serve_metrics, stop_metrics
+from llmchat_history.batches import BatchCoordinator, BatchLinesProjection
 from llmchat_history.erasing import Eraser
 from llmchat_history.handlers import register_handlers
 from llmchat_history.models import SCHEMA
@@ -111,9 +119,22 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
         )
         await app.consumer.ensure_consumer()
         tasks.append(asyncio.create_task(keep_consuming(app.consumer), name="history-projection"))
+        lines = ProjectionConsumer(js, app.engine, BatchLinesProjection(), settings.projection)
+        await lines.ensure_consumer()
+        tasks.append(asyncio.create_task(keep_consuming(lines), name="batch-lines"))
+        coordinator = BatchCoordinator(
+            app.engine,
+            nats_client(app.broker),
+            js,
+            await cancels_kv(js),
+            await files_store(js),
+            max_in_flight=settings.batch_max_in_flight,
+            tick_s=settings.batch_tick_s,
+        )
+        tasks.append(asyncio.create_task(coordinator.run(), name="batch-coordinator"))
         tasks.append(asyncio.create_task(eraser.run(), name="history-eraser"))
         service = HistoryService(app.engine, erase_soon=eraser.wake)
-        register_handlers(app.broker, service, max_workers=settings.max_concurrency)
+        register_handlers(app.broker, service, coordinator, max_workers=settings.max_concurrency)
         # Subscribing is the last step: a ping answered means everything above is in place.
         await app.broker.start()
         started = True

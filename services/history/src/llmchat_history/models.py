@@ -162,3 +162,65 @@ conversations: Table = Conversation.__table__  # type: ignore[assignment]
 messages: Table = Message.__table__  # type: ignore[assignment]
 erasures: Table = Erasure.__table__  # type: ignore[assignment]
 responses: Table = StoredResponse.__table__  # type: ignore[assignment]
+
+
+class Batch(Base):
+    """One batch (`/v1/batches`), owned by the batch coordinator (batches.py). Its counts are
+    its lines', counted when asked. `ending` is the status a batch that is `finalizing` ends
+    with once its running lines have stopped (`expired`)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(128))
+    lines_object: Mapped[str] = mapped_column(String(256))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    ending: Mapped[str | None] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONB)
+    validation_errors: Mapped[list[dict[str, object]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+Index("ix_batches_user_id_created_at_id", Batch.user_id, Batch.created_at.desc(), Batch.id.desc())
+
+
+class BatchLine(Base):
+    """One line of a batch: its request as the edge prepared it, where it stands and the
+    newest attempt's terminal event (`attempt` fences an older attempt's late one)."""
+
+    __tablename__ = "batch_lines"
+
+    request_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(128))
+    line: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    body: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    request: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    terminal: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    error: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    attempt: Mapped[int] = mapped_column(Integer)
+    cancel_sent: Mapped[bool] = mapped_column(Boolean)
+
+
+Index("ix_batch_lines_batch_id_line", BatchLine.batch_id, BatchLine.line, unique=True)
+Index(
+    "ix_batch_lines_open",
+    BatchLine.status,
+    postgresql_where=BatchLine.status.in_(["pending", "running"]),
+)
+
+BATCHES: Table = Batch.__table__  # type: ignore[assignment]
+BATCH_LINES: Table = BatchLine.__table__  # type: ignore[assignment]

@@ -38,6 +38,10 @@ class HistorySettings(BaseSettings):
     # The eraser's pass over the queue of requests to forget from the event log (it is also
     # woken by each delete).
     erase_interval_s: float = Field(default=5.0, gt=0)
+    # Batch lines running at once over all batches (the coordinator publishes more as they end,
+    # at background priority), and how often the coordinator looks.
+    batch_max_in_flight: int = Field(default=32, ge=1)
+    batch_tick_s: float = Field(default=0.5, gt=0)
 
     projection: ProjectionSettings = Field(default_factory=ProjectionSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)

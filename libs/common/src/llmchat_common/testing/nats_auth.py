@@ -170,11 +170,18 @@ REGISTRY_KV = kv_subjects(s.REGISTRY_BUCKET)
 CANCELS_KV = kv_subjects(s.CANCELS_BUCKET)
 REVOCATIONS_KV = kv_subjects(s.REVOCATIONS_BUCKET)
 SERVED_KV = kv_subjects(s.SERVED_BUCKET)
+FILES_STREAM = f"OBJ_{s.FILES_BUCKET}"
+# An object store's chunks and metadata (a put, a delete).
+FILES = f"$O.{s.FILES_BUCKET}.>"
 AUDIT = f"{s.AUDIT_PREFIX}.*"
 ALL_AUDIT = s.audit_wildcard()
 WORKER_CONTROL = f"{s.WORKER_CONTROL_PREFIX}.*.*"
 ALL_WORKER_CONTROL = f"{s.WORKER_CONTROL_PREFIX}.>"
 MAX_DELIVERIES_ADVISORIES = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.REQUESTS_STREAM}.>"
+
+
+def cancels_stream() -> str:
+    return kv_stream(s.CANCELS_BUCKET)
 
 
 def _inbox(user: str) -> list[str]:
@@ -231,6 +238,13 @@ def permissions() -> dict[str, Permissions]:
                     # Admission control reads how many requests wait for each model's workers
                     # (the workers' consumer info; the subject's count before one exists).
                     f"{_API}.CONSUMER.INFO.{s.REQUESTS_STREAM}.>",
+                    # Files and batches' prepared lines: the edge writes the object store, so
+                    # it reads by direct gets only (no consumer: the invariant above), and
+                    # purges an object's chunks when it is replaced or deleted.
+                    FILES,
+                    *_provision(FILES_STREAM),
+                    *_get(FILES_STREAM),
+                    f"{_API}.STREAM.PURGE.{FILES_STREAM}",
                 ]
             ),
             publish_deny=(ALL_EVENTS, REGISTRY_KV, REVOCATIONS_KV, SERVED_KV),
@@ -301,7 +315,16 @@ def permissions() -> dict[str, Permissions]:
         # no consumer (the invariant above). Metrics projects the jobs, queued ones included,
         # so it reads the request stream too (and writes neither stream). History alone
         # erases requests from the log (a deleted conversation's, an erased user's).
-        "history": _projection("history", HISTORY_RPC, s.HISTORY_QUEUE, publish=[REQUESTS], extra=_erase()),
+        # History also coordinates batches: it publishes their lines (requests), cancels them
+        # (the live subject and the cancels bucket) and reads their prepared lines from the
+        # files store by direct gets.
+        "history": _projection(
+            "history",
+            HISTORY_RPC,
+            s.HISTORY_QUEUE,
+            publish=[REQUESTS, CANCELS, CANCELS_KV],
+            extra=[*_erase(), *_provision(cancels_stream()), *_provision(FILES_STREAM), *_get(FILES_STREAM)],
+        ),
         "metrics": _projection(
             "metrics",
             USAGE_RPC,
@@ -335,13 +358,15 @@ def _projection(
         publish_deny=(
             *(() if REQUESTS in writes else (ALL_REQUESTS,)),
             ALL_EVENTS,
-            ALL_CANCELS,
+            *(() if CANCELS in writes else (ALL_CANCELS,)),
             AUTH_RPC,
             HISTORY_RPC,
             USAGE_RPC,
             ALL_AUDIT,
             ALL_WORKER_CONTROL,
-            "$KV.>",
+            *((REGISTRY_KV, REVOCATIONS_KV, SERVED_KV) if CANCELS_KV in writes else ("$KV.>",)),
+            # Only the edge writes files.
+            FILES,
         ),
         subscribe_allow=(f"{rpc} {queue}", *_inbox(user)),
         subscribe_deny=(AUTH_RPC, ALL_REQUESTS, ALL_EVENTS),

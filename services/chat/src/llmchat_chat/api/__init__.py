@@ -4,9 +4,11 @@ from llmchat_chat.api import (
     admin,
     admin_models,
     auth,
+    batches,
     chat,
     completions,
     conversations,
+    files,
     health,
     jobs,
     models,
@@ -23,6 +25,8 @@ def build_router() -> APIRouter:
     router.include_router(chat.router)
     router.include_router(completions.router)
     router.include_router(responses.router)
+    router.include_router(files.router)
+    router.include_router(batches.router)
     router.include_router(auth.router)
     router.include_router(admin.router)
     router.include_router(admin_models.router)

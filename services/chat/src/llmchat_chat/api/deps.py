@@ -12,6 +12,7 @@ from llmchat_chat.auth import Authenticator
 from llmchat_chat.backends import ServiceClient
 from llmchat_chat.conversations import ConversationGuard
 from llmchat_chat.errors import Forbidden, Unauthorized
+from llmchat_chat.files import FileStore
 from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.ratelimit import Limiter
 from llmchat_chat.responses import ResponseDirectory
@@ -57,6 +58,11 @@ def get_jobs(request: Request) -> JobDirectory:
 def get_responses(request: Request) -> ResponseDirectory:
     responses: ResponseDirectory = request.app.state.responses
     return responses
+
+
+def get_files(request: Request) -> FileStore:
+    files: FileStore = request.app.state.files
+    return files
 
 
 def get_conversations(request: Request) -> ConversationGuard:
@@ -110,6 +116,7 @@ UsageDep = Annotated[ServiceClient, Depends(get_usage)]
 ConversationsDep = Annotated[ConversationGuard, Depends(get_conversations)]
 JobsDep = Annotated[JobDirectory, Depends(get_jobs)]
 ResponsesDep = Annotated[ResponseDirectory, Depends(get_responses)]
+FilesDep = Annotated[FileStore, Depends(get_files)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[Caller, Depends(get_session)]
 AdminDep = Annotated[Caller, Depends(get_admin)]

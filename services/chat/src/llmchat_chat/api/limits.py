@@ -13,15 +13,35 @@ from llmchat_chat.errors import PayloadTooLarge, error_body
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, discard_limit: int = 64 * 1024 * 1024) -> None:
+    """`paths` raise the cap for some routes (file uploads), by exact path."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        discard_limit: int = 64 * 1024 * 1024,
+        paths: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_bytes = max_bytes
         self.discard_limit = discard_limit
+        self.paths = paths or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = _Limit(self, self.paths.get(scope.get("path", ""), self.default_bytes))
+        await limit(scope, receive, send)
+
+
+class _Limit:
+    def __init__(self, outer: BodySizeLimit, max_bytes: int) -> None:
+        self.app = outer.app
+        self.max_bytes = max_bytes
+        self.discard_limit = outer.discard_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
                 await self._discard(receive, 0)

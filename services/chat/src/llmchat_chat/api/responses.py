@@ -231,7 +231,7 @@ async def to_response_request(
     )
 
 
-def _view(request: ChatRequested) -> ResponseView:
+def response_view(request: ChatRequested) -> ResponseView:
     assert request.response is not None
     return ResponseView(request.request_id, request.model, request.created_at, request.response)
 
@@ -285,7 +285,7 @@ async def create_response(
         finally:
             await limiter.release(admission)  # held at its reservation, as a job's tokens are
         await jobs.remember(request)
-        view = _view(request)
+        view = response_view(request)
         if body.stream:
             stream = ResponseStream(view)
             handle = await service.follow(request.request_id, after_seq=0, give_up_at=_give_up(service))
@@ -294,7 +294,7 @@ async def create_response(
 
     async def respond(handle: Submitted) -> Response:
         first = await first_event(http_request, service, handle, admission)
-        view = _view(request)
+        view = response_view(request)
         view.status = "in_progress"  # it has started (`response.created` says so, as OpenAI's)
         if body.stream:
             stream = ResponseStream(view)
