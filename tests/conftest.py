@@ -116,6 +116,9 @@ ROOMY_LIMITS = {
 # ... and so is admission control: bursts of the load tests (and their title requests) must not
 # hit the queue bound; the overload test starts its own edge with small bounds.
 ROOMY_LIMITS |= {"LLMCHAT_CHAT_QUEUE__INTERACTIVE": "1000000", "LLMCHAT_CHAT_QUEUE__JOBS": "1000000"}
+# A file cap the tests can pass quickly (the default is 200 MB).
+FILE_CAP_BYTES = 4 * 1024 * 1024
+ROOMY_LIMITS |= {"LLMCHAT_CHAT_FILES__MAX_BYTES": str(FILE_CAP_BYTES)}
 
 
 # Conversation titles are asked of the main pool, so the failover tests' counts of requests on

@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_metrics, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import MAIN_MODEL
+from tests.conftest import FILE_CAP_BYTES, MAIN_MODEL
 from tests.helpers import eventually, register_account
 
 GREEDY: dict[str, Any] = {"model": MAIN_MODEL, "temperature": 0}
@@ -111,15 +111,23 @@ async def test_files_are_kept_whole_and_seen_only_by_their_owner(
         assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "purpose"
         missing = await http.post("/v1/files", data={"purpose": "batch"}, files={"other": ("x", b"1")})
         assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
-        huge = await http.post(
-            "/v1/files",
-            content=b"x" * 1024,
-            headers={
-                "Content-Length": str(300 * 1024 * 1024),
-                "Content-Type": "multipart/form-data; boundary=b",
-            },
-        )
+        # Over the cap: refused by its declared length, and while read when sent chunked.
+        over = b"x" * (FILE_CAP_BYTES + 1)
+        huge = await http.post("/v1/files", files={"file": ("big.jsonl", over)}, data={"purpose": "batch"})
         assert huge.status_code == 413, huge.text
+
+        async def chunked() -> Any:
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
+            for _ in range(5):
+                yield b"y" * (1024 * 1024)
+            yield b"\r\n--b--\r\n"
+
+        streamed = await http.post(
+            "/v1/files",
+            content=chunked(),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert streamed.status_code == 413, streamed.text
 
 
 async def test_a_chat_batch_runs_every_line_once(client: AsyncOpenAI, stack: LocalStack) -> None:

@@ -161,7 +161,7 @@ async def files_store(js: JetStreamContext) -> ObjectStore:
     every read to the database, and the edge owns no tables)."""
     config = ObjectStoreConfig(bucket=subjects.FILES_BUCKET, storage=StorageType.FILE)
     try:
-        return await js.create_object_store(config=config)
+        return await js.create_object_store(subjects.FILES_BUCKET, config=config)
     except BadRequestError:
         return await js.object_store(subjects.FILES_BUCKET)
 

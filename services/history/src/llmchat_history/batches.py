@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -111,7 +112,7 @@ class BatchLinesProjection:
             await conn.execute(
                 update(BATCH_LINES)
                 .where(c.request_id == request_id, c.attempt <= e.attempt, c.status != "skipped")
-                .values(status=outcome_of(e), terminal=e.model_dump(mode="json"), attempt=e.attempt)
+                .values(status=outcome_of(e), terminal=e.model_dump_json().encode(), attempt=e.attempt)
             )
 
 
@@ -211,8 +212,8 @@ class BatchCoordinator:
                 "line": line.line,
                 "custom_id": line.custom_id,
                 "status": "pending" if line.request is not None else "invalid",
-                "body": line.body,
-                "request": line.request.model_dump(mode="json") if line.request is not None else None,
+                "body": orjson.dumps(line.body) if line.body is not None else None,
+                "request": line.request.model_dump_json().encode() if line.request is not None else None,
                 "terminal": None,
                 "error": line.error.model_dump() if line.error is not None else None,
                 "attempt": 0,
@@ -341,9 +342,9 @@ class BatchCoordinator:
                 custom_id=row.custom_id,
                 request_id=row.request_id,
                 status=row.status,
-                body=row.body,
-                request=ChatRequested.model_validate(row.request) if row.request is not None else None,
-                terminal=row.terminal,
+                body=orjson.loads(row.body) if row.body is not None else None,
+                request=ChatRequested.model_validate_json(row.request) if row.request is not None else None,
+                terminal=orjson.loads(row.terminal) if row.terminal is not None else None,
                 error=LineError.model_validate(row.error) if row.error is not None else None,
             )
             size += len(line.model_dump_json())
@@ -437,7 +438,7 @@ class BatchCoordinator:
             return
         now = time.time()
         requests = [
-            ChatRequested.model_validate(r.request).model_copy(update={"created_at": now}) for r in rows
+            ChatRequested.model_validate_json(r.request).model_copy(update={"created_at": now}) for r in rows
         ]
         await asyncio.gather(
             *(

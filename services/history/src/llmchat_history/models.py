@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -198,7 +199,9 @@ Index("ix_batches_user_id_created_at_id", Batch.user_id, Batch.created_at.desc()
 
 class BatchLine(Base):
     """One line of a batch: its request as the edge prepared it, where it stands and the
-    newest attempt's terminal event (`attempt` fences an older attempt's late one)."""
+    newest attempt's terminal event (`attempt` fences an older attempt's late one). Body,
+    request and terminal event are JSON bytes, not JSONB: JSONB refuses `\\u0000`, which a
+    model's text may hold."""
 
     __tablename__ = "batch_lines"
 
@@ -207,9 +210,9 @@ class BatchLine(Base):
     line: Mapped[int] = mapped_column(Integer)
     custom_id: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
-    body: Mapped[dict[str, object] | None] = mapped_column(JSONB)
-    request: Mapped[dict[str, object] | None] = mapped_column(JSONB)
-    terminal: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    request: Mapped[bytes | None] = mapped_column(LargeBinary)
+    terminal: Mapped[bytes | None] = mapped_column(LargeBinary)
     error: Mapped[dict[str, object] | None] = mapped_column(JSONB)
     attempt: Mapped[int] = mapped_column(Integer)
     cancel_sent: Mapped[bool] = mapped_column(Boolean)

@@ -121,7 +121,10 @@ async def create_batch(
     if window is None:
         allowed = ", ".join(service.settings.batches.windows)
         raise ApiError(f"completion_window must be one of {allowed}", param="completion_window")
-    stored = await files.find(caller.user_id, body.input_file_id)
+    try:
+        stored = await files.find(caller.user_id, body.input_file_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, code=exc.code, param="input_file_id") from None
     if stored.purpose != "batch":
         raise ApiError("the input file's purpose must be `batch`", param="input_file_id")
     raw = await files.read(stored.id)
