@@ -692,7 +692,7 @@ async def test_migrations_match_the_models_and_run_twice(stack: LocalStack, db: 
     for _ in range(2):
         done = await asyncio.to_thread(_history_cli, stack, "migrate")
         assert done.returncode == 0, done.stderr
-    assert await db.fetchval("SELECT version_num FROM history.alembic_version") == "0004"
+    assert await db.fetchval("SELECT version_num FROM history.alembic_version") == "0005"
     assert await migration_diff(stack.env()["LLMCHAT_POSTGRES_DSN"], Base.metadata, "history") == []
     # What autogenerate does not compare: the key (several tool results per request) and the roles.
     constraints = {

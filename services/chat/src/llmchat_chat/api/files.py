@@ -46,7 +46,7 @@ async def upload_file(request: Request, caller: CallerDep, files: FilesDep) -> d
     parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=4, max_part_size=4096)
     try:
         form = await parser.parse()
-    except MultiPartException as exc:
+    except (MultiPartException, KeyError, ValueError) as exc:
         raise InvalidRequest(f"the multipart body is malformed: {exc}", param="file") from None
     try:
         upload = form.get("file")
