@@ -2,7 +2,7 @@
 random test model: files are kept in the object store and seen only by their owner; a batch's
 lines run through the log (one request each, counted once), its output and error files hold
 exactly one line per input line in OpenAI's JSONL shape, cancel keeps the finished lines, and
-the batch survives the coordinator (metrics) and a worker killed while it runs."""
+the batch survives the coordinator (history) and a worker killed while it runs."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from openai import AsyncOpenAI
 
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_metrics, start_worker, wait_for_worker
+from llmchat_common.testing.services import start_history, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import FILE_CAP_BYTES, MAIN_MODEL
+from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL
 from tests.helpers import eventually, register_account
 
 GREEDY: dict[str, Any] = {"model": MAIN_MODEL, "temperature": 0}
@@ -294,10 +294,10 @@ async def test_cancel_keeps_the_finished_lines(client: AsyncOpenAI, stack: Local
 
 @pytest.mark.timeout(900)
 async def test_a_batch_outlives_its_coordinator_and_a_worker(
-    client: AsyncOpenAI, stack: LocalStack, metrics_service: ManagedProcess, models_dir: Any
+    client: AsyncOpenAI, stack: LocalStack, history_service: ManagedProcess, models_dir: Any
 ) -> None:
     extra, port = start_worker(stack, models_dir=models_dir, name="worker-batch", wait=False)
-    replica = start_metrics(stack, name="metrics-batch")
+    replica = start_history(stack, name="history-batch", extra_env=HISTORY_ENV)
     try:
         wait_for_worker(extra, port, timeout=300)
         lines = [chat_line(f"n{i}", f"Line {i}", max_tokens=16) for i in range(1000)]
@@ -312,12 +312,12 @@ async def test_a_batch_outlives_its_coordinator_and_a_worker(
             return counts is not None and counts.completed >= at_least
 
         await eventually(lambda: progressed(100), timeout=300, what="100 lines done")
-        # The coordinator (whichever holds the lock) and its replica's twin both die at once...
-        metrics_service.kill()
+        # One coordinator (history) dies: the replica takes over the ticks...
+        history_service.kill()
         await eventually(lambda: progressed(200), timeout=300, what="200 lines done (by the replica)")
         # ... then a worker, mid-line.
         extra.kill()
-        metrics_service.start()
+        history_service.start()
         final = await ended(client, batch.id, timeout=600)
         assert final.status == "completed", final
         outputs = await lines_of(client, final.output_file_id)
@@ -329,5 +329,5 @@ async def test_a_batch_outlives_its_coordinator_and_a_worker(
     finally:
         extra.stop()
         replica.stop()
-        if metrics_service.poll() is not None:
-            metrics_service.start()
+        if history_service.poll() is not None:
+            history_service.start()
