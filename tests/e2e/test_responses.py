@@ -7,6 +7,7 @@ is a 4xx naming its field."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Literal
 
@@ -20,8 +21,9 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel
 
 from llmchat_common.forgetting import forget_requests
+from llmchat_common.testing.services import start_edge
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import MAIN_MODEL
+from tests.conftest import MAIN_MODEL, ROOMY_LIMITS
 from tests.e2e.test_failover import stored_rows
 from tests.helpers import connect_nats, eventually
 
@@ -134,6 +136,17 @@ async def test_stream_follows_openai_event_order_and_ends_with_the_stored_respon
     assert (await client.responses.retrieve(final.id)).model_dump() == final.model_dump()
 
 
+async def first_events(client: AsyncOpenAI, response_id: str, count: int = 6) -> tuple[list[Any], Any]:
+    """The first `count` events of a response's stream, and the stream (still open)."""
+    events: list[Any] = []
+    stream = await client.responses.retrieve(response_id, stream=True)
+    async for event in stream:
+        events.append(event)
+        if len(events) == count:
+            break
+    return events, stream
+
+
 async def test_background_response_resumes_after_a_cut_stream(client: AsyncOpenAI) -> None:
     queued = await client.responses.create(
         input="Write at length", max_output_tokens=300, background=True, **GREEDY
@@ -141,12 +154,7 @@ async def test_background_response_resumes_after_a_cut_stream(client: AsyncOpenA
     assert queued.status == "queued" and queued.background is True
 
     # A client reads a few events, loses its connection, and resumes after the last it saw.
-    first: list[Any] = []
-    cut = await client.responses.retrieve(queued.id, stream=True)
-    async for event in cut:
-        first.append(event)
-        if len(first) == 6:
-            break
+    first, cut = await first_events(client, queued.id)
     await cut.close()
     rest = [
         e
@@ -167,6 +175,47 @@ async def test_background_response_resumes_after_a_cut_stream(client: AsyncOpenA
     with pytest.raises(openai.BadRequestError) as past_end:
         await client.responses.retrieve(queued.id, stream=True, starting_after=len(events) - 1)
     assert past_end.value.body["param"] == "starting_after"  # type: ignore[index]
+
+
+@pytest.mark.timeout(300)
+async def test_a_background_stream_resumes_at_another_edge_after_sigkill(
+    client: AsyncOpenAI, stack: LocalStack, api_key: str
+) -> None:
+    """The edge that took the response and served its stream dies (SIGKILL); the client resumes
+    at another edge with `starting_after` and gets the rest, once, while the answer runs on."""
+    first_edge, port = start_edge(stack, models=[MAIN_MODEL], extra_env=ROOMY_LIMITS, name="chat-doomed")
+    try:
+        async with AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0, timeout=60
+        ) as doomed:
+            queued = await doomed.responses.create(
+                input="Write at length",
+                max_output_tokens=1500,
+                background=True,
+                extra_body={"ignore_eos": True},
+                **GREEDY,
+            )
+            seen, stream = await first_events(doomed, queued.id)
+            first_edge.kill()
+            with contextlib.suppress(Exception):
+                await stream.close()
+        running = await client.responses.retrieve(queued.id)
+        rest = [
+            e
+            async for e in await client.responses.retrieve(
+                queued.id, stream=True, starting_after=seen[-1].sequence_number
+            )
+        ]
+    finally:
+        first_edge.stop()
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = await client.responses.retrieve(queued.id)
+    assert text == final.output_text and final.status in ("completed", "incomplete")
+    # It was still running at the other edge when the first died (so it was followed live).
+    assert running.status in ("queued", "in_progress"), running.status
 
 
 async def test_cancel_a_background_response_twice(client: AsyncOpenAI, stack: LocalStack) -> None:

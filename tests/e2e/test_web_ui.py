@@ -75,7 +75,8 @@ def test_web_app_in_chromium(stack: LocalStack, web_edge: str, tmp_path: Path) -
     )
     assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
     shots = sorted(p.name for p in Path(screenshots).glob("*.png"))
-    # Each page in English and Korean (`.ko`), on a desktop and a phone; the Models page on a desktop.
+    # Each page in English and Korean (`.ko`), on a desktop and a phone; the Models and Batches
+    # pages on a desktop.
     assert shots == sorted(
         [
             f"{page}-{size}{lang}.png"
@@ -83,7 +84,7 @@ def test_web_app_in_chromium(stack: LocalStack, web_edge: str, tmp_path: Path) -
             for size in ("desktop", "phone")
             for lang in ("", ".ko")
         ]
-        + ["models-desktop.png", "models-desktop.ko.png"]
+        + ["models-desktop.png", "models-desktop.ko.png", "batches-desktop.png", "batches-desktop.ko.png"]
     )
     # Steps that failed once and passed on a retry leave what the page showed in `failed/`.
     retried = [p.read_text()[:3000] for p in sorted(Path(screenshots).glob("failed/*.txt"))]

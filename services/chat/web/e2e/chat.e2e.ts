@@ -766,6 +766,44 @@ describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
     await expect.poll(async () => (await api("/v1/models", key)).status, { timeout: 15_000 }).toBe(401);
   });
 
+  it("runs a batch from an uploaded JSONL file, shows its progress and downloads its output", async () => {
+    await page.getByRole("link", { name: t("nav.batches"), exact: true }).click();
+    const lines = [0, 1, 2]
+      .map((i) =>
+        JSON.stringify({
+          custom_id: `web-${i}`,
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: { model: "tiny-random", messages: [{ role: "user", content: `Hello ${i}` }], max_tokens: 4 },
+        }),
+      )
+      .join("\n");
+    await page
+      .locator('input[type="file"]')
+      .setInputFiles({ name: "batch.jsonl", mimeType: "application/jsonl", buffer: Buffer.from(lines + "\n{bad\n") });
+    await page.getByRole("button", { name: t("batches.submit"), exact: true }).click();
+    const row = page.getByTestId("batch-row").first();
+    await expect
+      .poll(async () => (await row.innerText()).toLowerCase(), { timeout: 60_000 })
+      .toContain(t("batches.status.completed").toLowerCase());
+    expect(await row.getByTestId("batch-counts").innerText()).toBe(
+      t("batches.counts", { done: 3, failed: 1, total: 4 }),
+    );
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      row.getByRole("button", { name: t("batches.output"), exact: true }).click(),
+    ]);
+    const output = readFileSync(await download.path(), "utf8")
+      .trim()
+      .split("\n");
+    expect(output.map((l) => (JSON.parse(l) as { custom_id: string }).custom_id).sort()).toEqual([
+      "web-0",
+      "web-1",
+      "web-2",
+    ]);
+    await shot(page, "batches-desktop");
+  });
+
   it("works on a phone-sized screen and in the dark theme", async () => {
     const phone = await newContext(PHONE, "dark");
     const p = await phone.newPage();

@@ -8,6 +8,7 @@ import { session } from "./lib/api";
 import AdminModelsPage from "./pages/AdminModelsPage";
 import AdminPage from "./pages/AdminPage";
 import AuthPage from "./pages/AuthPage";
+import BatchesPage from "./pages/BatchesPage";
 import ChatPage from "./pages/ChatPage";
 import KeysPage from "./pages/KeysPage";
 import UsagePage from "./pages/UsagePage";
@@ -25,6 +26,7 @@ export default function App() {
             <Route path="/c/:conversationId" element={<ChatPage />} />
             <Route path="/usage" element={<UsagePage />} />
             <Route path="/keys" element={<KeysPage />} />
+            <Route path="/batches" element={<BatchesPage />} />
             <Route path="/admin" element={<AdminPage />} />
             <Route path="/admin/models" element={<AdminModelsPage />} />
             <Route path="*" element={<Navigate to="/" replace />} />
@@ -69,6 +71,7 @@ function Shell() {
           </NavLink>
           <NavLink to="/usage">{t("nav.usage")}</NavLink>
           <NavLink to="/keys">{t("nav.keys")}</NavLink>
+          <NavLink to="/batches">{t("nav.batches")}</NavLink>
           {user.role === "admin" && <NavLink to="/admin">{t("nav.admin")}</NavLink>}
         </nav>
         <span className="spacer" />

@@ -198,7 +198,9 @@ export class Session {
   private async raw(path: string, init: RequestInit, token: string): Promise<Response> {
     const headers = new Headers(init.headers);
     headers.set("Authorization", `Bearer ${token}`);
-    if (init.body !== undefined && !headers.has("Content-Type")) headers.set("Content-Type", "application/json");
+    // A FormData body (a file upload) sets its own multipart type and boundary.
+    if (init.body !== undefined && !(init.body instanceof FormData) && !headers.has("Content-Type"))
+      headers.set("Content-Type", "application/json");
     try {
       return await fetch(path, { ...init, headers });
     } catch (error) {
