@@ -182,7 +182,8 @@ async def test_a_background_stream_resumes_at_another_edge_after_sigkill(
     client: AsyncOpenAI, stack: LocalStack, api_key: str
 ) -> None:
     """The edge that took the response and served its stream dies (SIGKILL); the client resumes
-    at another edge with `starting_after` and gets the rest, once, while the answer runs on."""
+    at another edge with `starting_after` and gets the rest, once (followed live or read from the
+    log, whichever it has come to: tiny-random may finish 1,500 tokens by then)."""
     first_edge, port = start_edge(stack, models=[MAIN_MODEL], extra_env=ROOMY_LIMITS, name="chat-doomed")
     try:
         async with AsyncOpenAI(
@@ -199,7 +200,6 @@ async def test_a_background_stream_resumes_at_another_edge_after_sigkill(
             first_edge.kill()
             with contextlib.suppress(Exception):
                 await stream.close()
-        running = await client.responses.retrieve(queued.id)
         rest = [
             e
             async for e in await client.responses.retrieve(
@@ -214,8 +214,6 @@ async def test_a_background_stream_resumes_at_another_edge_after_sigkill(
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = await client.responses.retrieve(queued.id)
     assert text == final.output_text and final.status in ("completed", "incomplete")
-    # It was still running at the other edge when the first died (so it was followed live).
-    assert running.status in ("queued", "in_progress"), running.status
 
 
 async def test_cancel_a_background_response_twice(client: AsyncOpenAI, stack: LocalStack) -> None:

@@ -12,6 +12,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import io
 import ipaddress
 import itertools
 import os
@@ -27,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 from cryptography import x509
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
+from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from llmchat_chat.webhooks import (
@@ -516,3 +519,53 @@ async def test_jobs_api_checks_the_url_and_delivers_to_the_owner(
         delivered = orjson.loads(hit.body)
         assert delivered["status"] == fetched["status"] == "completed"
         assert delivered["result"]["choices"][0]["message"] == fetched["result"]["choices"][0]["message"]
+
+
+async def test_a_batch_that_ends_is_delivered_once_to_its_owner(
+    webhook_edge: str, receivers: Callable[..., Receiver], history_service: ManagedProcess
+) -> None:
+    """A batch's webhook (llmchat's `webhook_url` extension of `POST /v1/batches`): the Batch
+    object as it ended, signed for its owner, after a failed first attempt (the batch
+    coordinator is the history service's)."""
+    account = create_account(webhook_edge)
+    receiver = receivers(lambda _id, n: 503 if n == 1 else 200)
+    lines = [
+        {
+            "custom_id": f"w{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MAIN_MODEL,
+                "messages": [{"role": "user", "content": f"hi {i}"}],
+                "max_tokens": 4,
+            },
+        }
+        for i in range(3)
+    ]
+    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    async with AsyncOpenAI(base_url=f"{webhook_edge}/v1", api_key=account.api_key, max_retries=0) as client:
+        upload = await client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.batches.create(
+                input_file_id=upload.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                extra_body={"webhook_url": "http://user:pw@127.0.0.1:9/x"},
+            )
+        assert refused.value.body["param"] == "webhook_url"  # type: ignore[index]
+        batch = await client.batches.create(
+            input_file_id=upload.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"webhook_url": receiver.url()},
+        )
+        await until(lambda: any(h.status == 200 for h in receiver.of(batch.id)), 120, "the batch webhook")
+        await asyncio.sleep(2.0)
+        hits = receiver.of(batch.id)
+        assert [h.status for h in hits] == [503, 200]
+        assert verify(secret_for(account.user_id, EDGE_SETTINGS), hits[1])
+        delivered = orjson.loads(hits[1].body)
+        fetched = await client.batches.retrieve(batch.id)
+        assert delivered["object"] == "batch" and delivered["status"] == fetched.status == "completed"
+        assert delivered["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+        assert delivered["output_file_id"] == fetched.output_file_id

@@ -69,6 +69,8 @@ class BatchCreate(_Body):
     expires_at: float
     # The object (files store) holding the `PreparedLine`s as JSONL.
     lines_object: str = Field(max_length=256)
+    # Checked by the edge: where the batch-ended webhook goes.
+    webhook_url: str | None = Field(default=None, max_length=2048)
 
 
 class BatchRef(_Body):
@@ -145,3 +147,12 @@ class BatchLinesPage(_Out):
     lines: list[BatchLine]
     # The `after` of the next page; None on the last one.
     next_after: int | None = None
+
+
+class BatchEnded(_Out):
+    """On `notice.v1.batch.<id>` (`Nats-Msg-Id` = `<id>-ended`) when a batch with a webhook ends:
+    the edges' webhook dispatcher POSTs the batch to `webhook_url`, signed for its owner."""
+
+    batch: BatchRecord
+    webhook_url: str
+    ts: float

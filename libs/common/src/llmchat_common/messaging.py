@@ -92,6 +92,13 @@ def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
             **common,  # type: ignore[arg-type]
         ),
         StreamConfig(
+            name=subjects.NOTICES_STREAM,
+            subjects=[subjects.notices_wildcard()],
+            max_age=settings.events_max_age_s,
+            max_bytes=settings.notices_max_bytes,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
             name=subjects.AUDIT_STREAM,
             subjects=[subjects.audit_wildcard()],
             max_age=settings.audit_max_age_s,

@@ -36,6 +36,8 @@ class NatsSettings(BaseSettings):
     requests_max_bytes: int = 1024**3
     events_max_bytes: int = 4 * 1024**3
     audit_max_bytes: int = 256 * 1024**2
+    # Batch-ended notices for webhooks (small; kept as long as the events).
+    notices_max_bytes: int = 64 * 1024**2
     # Room kept free in the event stream for the last events of the answers already running:
     # with less, the edge refuses new requests (503 `log_full`) and workers end the running
     # ones (failed, `log_full`), each with a terminal event that still fits.

@@ -25,6 +25,10 @@ FILES_BUCKET = "llmchat_files"
 # Operators' actions (model switches, ...): `audit.v1.<action>`, kept like the event log.
 AUDIT_STREAM = "LLMCHAT_AUDIT"
 AUDIT_PREFIX = "audit.v1"
+# Notices for webhook receivers that are not a request's events (a batch that ended):
+# `notice.v1.batch.<batch_id>`, written by the history service, read by the edges' dispatcher.
+NOTICES_STREAM = "LLMCHAT_NOTICES"
+NOTICES_PREFIX = "notice.v1"
 # Request-reply to one worker: `worker.v1.control.<worker_id>.<op>` (`switch`, `catalog`).
 WORKER_CONTROL_PREFIX = "worker.v1.control"
 
@@ -197,6 +201,14 @@ def audit_subject(action: str) -> str:
 
 def audit_wildcard() -> str:
     return f"{AUDIT_PREFIX}.>"
+
+
+def batch_notice_subject(batch_id: str) -> str:
+    return f"{NOTICES_PREFIX}.batch.{check_token(batch_id)}"
+
+
+def notices_wildcard() -> str:
+    return f"{NOTICES_PREFIX}.batch.*"
 
 
 def worker_control(worker_id: str, op: str) -> str:

@@ -1,13 +1,16 @@
-"""Completion webhooks: a job's result POSTed to its caller's URL, signed (Standard Webhooks).
+"""Completion webhooks: a job's result, or a batch as it ended, POSTed to its caller's URL,
+signed (Standard Webhooks).
 
 The edge that accepts a job checks its `webhook_url` (`check_webhook_url`); the worker copies it
-onto the job's terminal event. Every edge runs a `WebhookDispatcher`: one durable pull consumer
-on CHAT_EVENTS, shared by all replicas, filtered to the terminal subjects. An event without a
-webhook is acked at once; for the others the job object (`job_body`, from the terminal event
-alone) is POSTed and the message acked on a 2xx. A failed attempt is nak'ed with a growing
-delay, so the retry waits in JetStream (any replica may make it), not in this process; after
-`max_attempts` the delivery is given up with an error in the log. Deliveries are at least once:
-receivers deduplicate by `webhook-id`, the request id (docs/webhooks.md).
+onto the job's terminal event; the batch coordinator (history) publishes a batch's notice on
+LLMCHAT_NOTICES when it ends. Every edge runs a `WebhookDispatcher`: one durable pull consumer
+per stream, shared by all replicas (on CHAT_EVENTS filtered to the terminal subjects). An event
+without a webhook is acked at once; for the others the job object (`job_body`, from the
+terminal event alone) or the Batch object is POSTed and the message acked on a 2xx. A failed
+attempt is nak'ed with a growing delay, so the retry waits in JetStream (any replica may make
+it), not in this process; after `max_attempts` the delivery is given up with an error in the
+log. Deliveries are at least once: receivers deduplicate by `webhook-id`, the request id or
+batch id (docs/webhooks.md).
 
 Signing follows the Standard Webhooks spec with plain hmac: `webhook-signature` is
 `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` under the user's secret, which is derived
@@ -34,7 +37,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Self
 from urllib.parse import urlsplit
@@ -49,6 +52,7 @@ from nats.js.errors import FetchTimeoutError
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
 from llmchat_common import subjects
+from llmchat_common.batch_contracts import BatchEnded
 from llmchat_common.contracts import TERMINAL_TYPES, Cancelled, Completed, Failed, parse_event
 
 log = logging.getLogger(__name__)
@@ -286,6 +290,31 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook to POST: its id (`webhook-id`), target, owner (whose secret signs it), body
+    and when what it reports happened."""
+
+    msg_id: str
+    url: str | None
+    user_id: str | None
+    body: bytes
+    ts: float
+
+
+def terminal_delivery(event: Terminal) -> Delivery:
+    """A job's webhook: the job object of its terminal event."""
+    return Delivery(event.request_id, event.webhook_url, event.user_id, delivery_body(event), event.ts)
+
+
+def batch_delivery(notice: BatchEnded) -> Delivery:
+    """A batch's webhook: the Batch object as it ended (its id is the batch's)."""
+    from llmchat_chat.api.batches import batch_body
+
+    batch = notice.batch
+    return Delivery(batch.id, notice.webhook_url, batch.user_id, orjson.dumps(batch_body(batch)), notice.ts)
+
+
 def delivery_body(event: Terminal) -> bytes:
     # Imported here: the edge's settings import this module, and the api package imports them.
     from llmchat_chat.api.job_format import job_body
@@ -316,23 +345,27 @@ def make_client(settings: WebhookSettings, *, verify: ssl.SSLContext | bool = Tr
     )
 
 
-async def attempt_delivery(client: httpx.AsyncClient, event: Terminal, settings: WebhookSettings) -> Outcome:
-    """One signed POST of the job to its webhook, within `timeout_s` overall."""
-    url = event.webhook_url
+async def attempt_delivery(
+    client: httpx.AsyncClient, item: Terminal | Delivery, settings: WebhookSettings
+) -> Outcome:
+    """One signed POST of the job (a terminal event's) or batch to its webhook, within
+    `timeout_s` overall."""
+    delivery = item if isinstance(item, Delivery) else terminal_delivery(item)
+    url = delivery.url
     if url is None:
         return Outcome(delivered=False, permanent=True, error="no webhook")
-    if event.user_id is None:
+    if delivery.user_id is None:
         return Outcome(delivered=False, permanent=True, error="no user to sign for")
     try:
         check_webhook_url(url, settings)
     except ValueError as exc:
         return Outcome(delivered=False, permanent=True, error=str(exc))
-    body = delivery_body(event)
-    secret = secret_for(event.user_id, settings)
+    body = delivery.body
+    secret = secret_for(delivery.user_id, settings)
     try:
         async with asyncio.timeout(settings.timeout_s):
             target = await resolve_target(url, settings)
-            headers = signed_headers(secret, event.request_id, int(time.time()), body)
+            headers = signed_headers(secret, delivery.msg_id, int(time.time()), body)
             headers["host"] = target.host_header
             status = await _post(client, target, body, headers)
     except TargetRefused as exc:
@@ -374,8 +407,36 @@ def terminal_filters() -> list[str]:
     return [f"{subjects.EVENTS_PREFIX}.*.{t}" for t in sorted(TERMINAL_TYPES)]
 
 
+def _of_terminal(data: bytes) -> Delivery | None:
+    event = parse_event(data)
+    if not isinstance(event, Completed | Failed | Cancelled) or not event.webhook_url:
+        return None
+    return terminal_delivery(event)
+
+
+def _of_notice(data: bytes) -> Delivery | None:
+    return batch_delivery(BatchEnded.model_validate_json(data))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A stream the dispatcher delivers from: its filters, and what a message asks (None:
+    nothing to deliver; raises: unreadable)."""
+
+    stream: str
+    filters: list[str]
+    parse: Callable[[bytes], Delivery | None]
+
+
+SOURCES = (
+    Source(subjects.EVENTS_STREAM, terminal_filters(), _of_terminal),
+    Source(subjects.NOTICES_STREAM, [subjects.notices_wildcard()], _of_notice),
+)
+
+
 class WebhookDispatcher:
-    """Delivers the webhooks of terminal events; started and stopped with the edge."""
+    """Delivers the webhooks of terminal events (jobs) and batch-ended notices, each from its
+    stream's shared durable consumer; started and stopped with the edge."""
 
     def __init__(
         self, js: JetStreamContext, settings: WebhookSettings, *, verify: ssl.SSLContext | bool = True
@@ -411,11 +472,11 @@ class WebhookDispatcher:
             await self._client.aclose()
             self._client = None
 
-    async def _ensure_consumer(self) -> JetStreamContext.PullSubscription:
+    async def _ensure_consumer(self, source: Source) -> JetStreamContext.PullSubscription:
         s = self._settings
         config = ConsumerConfig(
             durable_name=s.consumer,
-            filter_subjects=terminal_filters(),
+            filter_subjects=source.filters,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait_s,
@@ -424,14 +485,17 @@ class WebhookDispatcher:
             # consumer update and a crash-looping delivery still ends.
             max_deliver=-1,
         )
-        await self._js.add_consumer(subjects.EVENTS_STREAM, config)
-        return await self._js.pull_subscribe_bind(durable=s.consumer, stream=subjects.EVENTS_STREAM)
+        await self._js.add_consumer(source.stream, config)
+        return await self._js.pull_subscribe_bind(durable=s.consumer, stream=source.stream)
 
     async def _run(self) -> None:
+        await asyncio.gather(*(self._run_source(source) for source in SOURCES))
+
+    async def _run_source(self, source: Source) -> None:
         delay = 0.5
         while True:
             try:
-                psub = await self._ensure_consumer()
+                psub = await self._ensure_consumer(source)
                 break
             except asyncio.CancelledError:
                 raise
@@ -439,7 +503,9 @@ class WebhookDispatcher:
                 log.error("webhook consumer unavailable; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        log.info("webhook dispatcher running", extra={"consumer": self._settings.consumer})
+        log.info(
+            "webhook dispatcher running", extra={"consumer": self._settings.consumer, "stream": source.stream}
+        )
         try:
             while True:
                 free = self._settings.max_concurrent - len(self._inflight)
@@ -457,37 +523,37 @@ class WebhookDispatcher:
                     await asyncio.sleep(1.0)
                     continue
                 for msg in msgs:
-                    await self._dispatch(msg)
+                    await self._dispatch(msg, source)
         finally:
             # nats-py 2.16: a pull subscription left open stalls the connection's drain.
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
-    async def _dispatch(self, msg: Msg) -> None:
+    async def _dispatch(self, msg: Msg, source: Source) -> None:
         try:
-            event = parse_event(msg.data)
+            delivery = source.parse(msg.data)
         except (ValidationError, ValueError) as exc:
-            log.error("unreadable terminal event skipped", extra={"error": type(exc).__name__})
+            log.error("unreadable webhook message skipped", extra={"error": type(exc).__name__})
             await _settle(msg.term())
             return
-        if not isinstance(event, Completed | Failed | Cancelled) or not event.webhook_url:
+        if delivery is None:
             self.stats.skipped += 1
             await _settle(msg.ack())
             return
-        if time.time() - event.ts > self._settings.max_event_age_s:
-            log.warning("webhook too old to deliver; dropped", extra={"request_id": event.request_id})
+        if time.time() - delivery.ts > self._settings.max_event_age_s:
+            log.warning("webhook too old to deliver; dropped", extra={"request_id": delivery.msg_id})
             self.stats.given_up += 1
             await _settle(msg.term())
             return
-        task = asyncio.create_task(self._deliver(msg, event), name=f"webhook-{event.request_id}")
+        task = asyncio.create_task(self._deliver(msg, delivery), name=f"webhook-{delivery.msg_id}")
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _deliver(self, msg: Msg, event: Terminal) -> None:
+    async def _deliver(self, msg: Msg, delivery: Delivery) -> None:
         assert self._client is not None
         s = self._settings
         attempt = msg.metadata.num_delivered
-        fields = {"request_id": event.request_id, "attempt": attempt, "host": _host_of(event.webhook_url)}
+        fields = {"request_id": delivery.msg_id, "attempt": attempt, "host": _host_of(delivery.url)}
         if attempt > s.max_attempts:
             # Redelivered past the limit without a verdict (edges crashed mid-attempt).
             log.error("webhook given up: attempts exhausted", extra=fields)
@@ -495,7 +561,7 @@ class WebhookDispatcher:
             await _settle(msg.term())
             return
         try:
-            outcome = await attempt_delivery(self._client, event, s)
+            outcome = await attempt_delivery(self._client, delivery, s)
         except asyncio.CancelledError:
             # Shutdown: hand it back at once for another replica (at least once).
             await _settle(msg.nak())

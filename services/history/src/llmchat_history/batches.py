@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from llmchat_common import subjects
 from llmchat_common.batch_contracts import (
     BatchCreate,
+    BatchEnded,
     BatchLine,
     BatchLinesPage,
     BatchLinesQuery,
@@ -178,6 +179,7 @@ class BatchCoordinator:
             "endpoint": body.endpoint,
             "input_file_id": body.input_file_id,
             "lines_object": body.lines_object,
+            "webhook_url": body.webhook_url,
             "completion_window": body.completion_window,
             "status": "validating",
             "ending": None,
@@ -463,7 +465,7 @@ class BatchCoordinator:
         still_open = select(c.batch_id).where(c.status.in_(OPEN)).distinct()
         ending = (
             await conn.execute(
-                select(b.id, b.status, b.ending).where(
+                select(b.id, b.status, b.ending, b.webhook_url).where(
                     b.status.in_(("in_progress", "cancelling", "finalizing")), b.id.not_in(still_open)
                 )
             )
@@ -476,3 +478,19 @@ class BatchCoordinator:
             values["finalizing_at"] = case((b.finalizing_at.is_(None), now), else_=b.finalizing_at)
             await conn.execute(update(BATCHES).where(b.id == row.id).values(**values))
             log.info("batch ended", extra={"batch_id": row.id, "status": final})
+            if row.webhook_url is not None:
+                await self._notify(conn, row.id, row.webhook_url)
+
+    async def _notify(self, conn: AsyncConnection, batch_id: str, url: str) -> None:
+        """The batch-ended notice, before the commit that ends the batch: a crash in between
+        ends it again on the next tick, and the notice's message id drops the second copy."""
+        row = (await conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id))).one()
+        notice = BatchEnded(
+            batch=_record(row, await self._count(conn, batch_id)), webhook_url=url, ts=time.time()
+        )
+        await self.js.publish(
+            subjects.batch_notice_subject(batch_id),
+            notice.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"{batch_id}-ended"},
+            timeout=self.publish_timeout_s,
+        )

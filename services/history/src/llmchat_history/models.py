@@ -177,6 +177,7 @@ class Batch(Base):
     endpoint: Mapped[str] = mapped_column(String(64))
     input_file_id: Mapped[str] = mapped_column(String(128))
     lines_object: Mapped[str] = mapped_column(String(256))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
     completion_window: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     ending: Mapped[str | None] = mapped_column(String(16))

@@ -151,6 +151,7 @@ _JS_COMMON = [f"{_API}.INFO", f"{_API}.STREAM.NAMES"]
 _CHAT_STREAMS = [
     *_provision(s.REQUESTS_STREAM, update=True),
     *_provision(s.EVENTS_STREAM, update=True),
+    *_provision(s.NOTICES_STREAM, update=True),
     *_provision(s.AUDIT_STREAM, update=True),
 ]
 
@@ -173,6 +174,8 @@ SERVED_KV = kv_subjects(s.SERVED_BUCKET)
 FILES_STREAM = f"OBJ_{s.FILES_BUCKET}"
 # An object store's chunks and metadata (a put, a delete).
 FILES = f"$O.{s.FILES_BUCKET}.>"
+NOTICES = s.notices_wildcard()
+ALL_NOTICES = f"{s.NOTICES_PREFIX}.>"
 AUDIT = f"{s.AUDIT_PREFIX}.*"
 ALL_AUDIT = s.audit_wildcard()
 WORKER_CONTROL = f"{s.WORKER_CONTROL_PREFIX}.*.*"
@@ -245,9 +248,14 @@ def permissions() -> dict[str, Permissions]:
                     *_provision(FILES_STREAM),
                     *_get(FILES_STREAM),
                     f"{_API}.STREAM.PURGE.{FILES_STREAM}",
+                    # Batch webhooks: the edges' shared durable on the notices history writes.
+                    *_watch(s.NOTICES_STREAM),
+                    f"{_API}.CONSUMER.DURABLE.CREATE.{s.NOTICES_STREAM}.{s.WEBHOOKS_CONSUMER}",
+                    f"{_API}.CONSUMER.MSG.NEXT.{s.NOTICES_STREAM}.{s.WEBHOOKS_CONSUMER}",
+                    f"$JS.ACK.{s.NOTICES_STREAM}.{s.WEBHOOKS_CONSUMER}.>",
                 ]
             ),
-            publish_deny=(ALL_EVENTS, REGISTRY_KV, REVOCATIONS_KV, SERVED_KV),
+            publish_deny=(ALL_EVENTS, ALL_NOTICES, REGISTRY_KV, REVOCATIONS_KV, SERVED_KV),
             # Its own inbox first; `_INBOX` too, for tools and tests that connect as the edge
             # with nats-py's default prefix (nothing private reaches that inbox).
             subscribe_allow=(ALL_EVENTS, *_inbox("chat"), f"{DEFAULT_INBOX}.>"),
@@ -276,6 +284,7 @@ def permissions() -> dict[str, Permissions]:
             publish_deny=(
                 ALL_REQUESTS,
                 ALL_CANCELS,
+                ALL_NOTICES,
                 AUTH_RPC,
                 CANCELS_KV,
                 REVOCATIONS_KV,
@@ -300,6 +309,7 @@ def permissions() -> dict[str, Permissions]:
                 ALL_REQUESTS,
                 ALL_EVENTS,
                 ALL_CANCELS,
+                ALL_NOTICES,
                 AUTH_RPC,
                 REGISTRY_KV,
                 CANCELS_KV,
@@ -316,13 +326,13 @@ def permissions() -> dict[str, Permissions]:
         # so it reads the request stream too (and writes neither stream). History alone
         # erases requests from the log (a deleted conversation's, an erased user's).
         # History also coordinates batches: it publishes their lines (requests), cancels them
-        # (the live subject and the cancels bucket) and reads their prepared lines from the
-        # files store by direct gets.
+        # (the live subject and the cancels bucket), reads their prepared lines from the files
+        # store by direct gets and announces their end (notices, for webhooks).
         "history": _projection(
             "history",
             HISTORY_RPC,
             s.HISTORY_QUEUE,
-            publish=[REQUESTS, CANCELS, CANCELS_KV],
+            publish=[REQUESTS, CANCELS, CANCELS_KV, NOTICES],
             extra=[*_erase(), *_provision(cancels_stream()), *_provision(FILES_STREAM), *_get(FILES_STREAM)],
         ),
         "metrics": _projection(
@@ -359,6 +369,7 @@ def _projection(
             *(() if REQUESTS in writes else (ALL_REQUESTS,)),
             ALL_EVENTS,
             *(() if CANCELS in writes else (ALL_CANCELS,)),
+            *(() if NOTICES in writes else (ALL_NOTICES,)),
             AUTH_RPC,
             HISTORY_RPC,
             USAGE_RPC,

@@ -34,6 +34,7 @@ from llmchat_chat.api.responses_schema import ResponsesRequest
 from llmchat_chat.backends import ServiceClient
 from llmchat_chat.errors import ApiError, NotFound
 from llmchat_chat.files import INTERNAL_PURPOSE
+from llmchat_chat.webhooks import check_webhook_url
 from llmchat_common.batch_contracts import (
     BATCH_ENDPOINTS,
     BatchCreate,
@@ -61,6 +62,8 @@ class BatchBody(BaseModel):
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = (
         Field(default=None, max_length=16)
     )
+    # llmchat's extension: a Standard Webhooks POST of the Batch object when it ends.
+    webhook_url: str | None = Field(default=None, max_length=2048)
 
 
 def new_batch_id() -> str:
@@ -115,6 +118,12 @@ async def create_batch(
     conversations: ConversationsDep,
     responses: ResponsesDep,
 ) -> dict[str, Any]:
+    webhook = None
+    if body.webhook_url is not None:
+        try:
+            webhook = check_webhook_url(body.webhook_url, service.settings.webhooks)
+        except ValueError as exc:
+            raise ApiError(str(exc), param="webhook_url") from None
     if body.endpoint not in BATCH_ENDPOINTS:
         raise ApiError(f"endpoint must be one of {', '.join(BATCH_ENDPOINTS)}", param="endpoint")
     window = service.settings.batches.windows.get(body.completion_window)
@@ -160,6 +169,7 @@ async def create_batch(
         created_at=now,
         expires_at=now + window,
         lines_object=lines_object,
+        webhook_url=webhook,
     )
     return batch_body(await history.call("batch_create", create, BatchRecord))
 

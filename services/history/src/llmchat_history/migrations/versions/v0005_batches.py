@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("endpoint", sa.String(64), nullable=False),
         sa.Column("input_file_id", sa.String(128), nullable=False),
         sa.Column("lines_object", sa.String(256), nullable=False),
+        sa.Column("webhook_url", sa.Text(), nullable=True),
         sa.Column("completion_window", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("ending", sa.String(16), nullable=True),
