@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from typing import Any
 
 import asyncpg
 import httpx
 import openai
 import pytest
+from llmchat_history.batches import BatchLinesProjection
 from openai import AsyncOpenAI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from llmchat_common.contracts import Completed, Started, Timings, Usage
+from llmchat_common.projection import StoredEvent
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_history, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
@@ -331,3 +337,72 @@ async def test_a_batch_outlives_its_coordinator_and_a_worker(
         replica.stop()
         if history_service.poll() is not None:
             history_service.start()
+
+
+def _line_event(kind: str, request_id: str, attempt: int, text: str = "") -> StoredEvent:
+    facts: dict[str, Any] = {
+        "request_id": request_id,
+        "attempt": attempt,
+        "seq": 0,
+        "worker_id": f"w{attempt}",
+        "ts": 1.0,
+        "source": "batch",
+    }
+    if kind == "started":
+        return StoredEvent(Started(**facts, queue_ms=0, prompt_tokens=1), 0, 0.0)
+    usage = Usage(prompt_tokens=1, completion_tokens=1)
+    done = Completed(**facts, finish_reason="stop", text=text, usage=usage, timings=Timings())
+    return StoredEvent(done, 0, 0.0)
+
+
+async def test_a_line_keeps_its_newest_attempts_outcome(
+    stack: LocalStack, history_service: ManagedProcess
+) -> None:
+    """The fencing rule on real Postgres: a paused ("zombie") attempt's terminal event, stored
+    after a newer attempt started, never becomes the line's outcome; a newer attempt started
+    after an older one ended makes the line run again."""
+    dsn = stack.env()["LLMCHAT_POSTGRES_DSN"].replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(dsn)
+    projection = BatchLinesProjection()
+    line = f"batch_{uuid.uuid4().hex}-1"
+
+    async def apply(*events: StoredEvent) -> tuple[str, int, str | None]:
+        ordered = [StoredEvent(e.event, n, 0.0) for n, e in enumerate(events, 1)]
+        async with engine.begin() as conn:
+            await projection.apply(conn, ordered)
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT status, attempt, terminal FROM history.batch_lines WHERE request_id = :r"),
+                    {"r": line},
+                )
+            ).one()
+        held = json.loads(row.terminal)["text"] if row.terminal is not None else None
+        return row.status, row.attempt, held
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO history.batch_lines"
+                    " (request_id, batch_id, line, status, attempt, cancel_sent)"
+                    " VALUES (:r, 'batch_fence', 1, 'running', 0, false)"
+                ),
+                {"r": line},
+            )
+        # One projection batch: attempt 2 started before attempt 1's late terminal event.
+        assert await apply(
+            _line_event("started", line, 1),
+            _line_event("started", line, 2),
+            _line_event("completed", line, 1, "zombie"),
+        ) == ("running", 2, None)
+        # Across batches: the zombie's copy again, then the newest attempt's end.
+        assert await apply(_line_event("completed", line, 1, "zombie")) == ("running", 2, None)
+        assert await apply(_line_event("completed", line, 2, "newest")) == ("completed", 2, "newest")
+        # A third attempt starts after the second ended (an ack lost): the line runs again...
+        assert await apply(_line_event("started", line, 3)) == ("running", 3, None)
+        assert await apply(_line_event("completed", line, 3, "third")) == ("completed", 3, "third")
+        # ... and a redelivered old `started` changes nothing.
+        assert await apply(_line_event("started", line, 2)) == ("completed", 3, "third")
+    finally:
+        await engine.dispose()

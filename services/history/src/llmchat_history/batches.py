@@ -57,7 +57,7 @@ from llmchat_common.batch_contracts import (
     PreparedLine,
     batch_request_id,
 )
-from llmchat_common.contracts import Cancelled, ChatRequested, Completed, Failed
+from llmchat_common.contracts import Cancelled, ChatRequested, Completed, Failed, Started
 from llmchat_common.messaging import read_object, send_cancel
 from llmchat_common.projection import StoredEvent
 from llmchat_common.rpc import NotFound
@@ -93,28 +93,55 @@ def outcome_of(event: Completed | Failed | Cancelled) -> str:
 
 
 class BatchLinesProjection:
-    """`Projection[StoredEvent]`: a batch line's newest terminal event, onto its row."""
+    """`Projection[StoredEvent]`: each batch line's outcome, by the log's fencing rule (the
+    newest attempt wins): a `started` of a newer attempt makes the line run again (an older
+    attempt's terminal event, even one that arrives later, no longer counts); a terminal event
+    of the newest attempt ends it."""
 
     name = "batch-lines"
-    event_types: tuple[str, ...] = ("completed", "failed", "cancelled")
+    event_types: tuple[str, ...] = ("started", "completed", "failed", "cancelled")
 
     async def apply(self, conn: AsyncConnection, items: Sequence[StoredEvent]) -> None:
-        newest: dict[str, Completed | Failed | Cancelled] = {}
+        # Per line, in log order: the newest attempt seen and its terminal event (None: runs).
+        lines: dict[str, tuple[int, Completed | Failed | Cancelled | None]] = {}
         for stored in sorted(items, key=lambda s: s.stream_seq):
             e = stored.event
-            if not isinstance(e, Completed | Failed | Cancelled) or e.source != "batch":
+            if not isinstance(e, Started | Completed | Failed | Cancelled) or e.source != "batch":
                 continue
-            held = newest.get(e.request_id)
-            if held is None or e.attempt >= held.attempt:
-                newest[e.request_id] = e
-        for request_id in sorted(newest):
-            e = newest[request_id]
-            c = BATCH_LINES.c
-            await conn.execute(
-                update(BATCH_LINES)
-                .where(c.request_id == request_id, c.attempt <= e.attempt, c.status != "skipped")
-                .values(status=outcome_of(e), terminal=e.model_dump_json().encode(), attempt=e.attempt)
-            )
+            attempt, terminal = lines.get(e.request_id, (-1, None))
+            if isinstance(e, Started):
+                if e.attempt > attempt:
+                    lines[e.request_id] = (e.attempt, None)
+            elif e.attempt >= attempt:
+                lines[e.request_id] = (e.attempt, e)
+        c = BATCH_LINES.c
+        for request_id in sorted(lines):
+            attempt, terminal = lines[request_id]
+            if terminal is None:
+                stmt = (
+                    update(BATCH_LINES)
+                    .where(
+                        c.request_id == request_id,
+                        c.attempt < attempt,
+                        c.status.not_in(("skipped", "invalid")),
+                    )
+                    .values(status="running", terminal=None, attempt=attempt)
+                )
+            else:
+                stmt = (
+                    update(BATCH_LINES)
+                    .where(
+                        c.request_id == request_id,
+                        c.attempt <= attempt,
+                        c.status.not_in(("skipped", "invalid")),
+                    )
+                    .values(
+                        status=outcome_of(terminal),
+                        terminal=terminal.model_dump_json().encode(),
+                        attempt=attempt,
+                    )
+                )
+            await conn.execute(stmt)
 
 
 def _record(row: Any, counts: dict[str, int]) -> BatchRecord:
