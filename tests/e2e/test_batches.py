@@ -16,17 +16,19 @@ import httpx
 import openai
 import pytest
 from llmchat_history.batches import BatchLinesProjection
+from nats.js.errors import NotFoundError
 from openai import AsyncOpenAI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Started, Timings, Usage
 from llmchat_common.projection import StoredEvent
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_history, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
 from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL
-from tests.helpers import eventually, register_account
+from tests.helpers import connect_nats, eventually, register_account
 
 GREEDY: dict[str, Any] = {"model": MAIN_MODEL, "temperature": 0}
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -179,6 +181,14 @@ async def test_a_chat_batch_runs_every_line_once(client: AsyncOpenAI, stack: Loc
     # Each line that ran was one request, counted once.
     rows = await usage_of(stack, batch.id)
     assert len(rows) == 12 and {r["status"] for r in rows} == {"completed"}
+    # The object that carried the prepared lines is gone once the batch was read after loading.
+    nc = await connect_nats(stack.env())
+    try:
+        store = await nc.jetstream().object_store(subjects.FILES_BUCKET)
+        with pytest.raises(NotFoundError):
+            await store.get_info(f"{batch.id}-lines")
+    finally:
+        await nc.close()
 
     assert batch.id in [b.id async for b in client.batches.list(limit=5)]
     file_info = await client.files.retrieve(batch.output_file_id)
@@ -229,6 +239,34 @@ async def test_completions_and_responses_batches(client: AsyncOpenAI) -> None:
     body = output["response"]["body"]
     direct = await client.responses.create(input="Say hi", max_output_tokens=6, store=False, **GREEDY)
     assert body["object"] == "response" and body["output"][0]["content"][0]["text"] == direct.output_text
+
+
+async def test_an_embeddings_batch(client: AsyncOpenAI, embedding_model: str) -> None:
+    lines = [
+        {
+            "custom_id": "e1",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": embedding_model, "input": ["hello world", "batch"]},
+        },
+        {
+            "custom_id": "e2",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": MAIN_MODEL, "input": "a chat model"},
+        },
+    ]
+    batch = await client.batches.create(
+        input_file_id=await upload(client, jsonl(lines)), endpoint="/v1/embeddings", completion_window="24h"
+    )
+    batch = await ended(client, batch.id)
+    [output] = await lines_of(client, batch.output_file_id)
+    body = output["response"]["body"]
+    direct = await client.embeddings.create(model=embedding_model, input=["hello world", "batch"])
+    assert body["object"] == "list" and len(body["data"]) == 2
+    assert body["data"][1]["embedding"] == pytest.approx(direct.data[1].embedding, abs=1e-5)
+    [error] = await lines_of(client, batch.error_file_id)
+    assert error["custom_id"] == "e2" and error["error"]["param"] == "body.model"
 
 
 async def test_bad_batches_are_refused(client: AsyncOpenAI) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +33,8 @@ from pydantic import BaseModel, Field
 from llmchat_chat.errors import ApiError, NotFound, PayloadTooLarge
 from llmchat_common import subjects
 from llmchat_common.messaging import list_objects, object_chunks, read_object
+
+log = logging.getLogger(__name__)
 
 PURPOSES = ("batch", "user_data")
 # What the store holds besides users' files (never listed or served).
@@ -158,6 +161,15 @@ class FileStore:
 
     def _chunks(self, info: js_api.ObjectInfo) -> AsyncIterator[bytes]:
         return object_chunks(self._js, info)
+
+    async def drop_internal(self, name: str) -> None:
+        """An internal object gone (a batch's prepared lines, once loaded); none is fine."""
+        try:
+            await self._store.delete(name)
+        except NotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - tried again on the next read
+            log.warning("internal object not dropped", extra={"object": name, "error": repr(exc)})
 
     async def delete(self, owner: str, file_id: str) -> None:
         await self._find(owner, file_id)

@@ -66,6 +66,10 @@ class BatchBody(BaseModel):
     webhook_url: str | None = Field(default=None, max_length=2048)
 
 
+def lines_object_of(batch_id: str) -> str:
+    return f"{batch_id}-lines"
+
+
 def new_batch_id() -> str:
     return f"batch_{uuid.uuid4().hex}"
 
@@ -151,7 +155,7 @@ async def create_batch(
 
     preparer = LinePreparer(body.endpoint, batch_id, now + window, service, caller, response_request)
     prepared = [await preparer.prepare(n, text) for n, text in numbered]
-    lines_object = f"{batch_id}-lines"
+    lines_object = lines_object_of(batch_id)
     await files.put(
         lines_object,
         caller.user_id,
@@ -195,8 +199,13 @@ async def list_batches(
 
 
 @router.get("/v1/batches/{batch_id}")
-async def get_batch(batch_id: str, caller: CallerDep, history: HistoryDep) -> dict[str, Any]:
-    return batch_body(await _batch(history, caller.user_id, batch_id))
+async def get_batch(batch_id: str, caller: CallerDep, history: HistoryDep, files: FilesDep) -> dict[str, Any]:
+    record = await _batch(history, caller.user_id, batch_id)
+    if record.status != "validating":
+        # Its prepared lines are in Postgres now: the object that carried them goes (the
+        # coordinator may only read the files store).
+        await files.drop_internal(lines_object_of(record.id))
+    return batch_body(record)
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
