@@ -119,6 +119,9 @@ ROOMY_LIMITS |= {"LLMCHAT_CHAT_QUEUE__INTERACTIVE": "1000000", "LLMCHAT_CHAT_QUE
 # A file cap the tests can pass quickly (the default is 200 MB).
 FILE_CAP_BYTES = 4 * 1024 * 1024
 ROOMY_LIMITS |= {"LLMCHAT_CHAT_FILES__MAX_BYTES": str(FILE_CAP_BYTES)}
+# A batch window short enough to see a batch expire (OpenAI's only window is 24h).
+SHORT_WINDOW = "8s"
+ROOMY_LIMITS |= {"LLMCHAT_CHAT_BATCHES__WINDOWS": f'{{"24h": 86400, "{SHORT_WINDOW}": 8}}'}
 
 
 # Conversation titles are asked of the main pool, so the failover tests' counts of requests on

@@ -27,7 +27,7 @@ from llmchat_common.projection import StoredEvent
 from llmchat_common.testing.process import ManagedProcess
 from llmchat_common.testing.services import start_history, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL
+from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL, SHORT_WINDOW
 from tests.helpers import connect_nats, eventually, register_account
 
 GREEDY: dict[str, Any] = {"model": MAIN_MODEL, "temperature": 0}
@@ -334,6 +334,25 @@ async def test_cancel_keeps_the_finished_lines(client: AsyncOpenAI, stack: Local
     ran = [e for e in errors if e["error"]["code"] == "batch_cancelled"]
     assert len(rows) == len(outputs) + len(ran)
     assert (await client.batches.cancel(batch.id)).status == "cancelled"  # an ended batch, as it is
+
+
+async def test_a_batch_past_its_window_expires_with_its_partial_output(client: AsyncOpenAI) -> None:
+    short = [chat_line(f"short{i}", f"Hi {i}", max_tokens=4) for i in range(4)]
+    long = [chat_line(f"long{i}", f"Go on {i}", max_tokens=1500, ignore_eos=True) for i in range(60)]
+    batch = await client.batches.create(
+        input_file_id=await upload(client, jsonl(short + long)),
+        endpoint="/v1/chat/completions",
+        completion_window=SHORT_WINDOW,  # type: ignore[arg-type]
+    )
+    final = await ended(client, batch.id, timeout=180)
+    assert final.status == "expired" and final.expired_at and final.finalizing_at
+    outputs = await lines_of(client, final.output_file_id)
+    errors = await lines_of(client, final.error_file_id)
+    assert {o["custom_id"] for o in outputs} >= {f"short{i}" for i in range(4)}
+    ids = [line["custom_id"] for line in outputs + errors]
+    assert sorted(ids) == sorted(line["custom_id"] for line in short + long)  # each line once
+    codes = {e["error"]["code"] for e in errors}
+    assert "batch_not_run" in codes and codes <= {"batch_cancelled", "batch_not_run"}
 
 
 @pytest.mark.timeout(900)
