@@ -6,9 +6,11 @@ the batch survives the coordinator (history) and a worker killed while it runs."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -25,9 +27,9 @@ from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Started, Timings, Usage
 from llmchat_common.projection import StoredEvent
 from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_history, start_worker, wait_for_worker
+from llmchat_common.testing.services import start_edge, start_history, start_worker, wait_for_worker
 from llmchat_common.testing.stack import LocalStack
-from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL, SHORT_WINDOW
+from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL, ROOMY_LIMITS, SHORT_WINDOW
 from tests.helpers import connect_nats, eventually, register_account
 
 GREEDY: dict[str, Any] = {"model": MAIN_MODEL, "temperature": 0}
@@ -353,6 +355,46 @@ async def test_a_batch_past_its_window_expires_with_its_partial_output(client: A
     assert sorted(ids) == sorted(line["custom_id"] for line in short + long)  # each line once
     codes = {e["error"]["code"] for e in errors}
     assert "batch_not_run" in codes and codes <= {"batch_cancelled", "batch_not_run"}
+
+
+@pytest.mark.timeout(300)
+async def test_lines_are_paced_to_the_owners_token_budget(stack: LocalStack, edge_url: str) -> None:
+    """An owner with 100 tokens a minute: a line reserves 9 (a 2-character prompt is 1 + 4
+    tokens, and 4 to answer), so 11 run in the first minute and the last 3 only after it."""
+    tight = {f"LLMCHAT_CHAT_LIMITS__{scope}__USER__TOKENS_PER_MINUTE": "100" for scope in ("USER", "API_KEY")}
+    edge, port = start_edge(
+        stack, models=[MAIN_MODEL], extra_env={**ROOMY_LIMITS, **tight}, name="chat-paced"
+    )
+    try:
+        account = register_account(f"http://127.0.0.1:{port}")
+        async with AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=account.api_key, max_retries=0, timeout=60
+        ) as paced:
+            lines = [chat_line(f"p{i}", "Hi", max_tokens=4) for i in range(14)]
+            batch = await paced.batches.create(
+                input_file_id=await upload(paced, jsonl(lines)),
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+
+            async def completed() -> int:
+                counts = (await paced.batches.retrieve(batch.id)).request_counts
+                return counts.completed if counts is not None else 0
+
+            await eventually(lambda: _at_least(completed, 11), timeout=60, what="the first minute's lines")
+            await asyncio.sleep(10)
+            assert await completed() == 11
+            final = await ended(paced, batch.id, timeout=150)
+            assert final.status == "completed" and final.request_counts is not None
+            assert final.request_counts.completed == 14
+            assert final.completed_at is not None and final.in_progress_at is not None
+            assert final.completed_at - final.in_progress_at >= 55
+    finally:
+        edge.stop()
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], least: int) -> bool:
+    return await count() >= least
 
 
 @pytest.mark.timeout(900)

@@ -56,6 +56,9 @@ class PreparedLine(_Out):
     body: dict[str, Any] | None = None
     request: ChatRequested | None = None
     error: LineError | None = None
+    # The tokens the line is charged against its owner's per-minute budget (as its route
+    # would reserve them: the prompt, estimated, and the most the answer may take).
+    tokens: int = 0
 
 
 class BatchCreate(_Body):
@@ -71,6 +74,9 @@ class BatchCreate(_Body):
     lines_object: str = Field(max_length=256)
     # Checked by the edge: where the batch-ended webhook goes.
     webhook_url: str | None = Field(default=None, max_length=2048)
+    # The owner's per-minute token budget (the smallest of its limit scopes): the coordinator
+    # publishes the batch's lines no faster (None: unpaced).
+    tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
 class BatchRef(_Body):

@@ -13,7 +13,9 @@ replica that does not get it skips the tick. A tick:
 2. sends a cancel for each running line of a cancelling or expiring batch, once;
 3. publishes pending lines, oldest batch first, while fewer than `max_in_flight` lines of all
    batches run, at background priority: a backlog of batch lines never fills the queue that
-   interactive chat waits in, and vLLM schedules people watching an answer first;
+   interactive chat waits in, and vLLM schedules people watching an answer first. Each owner's
+   lines are paced to their per-minute token budget (the tokens their lines' routes would
+   reserve, over the last minute); an owner over it waits while others' batches go on;
 4. ends each batch whose lines have all stopped (`completed`, `cancelled` or `expired`).
 
 Why every line ends exactly once in the output: a line's request id is `<batch>-<line>`, its
@@ -30,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -74,6 +76,8 @@ ERROR_LINES = ("invalid", "failed", "cancelled", "skipped")
 # A failed batch keeps this many of its refused lines as `errors`.
 SHOWN_ERRORS = 20
 INSERT_CHUNK = 1000
+# The window a batch owner's token budget is counted over.
+PACE_WINDOW = timedelta(minutes=1)
 # A page of lines stays well under NATS's 1 MiB payload.
 PAGE_BYTES = 512 * 1024
 
@@ -207,6 +211,7 @@ class BatchCoordinator:
             "input_file_id": body.input_file_id,
             "lines_object": body.lines_object,
             "webhook_url": body.webhook_url,
+            "tokens_per_minute": body.tokens_per_minute,
             "completion_window": body.completion_window,
             "status": "validating",
             "ending": None,
@@ -247,6 +252,8 @@ class BatchCoordinator:
                 "error": line.error.model_dump() if line.error is not None else None,
                 "attempt": 0,
                 "cancel_sent": False,
+                "tokens": line.tokens,
+                "published_at": None,
             }
             for line in lines
         ]
@@ -403,7 +410,7 @@ class BatchCoordinator:
             await self._load(conn, now)
             await self._expire(conn, now)
             await self._send_cancels(conn)
-            await self._publish(conn)
+            await self._publish(conn, now)
             await self._end(conn, now)
 
     async def _expire(self, conn: AsyncConnection, now: datetime) -> None:
@@ -446,7 +453,7 @@ class BatchCoordinator:
         if rows:
             await conn.execute(update(BATCH_LINES).where(c.request_id.in_(rows)).values(cancel_sent=True))
 
-    async def _publish(self, conn: AsyncConnection) -> None:
+    async def _publish(self, conn: AsyncConnection, now: datetime) -> None:
         b, c = BATCHES.c, BATCH_LINES.c
         running = await conn.scalar(
             select(func.count()).select_from(BATCH_LINES).where(c.status == "running")
@@ -454,20 +461,42 @@ class BatchCoordinator:
         room = self.max_in_flight - int(running or 0)
         if room <= 0:
             return
-        rows = (
+        # Each owner's tokens published in the last minute, against the budget their batches
+        # carry: lines are paced to it, and an owner over it waits while others go on.
+        recent = (
             await conn.execute(
-                select(c.request_id, c.request)
+                select(b.user_id, func.coalesce(func.sum(c.tokens), 0))
+                .join(BATCHES, b.id == c.batch_id)
+                .where(c.published_at > now - PACE_WINDOW)
+                .group_by(b.user_id)
+            )
+        ).all()
+        spent: dict[str, int] = {user: int(tokens) for user, tokens in recent}
+        candidates = (
+            await conn.execute(
+                select(c.request_id, c.request, c.tokens, b.user_id, b.tokens_per_minute)
                 .join(BATCHES, b.id == c.batch_id)
                 .where(b.status == "in_progress", c.status == "pending")
                 .order_by(b.created_at, c.batch_id, c.line)
-                .limit(room)
+                .limit(room * 4)
             )
         ).all()
+        rows = []
+        for row in candidates:
+            used = spent.get(row.user_id, 0)
+            if row.tokens_per_minute is not None and used + row.tokens > row.tokens_per_minute and used > 0:
+                continue  # over budget this minute (a line larger than the budget goes alone)
+            spent[row.user_id] = used + row.tokens
+            rows.append(row)
+            if len(rows) == room:
+                break
         if not rows:
             return
-        now = time.time()
+        # Stamped when published: its queue time is the log's, not the batch's.
+        stamp = now.timestamp()
         requests = [
-            ChatRequested.model_validate_json(r.request).model_copy(update={"created_at": now}) for r in rows
+            ChatRequested.model_validate_json(r.request).model_copy(update={"created_at": stamp})
+            for r in rows
         ]
         await asyncio.gather(
             *(
@@ -484,7 +513,7 @@ class BatchCoordinator:
         await conn.execute(
             update(BATCH_LINES)
             .where(c.request_id.in_([r.request_id for r in rows]), c.status == "pending")
-            .values(status="running")
+            .values(status="running", published_at=now)
         )
 
     async def _end(self, conn: AsyncConnection, now: datetime) -> None:

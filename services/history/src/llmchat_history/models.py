@@ -178,6 +178,7 @@ class Batch(Base):
     input_file_id: Mapped[str] = mapped_column(String(128))
     lines_object: Mapped[str] = mapped_column(String(256))
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
     completion_window: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     ending: Mapped[str | None] = mapped_column(String(16))
@@ -217,6 +218,8 @@ class BatchLine(Base):
     error: Mapped[dict[str, object] | None] = mapped_column(JSONB)
     attempt: Mapped[int] = mapped_column(Integer)
     cancel_sent: Mapped[bool] = mapped_column(Boolean)
+    tokens: Mapped[int] = mapped_column(Integer)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 Index("ix_batch_lines_batch_id_line", BatchLine.batch_id, BatchLine.line, unique=True)

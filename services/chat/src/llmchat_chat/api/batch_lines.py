@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from llmchat_chat.api import chat, completions, embeddings
 from llmchat_chat.api.chat import to_request as chat_request
 from llmchat_chat.api.completions import check_request, to_completion_request
 from llmchat_chat.api.completions_format import Echo, completion_choices, completion_object
@@ -148,7 +149,19 @@ class LinePreparer:
                 "deadline": self.expires_at,
             }
         )
-        return PreparedLine(line=number, custom_id=custom_id, body=body, request=queued)
+        return PreparedLine(
+            line=number, custom_id=custom_id, body=body, request=queued, tokens=await self._tokens(queued)
+        )
+
+    async def _tokens(self, request: ChatRequested) -> int:
+        """What the line's route would reserve against the per-minute token budget."""
+        limits = self.service.settings.limits
+        if self.endpoint == "/v1/completions":
+            return completions.reservation(request, limits)
+        context = await self.service.context_of(request.model)
+        if self.endpoint == "/v1/embeddings":
+            return embeddings.reservation(request, limits, context)
+        return chat.reservation(request, limits, context)
 
     async def _chat(self, body: ChatCompletionRequest, request_id: str) -> ChatRequested:
         return await chat_request(

@@ -26,6 +26,7 @@ from llmchat_chat.api.deps import (
     ConversationsDep,
     FilesDep,
     HistoryDep,
+    LimiterDep,
     ResponsesDep,
     ServiceDep,
 )
@@ -121,7 +122,11 @@ async def create_batch(
     history: HistoryDep,
     conversations: ConversationsDep,
     responses: ResponsesDep,
+    limiter: LimiterDep,
 ) -> dict[str, Any]:
+    """Lines are paced to the caller's per-minute token budget (the smallest of its limit
+    scopes), as the tokens each line's route would reserve; chat the caller sends meanwhile
+    is counted apart from it."""
     webhook = None
     if body.webhook_url is not None:
         try:
@@ -174,6 +179,10 @@ async def create_batch(
         expires_at=now + window,
         lines_object=lines_object,
         webhook_url=webhook,
+        tokens_per_minute=min(
+            scope.limits.tokens_per_minute
+            for scope in limiter.scopes(caller.user_id, caller.principal.role, caller.principal.api_key_id)
+        ),
     )
     return batch_body(await history.call("batch_create", create, BatchRecord))
 

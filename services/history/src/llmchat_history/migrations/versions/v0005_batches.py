@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("input_file_id", sa.String(128), nullable=False),
         sa.Column("lines_object", sa.String(256), nullable=False),
         sa.Column("webhook_url", sa.Text(), nullable=True),
+        sa.Column("tokens_per_minute", sa.Integer(), nullable=True),
         sa.Column("completion_window", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("ending", sa.String(16), nullable=True),
@@ -74,6 +75,8 @@ def upgrade() -> None:
         sa.Column("error", JSONB(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("cancel_sent", sa.Boolean(), nullable=False),
+        sa.Column("tokens", sa.Integer(), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("request_id", name="pk_batch_lines"),
         schema=schema,
     )
