@@ -472,13 +472,25 @@ class BatchCoordinator:
             )
         ).all()
         spent: dict[str, int] = {user: int(tokens) for user, tokens in recent}
+        # At most `room` pending lines per owner (oldest batch first): an owner over budget
+        # cannot hide the next owner's lines behind its own.
+        rank = (
+            func.row_number()
+            .over(partition_by=b.user_id, order_by=(b.created_at, c.batch_id, c.line))
+            .label("rank")
+        )
+        pending = (
+            select(
+                c.request_id, c.request, c.tokens, b.user_id, b.tokens_per_minute, b.created_at, c.line, rank
+            )
+            .join(BATCHES, b.id == c.batch_id)
+            .where(b.status == "in_progress", c.status == "pending")
+            .subquery()
+        )
+        p = pending.c
         candidates = (
             await conn.execute(
-                select(c.request_id, c.request, c.tokens, b.user_id, b.tokens_per_minute)
-                .join(BATCHES, b.id == c.batch_id)
-                .where(b.status == "in_progress", c.status == "pending")
-                .order_by(b.created_at, c.batch_id, c.line)
-                .limit(room * 4)
+                select(pending).where(p.rank <= room).order_by(p.created_at, p.user_id, p.rank)
             )
         ).all()
         rows = []

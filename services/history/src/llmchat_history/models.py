@@ -223,6 +223,8 @@ class BatchLine(Base):
 
 
 Index("ix_batch_lines_batch_id_line", BatchLine.batch_id, BatchLine.line, unique=True)
+# The coordinator's pacing reads the lines published in the last minute.
+Index("ix_batch_lines_published_at", BatchLine.published_at)
 Index(
     "ix_batch_lines_open",
     BatchLine.status,

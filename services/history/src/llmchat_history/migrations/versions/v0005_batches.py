@@ -83,6 +83,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_batch_lines_batch_id_line", "batch_lines", ["batch_id", "line"], unique=True, schema=schema
     )
+    op.create_index("ix_batch_lines_published_at", "batch_lines", ["published_at"], schema=schema)
     op.create_index(
         "ix_batch_lines_open",
         "batch_lines",
