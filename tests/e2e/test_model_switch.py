@@ -217,8 +217,6 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
     assert expected
 
     async def stream() -> tuple[str, str]:
-        # A client of its own: the streams must run at the same time (in a run where they
-        # shared one, the edge saw each only once the one before had ended).
         async with AsyncOpenAI(base_url=f"{edge_url}/v1", api_key=api_key, max_retries=0, timeout=600) as own:
             own_completions: Any = own.chat.completions
             chunks = await own_completions.create(model=POOL, messages=MESSAGES, stream=True, **GREEDY)
@@ -227,6 +225,11 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
                 request_id = chunk.id
                 if chunk.choices and chunk.choices[0].delta.content:
                     text.append(chunk.choices[0].delta.content)
+                # The chunks arrive faster than the SDK parses them, so each read finds data
+                # already buffered and never suspends: without a yield here this one stream
+                # holds the test's event loop until it ends (the CI failures of this test: the
+                # next stream only started once the one before had ended).
+                await asyncio.sleep(0)
         return request_id, "".join(text)
 
     # Both workers busy with long greedy answers when the switch begins. The streams start one

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmchat_common.contracts import ChatRequested
+from llmchat_common.history_contracts import DbText
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -67,7 +68,7 @@ class BatchCreate(_Body):
     endpoint: str
     input_file_id: str = Field(max_length=128)
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: dict[DbText, DbText] | None = None
     created_at: float
     expires_at: float
     # The object (files store) holding the `PreparedLine`s as JSONL.
@@ -80,16 +81,16 @@ class BatchCreate(_Body):
 
 
 class BatchRef(_Body):
-    user_id: str = Field(min_length=1, max_length=128)
-    batch_id: str = Field(min_length=1, max_length=128)
+    user_id: DbText = Field(min_length=1, max_length=128)
+    batch_id: DbText = Field(min_length=1, max_length=128)
 
 
 class BatchListQuery(_Body):
     """Newest first; `after` is the id of the last batch of the page before."""
 
-    user_id: str = Field(min_length=1, max_length=128)
+    user_id: DbText = Field(min_length=1, max_length=128)
     limit: int = Field(default=20, ge=1, le=MAX_BATCH_PAGE)
-    after: str | None = Field(default=None, max_length=128)
+    after: DbText | None = Field(default=None, max_length=128)
 
 
 class BatchRecord(_Out):
@@ -130,8 +131,8 @@ class BatchPage(_Out):
 class BatchLinesQuery(_Body):
     """The lines of the output (`which="output"`) or error file, in line order, after `after`."""
 
-    user_id: str = Field(min_length=1, max_length=128)
-    batch_id: str = Field(min_length=1, max_length=128)
+    user_id: DbText = Field(min_length=1, max_length=128)
+    batch_id: DbText = Field(min_length=1, max_length=128)
     which: Literal["output", "error"]
     after: int = Field(default=0, ge=0)
     limit: int = Field(default=200, ge=1, le=1000)

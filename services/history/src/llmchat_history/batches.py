@@ -40,8 +40,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
+from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
@@ -235,7 +237,21 @@ class BatchCoordinator:
         ).first()
         if row is None:
             return
-        raw = await read_object(self.js, self.store, row.lines_object)
+        raw = await read_object(self.js, self.store, row.lines_object)  # unavailable: next tick
+        try:
+            async with conn.begin_nested():
+                await self._insert_lines(conn, row, raw, now)
+        except (DBAPIError, ValidationError) as exc:  # one bad batch must not stop the others
+            log.error("batch not loaded; failed", extra={"batch_id": row.id, "error": repr(exc)[:300]})
+            refusal = LineError(code="batch_unloadable", message="the batch's lines could not be stored")
+            await conn.execute(
+                update(BATCHES)
+                .where(b.id == row.id)
+                .values(status="failed", failed_at=now, validation_errors=[refusal.model_dump()])
+            )
+
+    async def _insert_lines(self, conn: AsyncConnection, row: Any, raw: bytes, now: datetime) -> None:
+        b = BATCHES.c
         lines = [PreparedLine.model_validate_json(text) for text in raw.splitlines() if text.strip()]
         refused = [line.error for line in lines if line.error is not None]
         runs = any(line.request is not None for line in lines)

@@ -49,9 +49,11 @@ ResponseRequestMaker = Callable[[ResponsesRequest, str], Awaitable[ChatRequested
 def _refused(
     line: int, code: str, message: str, param: str | None = None, custom_id: str | None = None
 ) -> PreparedLine:
-    return PreparedLine(
-        line=line, custom_id=custom_id, error=LineError(code=code, message=message, param=param, line=line)
+    # NUL characters are dropped: the error is stored (Postgres text cannot hold them).
+    error = LineError(
+        code=code, message=message.replace("\x00", ""), param=param and param.replace("\x00", ""), line=line
     )
+    return PreparedLine(line=line, custom_id=custom_id, error=error)
 
 
 def _validation_error(exc: ValidationError) -> tuple[str, str | None]:
@@ -95,11 +97,16 @@ class LinePreparer:
         if not isinstance(line, dict):
             return _refused(number, "invalid_json", f"line {number} is not a JSON object")
         custom_id = line.get("custom_id")
-        if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
+        if (
+            not isinstance(custom_id, str)
+            or not custom_id
+            or len(custom_id) > MAX_CUSTOM_ID
+            or "\x00" in custom_id
+        ):
             return _refused(
                 number,
                 "invalid_custom_id",
-                f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters",
+                f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters (no NUL)",
                 "custom_id",
             )
         if custom_id in self.seen:

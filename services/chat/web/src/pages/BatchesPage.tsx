@@ -146,6 +146,7 @@ export default function BatchesPage() {
                   </td>
                   <td role="cell" data-label={t("batches.colStatus")}>
                     <span
+                      data-testid="batch-status"
                       className={`badge ${RUNNING.has(batch.status) ? "" : batch.status === "completed" ? "ok" : "off"}`}
                     >
                       {t(`batches.status.${batch.status}`, { defaultValue: batch.status })}
