@@ -339,6 +339,14 @@ async def sse_frames(frames: AsyncIterator[Frame]) -> AsyncIterator[bytes]:
         yield head + b"data: " + payload.encode() + b"\n\n"
 
 
+def tagged(seq: int | None, chunks: list[str]) -> list[Frame]:
+    """The chunks one event makes, only the last with the event's id: a client cut off between
+    them resumes (`Last-Event-ID`) from the event before, and gets all of this one again. With
+    the id on each, a client cut after the first of a terminal event's chunks (the answer's
+    rest, then its `finish_reason`) would ask to resume after the end, and get nothing."""
+    return [(seq if i == len(chunks) - 1 else None, chunk) for i, chunk in enumerate(chunks)]
+
+
 async def stream_chunks(
     service: ChatService,
     handle: Submitted,
@@ -381,8 +389,8 @@ async def stream_chunks(
                     lost = ApiError("the worker serving this answer was lost; retry", code="worker_lost")
                     yield seq, orjson.dumps(error_body(lost)).decode()
                     break
-                for chunk in chunks:
-                    yield seq, chunk
+                for frame in tagged(seq, chunks):
+                    yield frame
             elif isinstance(event, Completed):
                 settle(admission, event)
                 try:
@@ -399,9 +407,8 @@ async def stream_chunks(
                     yield None, "[DONE]"
                     finished = True
                     break
-                for chunks in ends:
-                    for chunk in chunks:
-                        yield seq, chunk
+                for frame in tagged(seq, [chunk for chunks in ends for chunk in chunks]):
+                    yield frame
                 if writer.include_usage:
                     yield None, writer.usage(event.usage)
                 yield None, "[DONE]"

@@ -34,6 +34,7 @@ from llmchat_chat.api.chat import (
     client_left,
     settle,
     sse_frames,
+    tagged,
     until_disconnected,
 )
 from llmchat_chat.api.completions_format import (
@@ -459,8 +460,8 @@ async def part_frames(
                     raise ApiError(
                         "the worker serving this answer was lost; retry", code="worker_lost"
                     ) from None
-                for chunk in chunks:
-                    yield seq, chunk
+                for frame in tagged(seq, chunks):
+                    yield frame
             elif isinstance(event, Completed):
                 part.finish(event)
                 try:
@@ -473,9 +474,8 @@ async def part_frames(
                     raise ApiError(
                         "the streamed answer differs from the stored one; retry", code="worker_lost"
                     ) from None
-                for chunks in ends:
-                    for chunk in chunks:
-                        yield seq, chunk
+                for frame in tagged(seq, [chunk for chunks in ends for chunk in chunks]):
+                    yield frame
                 return
             elif isinstance(event, Failed | Cancelled):
                 part.finish(event)
