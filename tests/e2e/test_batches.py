@@ -484,8 +484,8 @@ async def test_a_line_keeps_its_newest_attempts_outcome(
             await conn.execute(
                 text(
                     "INSERT INTO history.batch_lines"
-                    " (request_id, batch_id, line, status, attempt, cancel_sent)"
-                    " VALUES (:r, 'batch_fence', 1, 'running', 0, false)"
+                    " (request_id, batch_id, line, status, attempt, cancel_sent, tokens)"
+                    " VALUES (:r, 'batch_fence', 1, 'running', 0, false, 0)"
                 ),
                 {"r": line},
             )

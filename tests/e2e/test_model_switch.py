@@ -225,28 +225,27 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
                 request_id = chunk.id
                 if chunk.choices and chunk.choices[0].delta.content:
                     text.append(chunk.choices[0].delta.content)
-                # The chunks arrive faster than the SDK parses them, so each read finds data
-                # already buffered and never suspends: without a yield here this one stream
-                # holds the test's event loop until it ends (the CI failures of this test: the
-                # next stream only started once the one before had ended).
-                await asyncio.sleep(0)
         return request_id, "".join(text)
 
-    # Both workers busy with long greedy answers when the switch begins. The streams start one
+    # Streams running on the switched worker when the switch begins (they are released and go
+    # on at the other). Not both workers at once: in CI runs, and in a probe of this suite, the
+    # test process's event loop stalled while one openai-SDK stream was read (ticks 2.8 s apart),
+    # so the next stream started only as the one before ended (cause not found; the edge itself
+    # answered other requests meanwhile). The streams start one
     # at a time until both run some: a worker that finds a backlog takes all it has room for in
     # one fetch, so six started at once could all land on one worker (seen in CI).
     streams: list[asyncio.Task[tuple[str, str]]] = []
-    both_running = _both_running(http)
+    switched_running = _switched_running(http)
 
-    async def both_busy() -> bool:
-        if await both_running():
+    async def switched_busy() -> bool:
+        if await switched_running():
             return True
         if len(streams) < MAX_STREAMS:
             streams.append(asyncio.create_task(stream()))
             await asyncio.sleep(2)
         return False
 
-    await eventually(both_busy, timeout=120, what="streams running on both workers of the pool")
+    await eventually(switched_busy, timeout=120, what="a stream running on the switched worker")
     started = time.time()
     accepted = await http.post(f"/v1/admin/workers/{SWITCHED}/model", json={"profile": REAL})
     assert accepted.status_code == 202, accepted.text
@@ -336,11 +335,11 @@ async def test_switch_to_the_real_model_and_back_while_streams_run(
     assert time.time() - started < 900
 
 
-def _both_running(http: httpx.AsyncClient) -> Any:
+def _switched_running(http: httpx.AsyncClient) -> Any:
     async def check() -> bool:
         # A worker may miss a heartbeat on a loaded machine: absent from one listing is
         # "not yet", not a failure.
         workers = await workers_by_id(http)
-        return all(workers.get(w, {}).get("running", 0) > 0 for w in (SWITCHED, "worker-main"))
+        return int(workers.get(SWITCHED, {}).get("running", 0)) > 0
 
     return check

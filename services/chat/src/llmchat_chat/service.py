@@ -182,6 +182,10 @@ async def _entries(kv: KeyValue, kind: type[Entry]) -> list[Entry]:
     return found
 
 
+# See `EventFeed.next`.
+READY_IN_A_ROW = 8
+
+
 class EventFeed:
     """The messages of one ordered consumer, handed over by the client's callback into a queue.
 
@@ -191,16 +195,28 @@ class EventFeed:
     def __init__(self) -> None:
         self.sub: JetStreamContext.PushSubscription | None = None
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._ready_in_a_row = 0
 
     async def deliver(self, msg: Msg) -> None:
         self._queue.put_nowait(msg)
 
     async def next(self, wait_s: float) -> Msg:
-        """The next message; TimeoutError when none came within `wait_s` seconds."""
+        """The next message; TimeoutError when none came within `wait_s` seconds.
+
+        A message already queued is returned without waiting, but not more than
+        `READY_IN_A_ROW` times in a row: awaiting a ready result does not suspend, so a stream
+        whose events come faster than it writes them would never give the event loop up while
+        its queue held messages, and every other request of this edge would wait for it."""
         try:
-            return self._queue.get_nowait()
+            msg = self._queue.get_nowait()
         except asyncio.QueueEmpty:
-            pass
+            self._ready_in_a_row = 0
+        else:
+            self._ready_in_a_row += 1
+            if self._ready_in_a_row >= READY_IN_A_ROW:
+                self._ready_in_a_row = 0
+                await asyncio.sleep(0)
+            return msg
         async with asyncio.timeout(wait_s):
             return await self._queue.get()
 
