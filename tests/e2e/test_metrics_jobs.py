@@ -264,7 +264,9 @@ async def test_a_stream_dropped_mid_answer_is_a_cancelled_job(
         "stream": True,
         "ignore_eos": True,
     }
-    for _ in range(3):
+    # A try whose answer ended before the client left (the projection or the client lagging
+    # under load) is void.
+    for _ in range(6):
         chunks = 0
         async with (
             httpx.AsyncClient(base_url=edge_url, headers=bearer(account.api_key), timeout=60) as http,
@@ -289,7 +291,7 @@ async def test_a_stream_dropped_mid_answer_is_a_cancelled_job(
         assert record.finish_reason == "client" and record.error_code == "cancelled"
         assert record.completion_tokens is not None and 0 < record.completion_tokens < 1500
         return
-    pytest.fail("the test client never left before the answer ended (3 tries): too slow to test")
+    pytest.fail("the test client never left before the answer ended (6 tries): too slow to test")
 
 
 # -- synthetic requests and events -----------------------------------------------------------------
