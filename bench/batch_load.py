@@ -17,22 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import io
 import json
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import psutil
 from loadgen import Sample, chat_body, connector, pct, stream_one
 from openai import AsyncOpenAI
-from systems import REPO, start_llmchat
-
-RESULTS = REPO / "bench" / "results"
+from systems import start_llmchat, write_result
 
 
 async def chat_users(
@@ -144,20 +138,7 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=60.0)
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    record = {
-        "benchmark": "batch_load",
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
-        f"{round(psutil.virtual_memory().total / 2**30)} GiB",
-        "users": args.users,
-        "think_s": args.think_s,
-        "results": results,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"batch-load-{record['date']}.json"
-    Path(out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
-    print(f"written to {out}")
+    write_result("batch_load", "batch-load", users=args.users, think_s=args.think_s, results=results)
 
 
 if __name__ == "__main__":

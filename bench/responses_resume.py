@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
-import psutil
 from loadgen import pct
 from openai import AsyncOpenAI
-from systems import REPO, start_llmchat
-
-RESULTS = REPO / "bench" / "results"
+from systems import start_llmchat, write_result
 
 
 async def first_event_after(client: AsyncOpenAI, response_id: str, after: int) -> tuple[float, list[Any]]:
@@ -112,19 +105,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=400, help="max_output_tokens of each response")
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    record = {
-        "benchmark": "responses_resume",
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
-        f"{round(psutil.virtual_memory().total / 2**30)} GiB",
-        "tokens": args.tokens,
-        "results": results,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"responses-resume-{record['date']}.json"
-    Path(out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
-    print(f"written to {out}")
+    write_result("responses_resume", "responses-resume", tokens=args.tokens, results=results)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ Each system gives its OpenAI base URL, an API key and the pids whose CPU time it
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -249,3 +253,22 @@ def start_litellm(upstream: System, logs: Path) -> System:
         pids={"litellm": [proc.pid]},
         stop=proc.stop,
     )
+
+
+def write_result(benchmark: str, stem: str, **fields: Any) -> Path:
+    """`bench/results/<stem>-<date>.json`: the benchmark's name, date and machine, then
+    `fields`; printed too."""
+    record = {
+        "benchmark": benchmark,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{round(psutil.virtual_memory().total / 2**30)} GiB",
+        **fields,
+    }
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{stem}-{record['date']}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    print(f"written to {out}")
+    return out
