@@ -36,9 +36,9 @@ import nats
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Started, Timings, Usage
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_history, start_metrics
-from llmchat_common.testing.stack import LocalStack, StackPorts
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_history, start_metrics
+from llmchat_common.launch.stack import LocalStack, StackPorts
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".state" / "bench-ingest"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from llmchat_common.testing.services import Account, create_account
+from llmchat_common.testing.accounts import Account, create_account
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,16 +35,16 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until  # noqa: E402
-from llmchat_common.testing.services import (  # noqa: E402
-    create_account,
+from llmchat_common.launch.process import ManagedProcess, free_port, wait_until  # noqa: E402
+from llmchat_common.launch.services import (  # noqa: E402
     start_auth,
     start_edge,
     start_history,
     start_metrics,
     start_worker,
 )
-from llmchat_common.testing.stack import LocalStack, StackPorts, _http_ok  # noqa: E402
+from llmchat_common.launch.stack import LocalStack, StackPorts, _http_ok  # noqa: E402
+from llmchat_common.testing.accounts import create_account  # noqa: E402
 from llmchat_worker.profiles import ModelProfile, load_profile, resolve_model_path, serve_args  # noqa: E402
 
 MODELS_DIR = REPO / ".state" / "models"

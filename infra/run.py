@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import (
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import (
     start_auth,
     start_edge,
     start_history,
@@ -27,8 +27,8 @@ from llmchat_common.testing.services import (
     start_worker,
     wait_for_worker,
 )
-from llmchat_common.testing.stack import LocalStack
-from llmchat_common.testing.supervisor import Supervisor
+from llmchat_common.launch.stack import LocalStack
+from llmchat_common.launch.supervisor import Supervisor
 
 # The services whose operator commands `make <service>-cli` runs against this platform.
 CLI_SERVICES = ("auth", "history", "metrics")

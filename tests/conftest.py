@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llmchat_common.testing.otlp import OtlpReceiver
-from llmchat_common.testing.process import ManagedProcess, wait_until
-from llmchat_common.testing.services import (
+from llmchat_common.launch.process import ManagedProcess, wait_until
+from llmchat_common.launch.services import (
     start_auth,
     start_edge,
     start_history,
@@ -22,7 +21,8 @@ from llmchat_common.testing.services import (
     start_worker,
     wait_for_worker,
 )
-from llmchat_common.testing.stack import LocalStack, StackPorts
+from llmchat_common.launch.stack import LocalStack, StackPorts
+from llmchat_common.testing.otlp import OtlpReceiver
 from tests.helpers import Account, register_account
 
 REPO = Path(__file__).resolve().parents[1]

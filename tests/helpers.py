@@ -18,9 +18,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from llmchat_common import subjects
 from llmchat_common.contracts import parse_event
-from llmchat_common.testing.services import Account as Account
-from llmchat_common.testing.services import create_account
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
+from llmchat_common.testing.accounts import Account as Account
+from llmchat_common.testing.accounts import create_account
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmchat_common.testing.services import wait_for_worker
+from llmchat_common.launch.services import wait_for_worker
 from llmchat_common.testing.vllm_serve import start_vllm_serve
 from llmchat_worker.profiles import load_profile, serve_args
 from tests.conftest import EMBEDDING_MODEL, MAIN_MODEL, Worker

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llmchat_common import subjects
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import rpc_ping, start_auth
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import rpc_ping, start_auth
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import paused
 from tests.helpers import (
     CANARY_PASSWORD,

@@ -17,9 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmchat_common.auth_contracts import api_key_hash
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.e2e.test_auth_edge import assert_401, bearer
 from tests.helpers import make_admin, register_account
 

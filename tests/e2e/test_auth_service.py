@@ -35,11 +35,11 @@ from llmchat_common.auth_contracts import (
     api_key_hash,
     revocation_key,
 )
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_auth
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.rpc import RpcReply
 from llmchat_common.settings import TokenSettings
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_auth
-from llmchat_common.testing.stack import LocalStack
 from tests.helpers import eventually
 
 PASSWORD = "correct horse battery staple"

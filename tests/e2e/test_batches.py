@@ -25,10 +25,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Started, Timings, Usage
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge, start_history, start_worker, wait_for_worker
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.projection import StoredEvent
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge, start_history, start_worker, wait_for_worker
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import FILE_CAP_BYTES, HISTORY_ENV, MAIN_MODEL, ROOMY_LIMITS, SHORT_WINDOW
 from tests.helpers import connect_nats, eventually, register_account
 

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from llmchat_common.contracts import Cancelled, is_terminal
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import MAIN_MODEL, ROOMY_LIMITS
 from tests.helpers import read_request_events
 

@@ -10,8 +10,8 @@ import pytest
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Cancelled, Completed, Delta, parse_request
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.messaging import cancels_kv
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import IDLE_MODEL, Worker
 from tests.helpers import connect_nats, eventually, left_too_late, read_request_events, worker_status
 

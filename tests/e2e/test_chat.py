@@ -10,7 +10,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from llmchat_common.contracts import Completed, Delta, Started
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
 from tests.e2e.conftest import CASES, Reference
 from tests.helpers import read_request_events
 

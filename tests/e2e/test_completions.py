@@ -16,8 +16,8 @@ import pytest
 from openai import AsyncOpenAI
 from transformers import AutoTokenizer
 
-from llmchat_common.testing.services import wait_for_worker
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.services import wait_for_worker
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import EMBEDDING_MODEL, MAIN_MODEL, Worker
 from tests.helpers import eventually
 

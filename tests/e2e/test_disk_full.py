@@ -41,10 +41,10 @@ from nats.js import JetStreamContext
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Delta, Failed
+from llmchat_common.launch.process import ManagedProcess, find_binary, free_port, port_open, wait_until
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.messaging import ensure_streams
 from llmchat_common.settings import NatsSettings
-from llmchat_common.testing.process import ManagedProcess, find_binary, free_port, port_open, wait_until
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL, Worker
 from tests.helpers import connect_nats, eventually, read_request_events
 

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, BadRequestError
 
 from llmchat_common import subjects
 from llmchat_common.contracts import Completed, Started
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import MAIN_MODEL
 from tests.helpers import Account, connect_nats, eventually, read_request_events, register_account
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.testing.vllm_serve import start_vllm_serve
 from llmchat_worker.embedding_engine import resolve_embedding_model_path
 from llmchat_worker.profiles import load_profile, serve_args

@@ -26,10 +26,10 @@ from llmchat_common.contracts import (
     Started,
     parse_event,
 )
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge, start_worker, wait_for_worker
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.messaging import cancels_kv
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge, start_worker, wait_for_worker
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import FAILOVER_MODEL, MAIN_MODEL, ROOMY_LIMITS
 from tests.helpers import connect_nats, eventually, read_request_events, wait_status
 

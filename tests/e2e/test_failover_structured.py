@@ -27,8 +27,8 @@ from openai import AsyncOpenAI
 
 from llmchat_common import subjects
 from llmchat_common.contracts import TERMINAL_TYPES, Completed, Delta, Reset, Started, parse_event
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import FAILOVER_MODEL, MAIN_MODEL
 from tests.e2e.test_failover import (  # noqa: F401 - `workers` is a fixture
     drain,

@@ -31,10 +31,10 @@ from llmchat_common.contracts import (
     is_terminal,
     parse_request,
 )
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.messaging import served_kv
 from llmchat_common.request_log import progress_of, read_request_log
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.stack import LocalStack
 from llmchat_worker.advisories import _publish_exhausted
 from llmchat_worker.errors import Superseded
 from llmchat_worker.fencing import Fence, claim_of

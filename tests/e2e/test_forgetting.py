@@ -16,8 +16,8 @@ from nats.js.errors import NotFoundError
 from llmchat_common import subjects
 from llmchat_common.contracts import Delta
 from llmchat_common.forgetting import outcome
-from llmchat_common.testing.services import Account, create_account
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
+from llmchat_common.testing.accounts import Account, create_account
 from tests.conftest import MAIN_MODEL
 from tests.helpers import connect_nats, eventually, make_admin, read_request_events
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import Worker
 
 ALLOWED = "https://chat.example.com"

@@ -41,13 +41,13 @@ from llmchat_common.contracts import (
 )
 from llmchat_common.db import create_engine, upgrade_schema
 from llmchat_common.history_contracts import Conversation, ConversationPage, Exported
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import rpc_ping, start_history
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.projection import StoredEvent, apply_batch
 from llmchat_common.rpc import RpcReply
 from llmchat_common.settings import PostgresSettings
 from llmchat_common.testing.migrations import migration_diff
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import rpc_ping, start_history
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import paused
 from tests.helpers import connect_nats, eventually
 

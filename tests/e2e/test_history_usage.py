@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 from llmchat_common import subjects
 from llmchat_common.contracts import TERMINAL_TYPES, parse_event
 from llmchat_common.history_contracts import Conversation
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import MAIN_MODEL
 from tests.helpers import Account, connect_nats, eventually, make_admin, register_account, service_cli
 

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from llmchat_chat.api.jobs import JobRequest, body_fingerprint
 from llmchat_chat.jobs import _idempotency_key, new_job_id
 from llmchat_common.contracts import ChatMessage, ChatRequested, Completed, Delta, GenerationParams, Started
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import IDLE_MODEL, MAIN_MODEL, ROOMY_LIMITS, Worker
 from tests.helpers import (
     Account,

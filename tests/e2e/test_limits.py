@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmchat_common.contracts import Cancelled, Completed
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import IDLE_MODEL, MAIN_MODEL, Worker
 from tests.helpers import Account, eventually, left_too_late, read_request_events, register_account
 

@@ -37,10 +37,10 @@ from llmchat_common.contracts import (
     Timings,
     Usage,
 )
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.rpc import RpcReply
 from llmchat_common.testing.migrations import migration_diff
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.stack import LocalStack
 from llmchat_common.usage_contracts import JobPage, JobRecord
 from tests.conftest import IDLE_MODEL, MAIN_MODEL
 from tests.helpers import Account, connect_nats, eventually, left_too_late

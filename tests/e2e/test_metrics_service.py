@@ -32,11 +32,11 @@ from nats.js.api import ConsumerInfo
 from llmchat_common import subjects
 from llmchat_common.contracts import Cancelled, Completed, Failed, Timings, Usage
 from llmchat_common.forgetting import outcome
+from llmchat_common.launch.process import ManagedProcess, free_port, wait_until
+from llmchat_common.launch.services import rpc_ping, start_metrics
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.rpc import RpcReply
 from llmchat_common.testing.migrations import migration_diff
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
-from llmchat_common.testing.services import rpc_ping, start_metrics
-from llmchat_common.testing.stack import LocalStack
 from llmchat_common.usage_contracts import UsageReport
 from tests.conftest import paused
 from tests.helpers import connect_nats, eventually

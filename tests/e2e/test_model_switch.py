@@ -19,9 +19,10 @@ from openai import AsyncOpenAI
 
 from llmchat_common import subjects
 from llmchat_common.contracts import AuditEvent, Completed
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import Account, start_worker, wait_for_worker
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_worker, wait_for_worker
+from llmchat_common.launch.stack import LocalStack
+from llmchat_common.testing.accounts import Account
 from tests.conftest import MAIN_MODEL
 from tests.helpers import connect_nats, eventually, make_admin, read_request_events
 

@@ -28,11 +28,11 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from llmchat_common import subjects
+from llmchat_common.launch import nats_auth
+from llmchat_common.launch.process import ManagedProcess, free_port, wait_until
+from llmchat_common.launch.stack import LocalStack, _http_ok
 from llmchat_common.messaging import ensure_streams, registry_kv, revocations_kv
 from llmchat_common.settings import NatsSettings
-from llmchat_common.testing import nats_auth
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
-from llmchat_common.testing.stack import LocalStack, _http_ok
 from tests.conftest import REPO
 from tests.helpers import connect_nats, eventually
 
@@ -319,7 +319,7 @@ def test_compose_conf_holds_variables_not_passwords() -> None:
     values = re.findall(r"^\s*(?:password|pass)\s*[:=]?\s*(\S+)", text, flags=re.MULTILINE)
     assert sorted(values) == sorted(f"${nats_auth.password_variable(u)}" for u in nats_auth.USERS)
     # The same users and permissions as the local stack; regenerate the block with
-    # `python -m llmchat_common.testing.nats_auth`.
+    # `python -m llmchat_common.launch.nats_auth`.
     assert nats_auth.render_authorization() in text
 
 

@@ -20,10 +20,10 @@ import pytest
 from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.testing.otlp import OtlpReceiver, ReceivedSpan, summarize
 from llmchat_common.testing.prometheus import PrometheusServer, prometheus_binary
 from llmchat_common.testing.promql import dashboard_exprs, metric_names, rule_exprs
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL, REPO
 from tests.helpers import Account, eventually
 

@@ -21,8 +21,8 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel
 
 from llmchat_common.forgetting import forget_requests
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import MAIN_MODEL, ROOMY_LIMITS
 from tests.e2e.test_failover import stored_rows
 from tests.helpers import connect_nats, eventually

@@ -40,7 +40,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import MAIN_MODEL
 from tests.helpers import CANARY_PASSWORD, Account, register_account
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmchat_common.testing.services import start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from tests.conftest import MAIN_MODEL, ROOMY_LIMITS, Edge
 from tests.helpers import make_admin
 

@@ -56,11 +56,12 @@ from llmchat_common.contracts import (
     Timings,
     Usage,
 )
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.services import start_edge
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.messaging import ensure_streams
 from llmchat_common.settings import NatsSettings
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.services import create_account, start_edge
-from llmchat_common.testing.stack import LocalStack
+from llmchat_common.testing.accounts import create_account
 from tests.conftest import MAIN_MODEL, Worker
 from tests.helpers import connect_nats, read_request_events
 

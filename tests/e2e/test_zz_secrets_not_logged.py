@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 
 from llmchat_common.auth_contracts import API_KEY_PREFIX, API_KEY_VISIBLE_CHARS
+from llmchat_common.launch.stack import LocalStack
 from llmchat_common.testing.otlp import OtlpReceiver
-from llmchat_common.testing.stack import LocalStack
 from tests.conftest import MAIN_MODEL
 from tests.helpers import CANARY_PASSWORD, Account
 

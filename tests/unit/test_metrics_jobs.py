@@ -28,8 +28,8 @@ from llmchat_common.contracts import (
     Timings,
     Usage,
 )
+from llmchat_common.launch.nats_auth import JOBS_REQUESTS_DURABLE
 from llmchat_common.rpc import InvalidRequest
-from llmchat_common.testing.nats_auth import JOBS_REQUESTS_DURABLE
 from llmchat_common.usage_contracts import JobListQuery
 
 T0 = 1_800_000_000.0

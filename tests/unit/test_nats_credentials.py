@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from llmchat_common import subjects
+from llmchat_common.launch import nats_auth
 from llmchat_common.settings import NatsSettings
-from llmchat_common.testing import nats_auth
 
 SECRET = "plaintext-canary-7c1d"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from llmchat_common.testing.process import free_port
+from llmchat_common.launch.process import free_port
 from llmchat_common.testing.prometheus import PrometheusQueryError, PrometheusServer
 from llmchat_common.testing.promql import PromQLSyntaxError, dashboard_exprs, metric_names, rule_exprs
 

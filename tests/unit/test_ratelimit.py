@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from llmchat_chat.errors import RateLimited
 from llmchat_chat.ratelimit import Limiter, Scope
 from llmchat_chat.settings import Limits, LimitSettings
-from llmchat_common.testing.process import free_port
+from llmchat_common.launch.process import free_port
 
 
 @pytest.fixture

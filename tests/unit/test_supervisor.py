@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llmchat_common.testing.process import ManagedProcess
-from llmchat_common.testing.supervisor import BACKOFF_MAX_S, STABLE_S, Supervisor
+from llmchat_common.launch.process import ManagedProcess
+from llmchat_common.launch.supervisor import BACKOFF_MAX_S, STABLE_S, Supervisor
 
 
 class Clock:

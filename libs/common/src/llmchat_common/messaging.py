@@ -178,7 +178,7 @@ FILES_STREAM = f"OBJ_{subjects.FILES_BUCKET}"
 
 async def object_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[bytes]:
     """An object's bytes, one chunk per direct get: no consumer (a user that writes the store may
-    not create one: llmchat_common.testing.nats_auth), nothing gathered in memory."""
+    not create one: llmchat_common.launch.nats_auth), nothing gathered in memory."""
     subject = f"$O.{subjects.FILES_BUCKET}.C.{info.nuid}"
     seq = 1
     for _ in range(info.chunks or 0):

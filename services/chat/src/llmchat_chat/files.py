@@ -8,7 +8,7 @@ purposes (a batch's prepared lines) are never listed or served.
 
 Reads stream the object's chunks one direct get at a time, and listing reads the objects'
 metadata the same way: the edge writes the store, so it may create no consumer on it
-(llmchat_common.testing.nats_auth), and nats-py's own `get` gathers the object in memory.
+(llmchat_common.launch.nats_auth), and nats-py's own `get` gathers the object in memory.
 Quotas count the owner's objects when a file is added: a listing of the bucket, so the check
 is as fresh as the upload (two uploads racing may both pass, by at most one file).
 """

@@ -1,7 +1,7 @@
 """The batch coordinator: runs each batch's lines through the event log and ends the batch.
 
 It lives in the history service, which may write the request stream and creates no consumer
-on it (metrics consumes that stream, so may not write it: llmchat_common.testing.nats_auth).
+on it (metrics consumes that stream, so may not write it: llmchat_common.launch.nats_auth).
 
 State lives only in Postgres (`history.batches`, `history.batch_lines`), so any history process can
 take over after any other died. One process coordinates at a time: each tick runs in one

@@ -1,5 +1,4 @@
-"""Helpers that start real processes (nats-server, Postgres, Redis, services) on 127.0.0.1.
-
-The same code serves `make run` (infra/run.py) and the test suite, so what the tests exercise
-is what a user runs.
+"""What only the tests and benchmarks need: accounts, an OTLP receiver, Prometheus and PromQL
+checks, a `vllm serve` to compare with, migration checks. The launcher they start the platform
+with is `llmchat_common.launch`.
 """

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from llmchat_common.testing.process import ManagedProcess, find_binary, free_port, wait_until
+from llmchat_common.launch.process import ManagedProcess, find_binary, free_port, wait_until
 
 DEBIAN_BINARY = Path("/usr/bin/prometheus")
 

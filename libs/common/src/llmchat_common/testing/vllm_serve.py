@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
+from llmchat_common.launch.process import ManagedProcess, free_port, wait_until
 
 
 @dataclass

@@ -19,8 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmchat_common.testing import nats_auth
-from llmchat_common.testing.process import ManagedProcess, as_user, find_binary, free_port, wait_until
+from llmchat_common.launch import nats_auth
+from llmchat_common.launch.process import ManagedProcess, as_user, find_binary, free_port, wait_until
 
 PG_SYSTEM_USER = "llmchat-pg"
 DB_NAME = "llmchat"

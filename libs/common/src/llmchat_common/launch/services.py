@@ -7,18 +7,15 @@ import concurrent.futures
 import json
 import os
 import sys
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import nats
 
 from llmchat_common import subjects
+from llmchat_common.launch.process import ManagedProcess, free_port, wait_until
+from llmchat_common.launch.stack import LocalStack, _http_ok
 from llmchat_common.rpc import RpcReply
-from llmchat_common.testing.process import ManagedProcess, free_port, wait_until
-from llmchat_common.testing.stack import LocalStack, _http_ok
 
 
 def _env(stack: LocalStack, service: str, extra: Mapping[str, str]) -> dict[str, str]:
@@ -189,37 +186,3 @@ def rpc_ping(stack: LocalStack, subject: str) -> bool:
             return pool.submit(asyncio.run, ping()).result(timeout=10)
         except Exception:  # noqa: BLE001
             return False
-
-
-@dataclass(frozen=True)
-class Account:
-    email: str
-    password: str
-    access_token: str
-    refresh_token: str
-    api_key: str
-    user_id: str
-
-
-def create_account(edge_url: str, *, email: str | None = None, password: str | None = None) -> Account:
-    """Registers through the edge, logs in and creates an API key (tests, benchmarks)."""
-    email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
-    password = password or f"pw-{uuid.uuid4().hex}"
-    with httpx.Client(base_url=edge_url, timeout=30) as http:
-        user = http.post("/v1/auth/register", json={"email": email, "password": password})
-        if user.status_code != 201:
-            raise RuntimeError(f"registration failed: {user.status_code} {user.text}")
-        tokens = http.post("/v1/auth/login", json={"email": email, "password": password})
-        if tokens.status_code != 200:
-            raise RuntimeError(f"login failed: {tokens.status_code} {tokens.text}")
-        pair = tokens.json()
-        key = http.post(
-            "/v1/auth/api-keys",
-            json={"name": "generated"},
-            headers={"Authorization": f"Bearer {pair['access_token']}"},
-        )
-        if key.status_code != 201:
-            raise RuntimeError(f"API key creation failed: {key.status_code} {key.text}")
-    return Account(
-        email, password, pair["access_token"], pair["refresh_token"], key.json()["key"], user.json()["id"]
-    )

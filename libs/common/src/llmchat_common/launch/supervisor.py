@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from llmchat_common.testing.process import ManagedProcess
+from llmchat_common.launch.process import ManagedProcess
 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0

@@ -4,7 +4,7 @@ Derived from `subjects.py` and from what each service's code does on the broker.
 writes this block into its nats.conf with generated passwords; `infra/nats/nats.conf` (the
 compose deployment) carries the same block with `$NATS_<USER>_PASSWORD` references, and a test
 keeps the two identical. Regenerate the deployment block with
-`python -m llmchat_common.testing.nats_auth`.
+`python -m llmchat_common.launch.nats_auth`.
 
 What a JetStream client needs beyond its own subjects (nats-py 2.16):
 - `$JS.API.*` requests: stream create/update/info (`ensure_streams` and `ensure_kv` at start),
