@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps web web-test screenshots run auth-cli history-cli metrics-cli replay test lint fmt bench clean
+.PHONY: setup system-deps web web-test screenshots run cluster auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -69,6 +69,12 @@ screenshots: setup web
 
 run: setup web
 	$(PY) infra/run.py
+
+# The same platform replicated on this machine: 3 nats-servers (JetStream at 3 replicas), two
+# edges behind nginx on :8080, two tiny-random workers, two of auth, history and metrics.
+# `.state/cluster/topology.json` lists every process; Ctrl-C stops all.
+cluster: setup web
+	$(PY) infra/run.py --cluster
 
 # The auth service's operator commands against the platform `make run` started, e.g.
 #   make auth-cli ARGS="create-admin --email you@example.com"     (also: rotate-keys, list-keys,

@@ -527,7 +527,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Platform]:
 
 async def admin_nats(info: dict[str, str]) -> Client:
     passwords = json.loads(await asyncio.to_thread(Path(info["nats_passwords"]).read_text))
-    return await nats.connect(info["nats"], user="admin", password=passwords["admin"])
+    return await nats.connect(info["nats"].split(","), user="admin", password=passwords["admin"])
 
 
 async def chaos(args: argparse.Namespace) -> int:

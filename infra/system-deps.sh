@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local stack and the test suite run (Postgres, Redis,
-# Prometheus, Node.js for the web app, Chromium for its browser tests) when missing.
+# Prometheus, Node.js for the web app, Chromium for its browser tests, nginx in front of the
+# edges of `make cluster`) when missing.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || need+=(postgresql)
@@ -9,6 +10,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 # The web app's build (Node.js 20+ with npm) and its browser tests (Debian's Chromium).
 command -v node >/dev/null || need+=(nodejs npm)
 command -v chromium >/dev/null || need+=(chromium)
+command -v nginx >/dev/null || test -x /usr/sbin/nginx || need+=(nginx)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "missing: ${need[*]}; install them with your package manager" >&2

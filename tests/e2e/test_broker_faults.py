@@ -18,7 +18,7 @@ from tests.conftest import MAIN_MODEL, ROOMY_LIMITS
 from tests.helpers import read_request_events
 
 # The edge gives up on an unconfirmed publish quickly here (two tries of one second).
-IMPATIENT = {**ROOMY_LIMITS, "LLMCHAT_CHAT_PUBLISH_TIMEOUT_S": "1", "LLMCHAT_CHAT_PUBLISH_ATTEMPTS": "2"}
+IMPATIENT = {**ROOMY_LIMITS, "LLMCHAT_CHAT_PUBLISH_TIMEOUT_S": "1", "LLMCHAT_CHAT_PUBLISH_RETRY_S": "1.5"}
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def make_broker(settings: NatsSettings, *, name: str) -> NatsBroker:
         # Credentials go in the CONNECT, never in the URL (which FastStream and nats-py log).
         security = NatsUserPassword(settings.user, settings.password.get_secret_value())
     return NatsBroker(
-        settings.url,
+        settings.servers,
         connect_timeout=settings.connect_timeout,
         name=name,
         max_reconnect_attempts=-1,
@@ -75,6 +75,7 @@ def stream_configs(settings: NatsSettings) -> list[StreamConfig]:
         "duplicate_window": settings.duplicate_window_s,
         "max_msg_size": settings.max_msg_bytes,
         "allow_direct": True,
+        "num_replicas": settings.replicas,
     }
     return [
         StreamConfig(
@@ -154,19 +155,19 @@ async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
     await js.update_stream(config)
 
 
-async def ensure_kv(js: JetStreamContext, bucket: str, ttl_s: float) -> KeyValue:
-    config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.FILE)
+async def ensure_kv(js: JetStreamContext, bucket: str, ttl_s: float, replicas: int = 1) -> KeyValue:
+    config = KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas)
     try:
         return await js.create_key_value(config)
     except BadRequestError:
         return await js.key_value(bucket)
 
 
-async def files_store(js: JetStreamContext) -> ObjectStore:
+async def files_store(js: JetStreamContext, replicas: int = 1) -> ObjectStore:
     """Uploaded files and prepared batch lines: JetStream's object store, so files are
     replicated with the streams and need no other server (a Postgres large object would tie
     every read to the database, and the edge owns no tables)."""
-    config = ObjectStoreConfig(bucket=subjects.FILES_BUCKET, storage=StorageType.FILE)
+    config = ObjectStoreConfig(bucket=subjects.FILES_BUCKET, storage=StorageType.FILE, replicas=replicas)
     try:
         return await js.create_object_store(subjects.FILES_BUCKET, config=config)
     except BadRequestError:
@@ -224,12 +225,12 @@ async def send_cancel(
     await nc.publish(subjects.cancel_subject(request_id), payload, headers=headers)
 
 
-async def registry_kv(js: JetStreamContext) -> KeyValue:
-    return await ensure_kv(js, subjects.REGISTRY_BUCKET, REGISTRY_TTL_S)
+async def registry_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await ensure_kv(js, subjects.REGISTRY_BUCKET, REGISTRY_TTL_S, replicas)
 
 
-async def cancels_kv(js: JetStreamContext) -> KeyValue:
-    return await ensure_kv(js, subjects.CANCELS_BUCKET, CANCELS_TTL_S)
+async def cancels_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await ensure_kv(js, subjects.CANCELS_BUCKET, CANCELS_TTL_S, replicas)
 
 
 # A model whose last worker left (a switch, a crash) is still known this long: its requests
@@ -237,8 +238,8 @@ async def cancels_kv(js: JetStreamContext) -> KeyValue:
 SERVED_TTL_S = 7 * 24 * 3600.0
 
 
-async def served_kv(js: JetStreamContext) -> KeyValue:
-    return await ensure_kv(js, subjects.SERVED_BUCKET, SERVED_TTL_S)
+async def served_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await ensure_kv(js, subjects.SERVED_BUCKET, SERVED_TTL_S, replicas)
 
 
 # Longer than any access token lives (auth refuses a longer access TTL): a denylisted token
@@ -246,8 +247,8 @@ async def served_kv(js: JetStreamContext) -> KeyValue:
 REVOCATIONS_TTL_S = 24 * 3600.0
 
 
-async def revocations_kv(js: JetStreamContext) -> KeyValue:
-    return await ensure_kv(js, subjects.REVOCATIONS_BUCKET, REVOCATIONS_TTL_S)
+async def revocations_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    return await ensure_kv(js, subjects.REVOCATIONS_BUCKET, REVOCATIONS_TTL_S, replicas)
 
 
 async def publish_audit(js: JetStreamContext, event: AuditEvent, msg_id: str) -> None:

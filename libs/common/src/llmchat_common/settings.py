@@ -16,7 +16,11 @@ class NatsSettings(BaseSettings):
     # Validation errors never echo their input: it may hold the password.
     model_config = SettingsConfigDict(env_prefix="LLMCHAT_NATS_", extra="ignore", hide_input_in_errors=True)
 
+    # One server, or a cluster's servers separated by commas (clients fail over between them).
     url: str = "nats://127.0.0.1:4222"
+    # Copies of every stream, KV bucket and object store (a cluster: 3, so a node may die).
+    # Given when they are first created; an existing one keeps its count.
+    replicas: int = Field(default=1, ge=1, le=5)
     # This service's NATS user (each service has its own, with its own subject permissions).
     # The password is a SecretStr: it never shows in a repr, a log line or an error.
     user: str | None = None
@@ -45,6 +49,10 @@ class NatsSettings(BaseSettings):
     duplicate_window_s: float = 120.0
     # Storage is "file" everywhere; tests may shrink replicas/limits, never switch to memory.
     max_msg_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in self.url.split(",") if url.strip()]
 
     @model_validator(mode="after")
     def _user_and_password_together(self) -> Self:

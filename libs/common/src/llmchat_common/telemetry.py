@@ -35,6 +35,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 
+from llmchat_common.publish import publish_retrying
+
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
@@ -214,10 +216,12 @@ async def publish_traced(
     *,
     msg_id: str,
     timeout_s: float,
+    retry_s: float = 0.0,
     attributes: Mapping[str, str] | None = None,
 ) -> PubAck:
     """A JetStream publish (idempotent by `msg_id`) inside a producer span whose context travels
-    in the message's headers, so the consumer's spans join the publisher's trace."""
+    in the message's headers, so the consumer's spans join the publisher's trace; tried again
+    for up to `retry_s` while no stream leader answers (llmchat_common.publish)."""
     with _tracer.start_as_current_span(
         f"publish {subject}",
         kind=SpanKind.PRODUCER,
@@ -227,7 +231,9 @@ async def publish_traced(
     ) as span:
         try:
             headers = inject({"Nats-Msg-Id": msg_id})
-            return await js.publish(subject, payload, headers=headers, timeout=timeout_s)
+            return await publish_retrying(
+                js, subject, payload, headers=headers, attempt_timeout_s=timeout_s, window_s=retry_s
+            )
         except Exception as exc:
             record_error(span, exc)
             raise

@@ -153,7 +153,7 @@ async def _signal_jwks_changed(settings: AuthSettings) -> int:
     broker = make_broker(settings.nats, name="auth-cli")
     try:
         await connect_broker(broker, min(settings.startup_timeout_s, 10.0))
-        kv = KvRevocations(await revocations_kv(jetstream(broker)))
+        kv = KvRevocations(await revocations_kv(jetstream(broker), settings.nats.replicas))
         await kv.put(revocation_key("jwks", "changed"), revocation_value())
     except Exception as exc:  # noqa: BLE001 - the key change itself is done
         print(

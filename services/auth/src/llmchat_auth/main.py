@@ -77,7 +77,7 @@ async def lifespan(app: AuthApp) -> AsyncIterator[AuthService]:
         metrics = serve_metrics(settings.prometheus_host, settings.prometheus_port)
         await migrate(app.db, settings)
         await connect_broker(app.broker, settings.startup_timeout_s)
-        revocations = KvRevocations(await revocations_kv(jetstream(app.broker)))
+        revocations = KvRevocations(await revocations_kv(jetstream(app.broker), settings.nats.replicas))
         service = build_service(settings, app.db, revocations)
         await service.prepare()
         register_handlers(app.broker, service, max_workers=settings.max_concurrency)

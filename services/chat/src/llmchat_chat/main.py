@@ -62,15 +62,18 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         await ensure_streams(js, settings.nats)
         nc = nats_client(broker)
         registry = ModelRegistry(
-            await registry_kv(js), settings.models, settings.registry_cache_s, served=await served_kv(js)
+            await registry_kv(js, settings.nats.replicas),
+            settings.models,
+            settings.registry_cache_s,
+            served=await served_kv(js, settings.nats.replicas),
         )
-        service = ChatService(nc, js, registry, await cancels_kv(js), settings)
+        service = ChatService(nc, js, registry, await cancels_kv(js, settings.nats.replicas), settings)
         # Short timeouts: a Redis outage must cost milliseconds, not seconds (see ratelimit.py).
         redis = Redis.from_url(
             settings.redis.url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
         )
         revocations = Revocations()
-        revocations.start(await revocations_kv(js))
+        revocations.start(await revocations_kv(js, settings.nats.replicas))
         # Serving before the revocations are known would accept logged-out tokens and
         # disabled users: no start without them.
         await asyncio.wait_for(revocations.loaded.wait(), timeout=settings.startup_timeout_s)
@@ -84,7 +87,7 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
         app.state.usage = usage_client(nc, settings.usage_timeout_s)
         app.state.jobs = JobDirectory(service, app.state.usage, redis, settings.jobs.idempotency_ttl_s)
         app.state.responses = ResponseDirectory(service, app.state.jobs, app.state.history)
-        app.state.files = FileStore(await files_store(js), js, settings.files)
+        app.state.files = FileStore(await files_store(js, settings.nats.replicas), js, settings.files)
         webhooks = WebhookDispatcher(js, settings.webhooks)
         await webhooks.start()
         init_metrics(settings.models)

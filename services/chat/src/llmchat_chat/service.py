@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
@@ -411,35 +410,22 @@ class ChatService:
         return Submitted(request, sub, self.settings.deadline_grace_s)
 
     async def _publish_request(self, request: ChatRequested) -> None:
-        """Publish, and again with the same message id (inside the stream's duplicate window,
-        so a copy stored by an attempt whose ack was lost is not stored twice) while the
-        broker does not confirm: a stream leader election takes seconds."""
-        attempts = self.settings.publish_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                await publish_traced(
-                    self.js,
-                    subjects.request_subject(request.model),
-                    request.model_dump_json().encode(),
-                    msg_id=request.request_id,
-                    timeout_s=self.settings.publish_timeout_s,
-                    attributes={
-                        "llmchat.request_id": request.request_id,
-                        "llmchat.model": request.model,
-                        "llmchat.source": request.source,
-                    },
-                )
-                return
-            except MaxPayloadError:
-                raise  # never sent
-            except Exception as exc:
-                if is_log_full(exc) or attempt == attempts:
-                    raise
-                log.warning(
-                    "request publish unconfirmed; retrying",
-                    extra={"request_id": request.request_id, "attempt": attempt, "error": repr(exc)},
-                )
-                await asyncio.sleep(min(0.5 * attempt, 2.0))
+        """Publish, again with the same message id while no stream leader answers (inside the
+        stream's duplicate window, so a copy stored by an attempt whose ack was lost is not
+        stored twice): a leader election takes seconds."""
+        await publish_traced(
+            self.js,
+            subjects.request_subject(request.model),
+            request.model_dump_json().encode(),
+            msg_id=request.request_id,
+            timeout_s=self.settings.publish_timeout_s,
+            retry_s=self.settings.publish_retry_s,
+            attributes={
+                "llmchat.request_id": request.request_id,
+                "llmchat.model": request.model,
+                "llmchat.source": request.source,
+            },
+        )
 
     async def _cancel_unconfirmed(self, request_id: str) -> None:
         """Cancel a request whose publish was never confirmed, until the cancel store takes it

@@ -101,10 +101,11 @@ class ChatSettings(BaseSettings):
     deadline_grace_s: float = 5.0
     registry_cache_s: float = 1.0
     publish_timeout_s: float = 5.0
-    # A request publish the broker does not confirm is tried this many times in all (same
-    # message id: stored once), then cancelled, for up to `unconfirmed_cancel_s`, in case a
-    # copy was stored after all; the client gets a 503 with Retry-After.
-    publish_attempts: int = Field(default=3, ge=1)
+    # A request publish the broker does not confirm (no stream leader: an election takes
+    # seconds) is tried again for this long (same message id: stored once), then cancelled,
+    # for up to `unconfirmed_cancel_s`, in case a copy was stored after all; the client gets a
+    # 503 with Retry-After.
+    publish_retry_s: float = Field(default=12.0, ge=0)
     unconfirmed_cancel_s: float = 120.0
     startup_timeout_s: float = 30.0
 

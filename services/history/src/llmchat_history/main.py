@@ -126,8 +126,8 @@ async def lifespan(app: HistoryApp) -> AsyncIterator[HistoryService]:
             app.engine,
             nats_client(app.broker),
             js,
-            await cancels_kv(js),
-            await files_store(js),
+            await cancels_kv(js, settings.nats.replicas),
+            await files_store(js, settings.nats.replicas),
             max_in_flight=settings.batch_max_in_flight,
             tick_s=settings.batch_tick_s,
         )

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llmchat_common import subjects
 from llmchat_common.projection import StoredEvent
+from llmchat_common.publish import LEADER_ELECTION_S
 from llmchat_common.telemetry import publish_traced, trace_id_of
 from llmchat_history import repository as repo
 from llmchat_history.mapping import ConversationUpsert, plan_batch
@@ -36,7 +37,6 @@ from llmchat_history.titles import title_request
 
 log = logging.getLogger(__name__)
 
-PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 2.0
 
 
@@ -194,23 +194,17 @@ class TitlePublisher:
         )
         payload = request.model_dump_json().encode()
         subject = subjects.request_subject(request.model)
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            try:
-                await self._send(subject, payload, request.request_id)
-                self.titles_published += 1
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried, then released
-                log.warning(
-                    "title request publish failed",
-                    extra={
-                        "conversation_id": job.conversation_id,
-                        "attempt": attempt,
-                        "error": type(exc).__name__,
-                    },
-                )
-                await asyncio.sleep(0.2 * attempt)
+        try:
+            await self._send(subject, payload, request.request_id)
+            self.titles_published += 1
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - released: the conversation keeps its fallback title
+            log.warning(
+                "title request publish failed",
+                extra={"conversation_id": job.conversation_id, "error": type(exc).__name__},
+            )
         await self._release(job.conversation_id)
 
     async def _send(self, subject: str, payload: bytes, request_id: str) -> None:
@@ -220,6 +214,7 @@ class TitlePublisher:
             payload,
             msg_id=request_id,
             timeout_s=PUBLISH_TIMEOUT_S,
+            retry_s=LEADER_ELECTION_S,
             attributes={"llmchat.request_id": request_id},
         )
 

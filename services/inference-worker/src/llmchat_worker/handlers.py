@@ -218,9 +218,10 @@ class RequestConsumer:
         linger_s = self.settings.publish_linger_ms / 1000.0
         self._publisher = EventPublisher(nats_client(self.broker), js, linger_s)
         self._sink = NatsEventSink(self._publisher)
-        self._cancels = await cancels_kv(js)
-        self._registry = await registry_kv(js)
-        self._served = await served_kv(js)
+        replicas = self.settings.nats.replicas
+        self._cancels = await cancels_kv(js, replicas)
+        self._registry = await registry_kv(js, replicas)
+        self._served = await served_kv(js, replicas)
         self._log_space = LogSpace(js, subjects.EVENTS_STREAM, self.settings.nats.events_reserve_bytes)
         durable = subjects.worker_consumer(self.token)
         await js.add_consumer(

