@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps web web-test screenshots run cluster auth-cli history-cli metrics-cli replay test lint fmt bench clean
+.PHONY: setup system-deps web web-test screenshots run cluster test-cluster auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -75,6 +75,12 @@ run: setup web
 # `.state/cluster/topology.json` lists every process; Ctrl-C stops all.
 cluster: setup web
 	$(PY) infra/run.py --cluster
+
+# The chaos suite against make cluster's platform: stream leaders, an edge, a worker, projection
+# replicas SIGKILLed under load, then a rolling restart of every replicated process (opt-in,
+# ~15 min; its table goes to bench/results/chaos-cluster/chaos.md and docs/scaling.md).
+test-cluster: setup web
+	$(PY) bench/chaos.py --cluster --state-dir .state/chaos-cluster --out bench/results/chaos-cluster
 
 # The auth service's operator commands against the platform `make run` started, e.g.
 #   make auth-cli ARGS="create-admin --email you@example.com"     (also: rotate-keys, list-keys,

@@ -5,6 +5,7 @@ the event log and the stores.
     python bench/chaos.py                 # every fault, SIGKILL and SIGSTOP alike (docs/reliability.md)
     python bench/chaos.py --short         # every target once (make test runs this, ~5 min)
     python bench/chaos.py --soak 1800     # a 30-minute run; RSS, FDs, consumer lag sampled
+    python bench/chaos.py --cluster       # make cluster's platform (make test-cluster)
 
 Load: streamed chats (a third with `disconnect: "detach"`, which drop on purpose mid-answer and
 resume at /v1/jobs/{id}/events with Last-Event-ID; every stream cut by a fault resumes the same
@@ -77,14 +78,22 @@ PLATFORM_ENV = {
 
 @dataclass(frozen=True)
 class Fault:
-    target: str  # a process name of the supervisor, or "engine" (the worker's engine core)
-    how: str  # "kill" or "stop"
+    # A process name of the supervisor; "engine" (the worker's engine core); "leader:<stream>"
+    # or "follower:<stream>" (the nats-server leading that stream, or one following it);
+    # "rolling" (every replicated process in turn: SIGTERM, started again, ready).
+    target: str
+    how: str  # "kill", "stop" or "term"
     pause_s: float = 0.0
 
     @property
     def name(self) -> str:
         if self.target == "worker" and self.how == "stop" and self.pause_s > ACK_WAIT_S:
             return "worker paused past ack_wait (zombie)"
+        if self.target == "rolling":
+            return "rolling restart"
+        if ":" in self.target:
+            role, stream = self.target.split(":")
+            return f"{stream} {role} SIGKILL"
         return f"{self.target} {'SIGKILL' if self.how == 'kill' else f'SIGSTOP {self.pause_s:.0f}s'}"
 
 
@@ -110,6 +119,23 @@ FULL = [
     Fault("postgres", "stop", 10),
     Fault("redis", "kill"),
 ]
+
+
+# make cluster: 3 nats-servers, two of every service behind nginx (issue 18's faults).
+CLUSTER = [
+    Fault("leader:CHAT_REQUESTS", "kill"),
+    Fault("leader:CHAT_EVENTS", "kill"),
+    Fault("follower:CHAT_EVENTS", "kill"),
+    Fault("chat-1", "kill"),
+    Fault("worker-1", "kill"),
+    Fault("history-1", "kill"),
+    Fault("metrics-2", "kill"),
+    Fault("rolling", "term"),
+]
+# Faults a client must not see at all (a stream leader's death, a rolling restart).
+STRICT = {f.name for f in CLUSTER if f.target == "rolling" or f.target.startswith("leader:")}
+# Not replicated, so not in a rolling restart: Postgres, Redis, nginx (docs/scaling.md).
+SINGLE = ("postgres", "redis", "nginx")
 
 
 @dataclass
@@ -300,9 +326,10 @@ def bearer(token: str) -> dict[str, str]:
 
 # -- the platform and the faults -----------------------------------------------------------
 class Platform:
-    def __init__(self, state: Path, models: Path | None) -> None:
+    def __init__(self, state: Path, models: Path | None, cluster: bool = False) -> None:
         self.state = state
         self.models = models
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, log: Path) -> dict[str, str]:
@@ -312,6 +339,7 @@ class Platform:
             (self.state / "models").symlink_to(self.models.resolve())
         argv = [sys.executable, str(REPO / "infra" / "run.py"), "--state-dir", str(self.state)]
         argv += ["--model", MODEL, "--embedding-model", "none", "--port", str(free_port())]
+        argv += ["--cluster"] if self.cluster else []
         self.proc = subprocess.Popen(
             argv, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **PLATFORM_ENV}
         )
@@ -372,8 +400,69 @@ def target_pid(supervisor: str, target: str) -> int:
     return int(pid)
 
 
-async def inject(fault: Fault, supervisor: str) -> None:
-    pid = await asyncio.to_thread(target_pid, supervisor, fault.target)
+async def stream_node(info: dict[str, str], target: str) -> str:
+    """The nats-server (its process name is its server_name) leading a stream, or following it."""
+    role, stream = target.split(":")
+    nc = await admin_nats(info)
+    try:
+        cluster = (await nc.jetstream().stream_info(stream)).cluster
+    finally:
+        await nc.close()
+    if cluster is None or cluster.leader is None:
+        raise RuntimeError(f"{stream} has no leader")
+    if role == "leader":
+        return cluster.leader
+    followers = [r.name for r in cluster.replicas or [] if r.current and r.name]
+    if not followers:
+        raise RuntimeError(f"{stream} has no current follower")
+    return followers[0]
+
+
+async def rolling_restart(info: dict[str, str], supervisor: str) -> None:
+    """Every replicated process in turn: SIGTERM (a clean stop: a nats-server hands its
+    leaderships over, an edge drains, a worker finishes what it runs), then the supervisor
+    starts it again; the next one once it is back and the platform is ready."""
+    names = [n for n in status(supervisor)["processes"] if n not in SINGLE]
+    for name in names:
+        pid = await asyncio.to_thread(target_pid, supervisor, name)
+        print(f"        {name}: SIGTERM", flush=True)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 300
+        while True:
+            now = (await asyncio.to_thread(status, supervisor))["processes"].get(name, {})
+            if now.get("running") and now.get("pid") != pid and await ready(info, name):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not come back")
+            await asyncio.sleep(0.5)
+
+
+async def ready(info: dict[str, str], name: str) -> bool:
+    """A restarted process serves again: its /readyz (edges, workers) or /healthz (nats)."""
+    topology = json.loads(await asyncio.to_thread(Path(info["topology"]).read_text))
+    entry = next((p for p in topology["processes"] if p["name"] == name), None)
+    if entry is None:
+        return False
+    path = {"edge": "readyz", "worker": "readyz", "nats": "healthz"}.get(entry["role"])
+    port = entry["ports"].get({"edge": "http", "worker": "health", "nats": "monitor"}.get(entry["role"], ""))
+    if path is None or port is None:
+        await asyncio.sleep(2)  # auth, history, metrics: up once running and connected
+        return True
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            return (await http.get(f"http://127.0.0.1:{port}/{path}")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def inject(fault: Fault, supervisor: str, info: dict[str, str]) -> None:
+    if fault.target == "rolling":
+        await rolling_restart(info, supervisor)
+        return
+    target = await stream_node(info, fault.target) if ":" in fault.target else fault.target
+    if target != fault.target:
+        print(f"        {fault.target} is {target}", flush=True)
+    pid = await asyncio.to_thread(target_pid, supervisor, target)
     if fault.how == "kill":
         os.kill(pid, signal.SIGKILL)
         return
@@ -506,6 +595,9 @@ def report(run: Run, verdict: Verdict, recovery: dict[str, float], faults: list[
         unexpected = {k: v for k, v in refused.items() if k.startswith("HTTP 5") or k == "HTTP 500"}
         auth_failed = {k: v for (f, k), v in run.auth_checks.items() if f == fault and not k.endswith(": ok")}
         ok &= lost == 0 and doubled == 0 and differs == 0 and not unexpected and errors["no outcome"] == 0
+        if fault in STRICT:
+            # Replicas take over: not even a documented refusal, a cut stream or a failed login.
+            ok &= not refused and not errors and not auth_failed
         rows.append(
             f"| {fault} | {len(records)} | {lost} | {doubled} | {differs} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(errors.items())) or '-'} | "
@@ -522,7 +614,8 @@ def report(run: Run, verdict: Verdict, recovery: dict[str, float], faults: list[
 def prepare(args: argparse.Namespace) -> tuple[Path, Platform]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return out, Platform(Path(args.state_dir).resolve(), Path(args.models) if args.models else None)
+    models = Path(args.models) if args.models else None
+    return out, Platform(Path(args.state_dir).resolve(), models, cluster=args.cluster)
 
 
 async def admin_nats(info: dict[str, str]) -> Client:
@@ -535,7 +628,7 @@ async def chaos(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     info = await asyncio.to_thread(platform.start, out / "platform.log")
     print(f"platform up in {time.monotonic() - t0:.0f}s: {info['edge']}", flush=True)
-    faults = SHORT if args.short else FULL
+    faults = CLUSTER if args.cluster else SHORT if args.short else FULL
     try:
         # Longer than a worker's restart: a request waits in the queue meanwhile, not an error.
         async with httpx.AsyncClient(base_url=info["edge"], timeout=httpx.Timeout(30, read=120)) as http:
@@ -565,7 +658,7 @@ async def chaos(args: argparse.Namespace) -> int:
                 since = time.monotonic()
                 print(f"{time.monotonic() - t0:6.0f}s  {fault.name}", flush=True)
                 try:
-                    await inject(fault, info["supervisor"])
+                    await inject(fault, info["supervisor"], info)
                 except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                     print(f"        could not inject: {exc}", flush=True)
                 recovery[fault.name] = await recovered(run, fault.name, info["supervisor"], since)
@@ -708,6 +801,7 @@ def _plot(samples: list[dict[str, Any]], t0: float, names: list[str], lags: list
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="every target once (about 5 minutes)")
+    parser.add_argument("--cluster", action="store_true", help="make cluster's platform and its faults")
     parser.add_argument("--streams", type=int, default=6)
     parser.add_argument("--settle-s", type=float, default=3.0, help="load between faults")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of load after the faults")

@@ -89,8 +89,10 @@ def main() -> int:
         models = [alias, *([embedding_model] if embedding_model not in ("", "none") else [])]
         env = {"LLMCHAT_CHAT_WEBHOOKS__SECRET": webhook_secret(stack)}
         if cluster:
-            # Behind nginx: its X-Forwarded-For names the client.
+            # Behind nginx: its X-Forwarded-For names the client. A stopping edge is unready
+            # for 3 s first (the launcher marks it down in nginx within a second).
             env["LLMCHAT_CHAT_FORWARDED_ALLOW_IPS"] = "127.0.0.1"
+            env["LLMCHAT_CHAT_DRAIN_S"] = "3"
             for i in range(1, replicas + 1):
                 platform.edge(f"chat-{i}", models=models, extra_env=env)
             port = platform.start_proxy(args.port)
@@ -157,6 +159,7 @@ def write_platform(stack: LocalStack, *, edge: int, supervisor: int) -> None:
         "redis": stack.env()["LLMCHAT_REDIS_URL"],
         "nats_passwords": str(stack.nats_passwords_file),
         "logs": str(stack.logs),
+        "topology": str(stack.state_dir / "topology.json"),
     }
     (stack.state_dir / "platform.json").write_text(json.dumps(platform, indent=2) + "\n")
 

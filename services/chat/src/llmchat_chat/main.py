@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -163,8 +165,9 @@ def run() -> None:
 
 
 def _serve(settings: ChatSettings) -> None:
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -174,6 +177,29 @@ def _serve(settings: ChatSettings) -> None:
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
+    DrainingServer(config, app, settings.drain_s).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM, first unready (`/readyz` 503) for `drain_s`, still serving, so that a proxy or
+    Kubernetes stops sending new requests here; then uvicorn's own shutdown, which lets the
+    requests in flight (streams included) finish. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_s = drain_s
+        self._draining: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_s <= 0 or self._draining is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self.app.state.draining = True
+        log.info("draining", extra={"seconds": self.drain_s})
+        self._draining = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+        self._draining.daemon = True
+        self._draining.start()
 
 
 if __name__ == "__main__":

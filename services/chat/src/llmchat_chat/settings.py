@@ -108,6 +108,10 @@ class ChatSettings(BaseSettings):
     publish_retry_s: float = Field(default=12.0, ge=0)
     unconfirmed_cancel_s: float = 120.0
     startup_timeout_s: float = 30.0
+    # On SIGTERM, unready (`/readyz` 503) this long before the edge stops taking connections:
+    # longer than the proxy's or Kubernetes' readiness period, so no new request is sent to a
+    # stopping edge (make cluster: 3 s; 0: stop at once).
+    drain_s: float = Field(default=0.0, ge=0)
 
     # Auth: request-reply timeout to the auth service, the API-key cache in Redis, clock skew
     # allowed on token times, and how often an unknown `kid` may trigger a JWKS refetch.
