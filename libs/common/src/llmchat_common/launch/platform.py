@@ -216,8 +216,8 @@ class Proxy:
         )
 
     def write(self) -> Path:
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.folder / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+        # nginx makes the temp folders in it, owned by its worker processes' user.
+        (self.folder / "tmp").mkdir(parents=True, exist_ok=True)
         conf = self.folder / "nginx.conf"
         conf.write_text(self.config())
         return conf
