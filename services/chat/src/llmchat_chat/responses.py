@@ -15,7 +15,7 @@ import orjson
 
 from llmchat_chat.api.responses_format import ResponseView, Terminal
 from llmchat_chat.backends import ServiceClient
-from llmchat_chat.errors import ApiError, NotFound
+from llmchat_chat.errors import ApiError, NotFound, ServiceUnavailable
 from llmchat_chat.jobs import JobDirectory
 from llmchat_chat.service import ChatService
 from llmchat_common import subjects
@@ -151,7 +151,13 @@ class ResponseDirectory:
         await self._jobs.forget(response_id)
         deadline = time.monotonic() + END_WAIT_S
         while time.monotonic() < deadline:
-            state = await self._service.job_state(response_id)
+            try:
+                state = await self._service.job_state(response_id)
+            except ServiceUnavailable:
+                # A direct get racing the eraser's deletes may fail: the delete itself is done
+                # (history has queued the erasure), so the client is not told to try again.
+                await asyncio.sleep(0.1)
+                continue
             if state.started is None and state.terminal is None:
                 return
             await asyncio.sleep(0.1)

@@ -484,6 +484,7 @@ class ChatService:
             except NotFoundError:
                 return None
             except Exception as exc:
+                log.warning("event log read failed", extra={"request_id": request_id, "error": repr(exc)})
                 raise ServiceUnavailable("the event log did not answer; try again") from exc
             try:
                 return LoggedEvent(int(raw.seq or 0), parse_event(raw.data or b""))

@@ -438,12 +438,11 @@ describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
       await send(page, "Write a long story about a lighthouse keeper.");
       await page.getByText("Write a long story about a lighthouse keeper.").first().waitFor();
       const id = await liveRequestId(page);
-      if (!(await grewWhileStreaming(page, id, 5))) {
+      // Stop as soon as the answer shows: the whole answer takes ~4 s in CI.
+      if (!(await grewWhileStreaming(page, id, 1))) {
         if (attempt < 3) continue;
-        throw new Error("the answer always ended before the page had shown it grow 5 times (3 tries)");
+        throw new Error("the answer always ended before the page had shown it (3 tries)");
       }
-      await page.waitForURL(/\/c\/[0-9a-f-]+$/);
-      conversationId = new URL(page.url()).pathname.split("/").pop() ?? "";
       const clicked = await page
         .getByRole("button", { name: t("chat.stop"), exact: true })
         .click({ timeout: 10_000 })
@@ -452,6 +451,8 @@ describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
           (error: unknown) => String(error),
         );
       const clickedAt = Date.now() / 1000;
+      await page.waitForURL(/\/c\/[0-9a-f-]+$/);
+      conversationId = new URL(page.url()).pathname.split("/").pop() ?? "";
       const shown = await finalText(page, id);
       let job = { status: "", finished_at: null as number | null };
       await expect
@@ -543,20 +544,31 @@ describe.each(LANGUAGES)("the web app in %s", (language, browserLocale) => {
     "resumes an answer after a reload in the middle, without duplicated or missing text",
     async () => {
       // A new chat: the tiny model's context (2,048 tokens) holds one long answer.
-      await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
       shape = { ignore_eos: true, max_tokens: 1500 };
-      await send(page, "Second question: tell me more.");
-      const id = await liveRequestId(page);
-      await waitForGrowth(page, id, 1);
-      const before = Number(await page.locator(`[data-request-id="${id}"]`).getAttribute("data-chars"));
-      const resumes = requests.length;
-      await page.reload();
+      // A try whose answer ended before the reload landed (a starved browser) proves nothing:
+      // the page then loads it whole. It runs again, in a new chat (3 tries).
+      let id = "";
+      let before: number;
+      let reattached: Request[];
+      for (let attempt = 1; ; attempt++) {
+        await page.getByRole("button", { name: t("sidebar.newChat"), exact: true }).click();
+        await send(page, "Second question: tell me more.");
+        id = await liveRequestId(page);
+        const streaming = await grewWhileStreaming(page, id, 1);
+        before = Number(await page.locator(`[data-request-id="${id}"]`).getAttribute("data-chars"));
+        const resumes = requests.length;
+        const reloadedAt = Date.now() / 1000;
+        if (streaming) await page.reload();
+        await finalText(page, id);
+        // It re-attached with Last-Event-ID (not from the start).
+        reattached = requests.slice(resumes).filter((r) => r.url().includes(`/v1/jobs/${id}/events`));
+        if (streaming && reattached.length > 0) break;
+        if (attempt >= 3) throw new Error("the answer always ended before the reload (3 tries)");
+        expect(await endedAt(id)).toBeLessThan(reloadedAt + 1);
+      }
       const shown = await finalText(page, id);
       const chars = (await recorded(page, id)).chars ?? 0;
       expect(chars).toBeGreaterThan(before);
-      // It re-attached with Last-Event-ID (not from the start).
-      const reattached = requests.slice(resumes).filter((r) => r.url().includes(`/v1/jobs/${id}/events`));
-      expect(reattached.length).toBeGreaterThan(0);
       expect(Number(await reattached[0]!.headerValue("last-event-id"))).toBeGreaterThan(1);
       expect(await storedText(page, id)).toBe(shown);
       const token = await userToken();
