@@ -175,6 +175,10 @@ class Run:
 def kind_of(status: int, headers: httpx.Headers) -> str:
     if status == 503 and headers.get("retry-after"):
         return "503+Retry-After"
+    if status == 502 and headers.get("server", "").startswith("nginx"):
+        # make cluster: the request was in flight to an edge that died (as a refused
+        # connection is without a proxy); one not yet sent goes to the other edge.
+        return "502 from nginx (its edge died)"
     return f"HTTP {status}"
 
 

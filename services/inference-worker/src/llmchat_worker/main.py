@@ -7,10 +7,13 @@ nak'ed or left un-acked, so JetStream redelivers them to another worker).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,10 +43,30 @@ SERVICE = "inference-worker"
 class WorkerState:
     fatal: bool = False
     host: ModelHost | None = None
+    # The process's own run (not an app in a test): once stopped, it must exit within this.
+    exit_grace_s: float | None = None
 
     @property
     def consumer(self) -> RequestConsumer | None:
         return None if self.host is None else self.host.consumer
+
+
+# Once the drain is done and the engine stopped, the process has this long to exit. Seen once
+# under the cluster's rolling restart: a worker that logged its shutdown complete and never
+# exited (a thread of the default executor that did not return), so its supervisor never
+# started it again. Its requests were already handed back: nothing is lost by ending it.
+EXIT_GRACE_S = 20.0
+
+
+def exit_within(seconds: float, state: WorkerState) -> None:
+    def force() -> None:
+        log.error("shutdown did not finish; exiting now (threads below)", extra={"seconds": seconds})
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1 if state.fatal else 0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def make_engine(settings: WorkerSettings, profile: ModelProfile) -> ServingEngine:
@@ -88,6 +111,8 @@ def create_app(settings: WorkerSettings | None = None, state: WorkerState | None
                 host.engine.shutdown()
             log.info("engine stopped")
             await asyncio.to_thread(stop_metrics, metrics_server)
+            if state.exit_grace_s is not None:
+                exit_within(state.exit_grace_s, state)
 
     app = FastAPI(title="llmchat inference worker", lifespan=lifespan)
     app.state.worker = state
@@ -123,7 +148,7 @@ def run() -> None:
     configure_vllm_logging(SERVICE, settings.log)
     # Before the engine starts: vLLM's request spans go through this process's provider.
     setup_telemetry(SERVICE)
-    state = WorkerState()
+    state = WorkerState(exit_grace_s=EXIT_GRACE_S)
     app = create_app(settings, state)
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
