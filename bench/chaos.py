@@ -428,6 +428,13 @@ async def rolling_restart(info: dict[str, str], supervisor: str) -> None:
     starts it again; the next one once it is back and the platform is ready."""
     names = [n for n in status(supervisor)["processes"] if n not in SINGLE]
     for name in names:
+        # As a rolling upgrade does: the next one only once it serves (a worker restarted by
+        # an earlier fault may still be loading its model).
+        deadline = time.monotonic() + 300
+        while not await ready(info, name):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} is not ready")
+            await asyncio.sleep(0.5)
         pid = await asyncio.to_thread(target_pid, supervisor, name)
         print(f"        {name}: SIGTERM", flush=True)
         os.kill(pid, signal.SIGTERM)

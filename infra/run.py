@@ -79,7 +79,10 @@ def main() -> int:
             f"tools: {stack.nats_passwords_file})",
             flush=True,
         )
-        workers = [platform.worker(model, _named("worker", i, replicas)) for i in range(1, replicas + 1)]
+        workers = [
+            platform.worker(model, _named("worker", i, replicas), extra_env=_cpu_binding(i, replicas))
+            for i in range(1, replicas + 1)
+        ]
         if embedding_model not in ("", "none"):
             workers.append(platform.worker(embedding_model, "worker-embedding"))
         for service in ("auth", "history", "metrics"):
@@ -139,6 +142,15 @@ def main() -> int:
     finally:
         print("stopping...", flush=True)
         platform.stop()
+
+
+def _cpu_binding(i: int, replicas: int) -> dict[str, str]:
+    """On CPU, vLLM binds its engine's threads to core 0 by default: two engines would share one
+    core (a restarting one then took minutes to load beside the other's busy threads). Each
+    worker of a cluster gets a core of its own (read only by vLLM's CPU platform)."""
+    if replicas == 1:
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": str((i - 1) % (os.cpu_count() or 1))}
 
 
 def _named(role: str, i: int, replicas: int) -> str:
