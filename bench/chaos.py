@@ -436,16 +436,39 @@ async def rolling_restart(info: dict[str, str], supervisor: str) -> None:
                 raise RuntimeError(f"{name} is not ready")
             await asyncio.sleep(0.5)
         pid = await asyncio.to_thread(target_pid, supervisor, name)
+        subscribed = await asyncio.to_thread(subscriptions, info, name)
         print(f"        {name}: SIGTERM", flush=True)
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 300
         while True:
             now = (await asyncio.to_thread(status, supervisor))["processes"].get(name, {})
-            if now.get("running") and now.get("pid") != pid and await ready(info, name):
+            if (
+                now.get("running")
+                and now.get("pid") != pid
+                and await ready(info, name)
+                and (
+                    subscribed is None
+                    or (await asyncio.to_thread(subscriptions, info, name) or 0) > subscribed
+                )
+            ):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not come back")
             await asyncio.sleep(0.5)
+
+
+def subscriptions(info: dict[str, str], name: str) -> int | None:
+    """How many times a service without a port (auth, history, metrics) has said in its log that
+    it answers (FastStream's "`...Ping` waiting for messages", once per start); None for the
+    others (their ports say it)."""
+    topology = json.loads(Path(info["topology"]).read_text())
+    entry = next((p for p in topology["processes"] if p["name"] == name), None)
+    if entry is None or entry["role"] not in ("auth", "history", "metrics"):
+        return None
+    try:
+        return Path(entry["log"]).read_text(errors="replace").count("Ping` waiting for messages")
+    except OSError:
+        return 0
 
 
 async def ready(info: dict[str, str], name: str) -> bool:
@@ -457,8 +480,7 @@ async def ready(info: dict[str, str], name: str) -> bool:
     path = {"edge": "readyz", "worker": "readyz", "nats": "healthz"}.get(entry["role"])
     port = entry["ports"].get({"edge": "http", "worker": "health", "nats": "monitor"}.get(entry["role"], ""))
     if path is None or port is None:
-        await asyncio.sleep(2)  # auth, history, metrics: up once running and connected
-        return True
+        return True  # auth, history, metrics: see `subscriptions`
     try:
         async with httpx.AsyncClient(timeout=2) as http:
             return (await http.get(f"http://127.0.0.1:{port}/{path}")).status_code == 200

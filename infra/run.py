@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmchat_common.launch.platform import Platform, webhook_secret
+from llmchat_common.launch.platform import Platform, state_secret, webhook_secret
 from llmchat_common.launch.services import wait_for_worker
 from llmchat_common.launch.stack import LocalStack
 from llmchat_common.launch.supervisor import Supervisor
@@ -90,7 +90,10 @@ def main() -> int:
                 platform.service(service, _named(service, i, replicas))
         alias = os.environ.get("LLMCHAT_WORKER_ALIAS") or model
         models = [alias, *([embedding_model] if embedding_model not in ("", "none") else [])]
-        env = {"LLMCHAT_CHAT_WEBHOOKS__SECRET": webhook_secret(stack)}
+        env = {
+            "LLMCHAT_CHAT_WEBHOOKS__SECRET": webhook_secret(stack),
+            "LLMCHAT_CHAT_CACHE_SECRET": state_secret(stack, "cache-secret"),
+        }
         if cluster:
             # Behind nginx: its X-Forwarded-For names the client. A stopping edge is unready
             # for 3 s first (the launcher marks it down in nginx within a second).

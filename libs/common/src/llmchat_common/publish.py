@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -21,6 +23,7 @@ from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Longer than a leader election after a crash, with room for the client to notice.
 LEADER_ELECTION_S = 12.0
@@ -73,3 +76,19 @@ async def publish_retrying(
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_DELAY_S)
         attempt += 1
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, window_s: float, what: str) -> T:
+    """`call()`, again while its error is transient (no leader: a consumer created during an
+    election, say) and `window_s` has not passed."""
+    deadline = time.monotonic() + window_s
+    delay = FIRST_DELAY_S
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay >= deadline:
+                raise
+            log.warning(f"{what} failed; retrying", extra={"error": repr(exc)})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY_S)

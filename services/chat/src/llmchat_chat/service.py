@@ -45,6 +45,7 @@ from llmchat_common.contracts import (
 )
 from llmchat_common.log_space import LogSpace, is_log_full
 from llmchat_common.messaging import REGISTRY_TTL_S, send_cancel
+from llmchat_common.publish import retrying
 from llmchat_common.request_log import LoggedEvent, LogUnavailable, read_request_log
 from llmchat_common.telemetry import inject, publish_traced
 
@@ -460,12 +461,17 @@ class ChatService:
             config = ConsumerConfig(deliver_policy=resume, opt_start_seq=after_seq + 1)
         feed = EventFeed()
         try:
-            feed.sub = await self.js.subscribe(
-                subjects.request_events_filter(request_id),
-                stream=subjects.EVENTS_STREAM,
-                cb=feed.deliver,
-                ordered_consumer=True,
-                config=config,
+            # Again while no leader answers (the consumer is created during an election).
+            feed.sub = await retrying(
+                lambda: self.js.subscribe(
+                    subjects.request_events_filter(request_id),
+                    stream=subjects.EVENTS_STREAM,
+                    cb=feed.deliver,
+                    ordered_consumer=True,
+                    config=config,
+                ),
+                window_s=self.settings.publish_retry_s,
+                what="event log subscription",
             )
             return feed
         except Exception as exc:

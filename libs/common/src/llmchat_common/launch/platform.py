@@ -263,7 +263,14 @@ def write_cli_env(stack: LocalStack, service: str) -> None:
 def webhook_secret(stack: LocalStack) -> str:
     """The master secret job webhooks are signed under (per-user keys derive from it), made
     once per state folder so the keys users saved keep verifying after a restart."""
-    path = stack.state_dir / "webhook-secret"
+    return state_secret(stack, "webhook-secret")
+
+
+def state_secret(stack: LocalStack, name: str) -> str:
+    """A random secret made once per state folder (only its owner may read the file), the same
+    for every process given it: e.g. the edges' API-key cache secret, which every edge of a
+    cluster must share (else each edge refuses the others' Redis entries)."""
+    path = stack.state_dir / name
     if not path.exists():
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(32))
