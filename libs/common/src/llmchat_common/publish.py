@@ -52,30 +52,20 @@ async def publish_retrying(
     attempt_timeout_s: float,
     window_s: float = LEADER_ELECTION_S,
 ) -> PubAck:
-    """Publish, and again while the error is transient and `window_s` has not passed (0: once)."""
+    """Publish, and again while the error is transient and `window_s` has not passed (0: once).
+    A retry waits no longer than what is left of the window (at least 0.5 s)."""
     deadline = time.monotonic() + window_s
-    delay = FIRST_DELAY_S
-    attempt = 1
-    while True:
+    attempts = 0
+
+    async def publish() -> PubAck:
+        nonlocal attempts
+        attempts += 1
         remaining = deadline - time.monotonic()
-        timeout = attempt_timeout_s if attempt == 1 else max(0.5, min(attempt_timeout_s, remaining))
-        try:
-            return await js.publish(subject, payload, headers=headers, timeout=timeout)
-        except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + delay >= deadline:
-                raise
-            log.warning(
-                "publish unconfirmed; retrying",
-                extra={
-                    "subject": subject,
-                    "msg_id": (headers or {}).get("Nats-Msg-Id"),
-                    "attempt": attempt,
-                    "error": repr(exc),
-                },
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_DELAY_S)
-        attempt += 1
+        timeout = attempt_timeout_s if attempts == 1 else max(0.5, min(attempt_timeout_s, remaining))
+        return await js.publish(subject, payload, headers=headers, timeout=timeout)
+
+    msg_id = (headers or {}).get("Nats-Msg-Id")
+    return await retrying(publish, window_s=window_s, what=f"publish to {subject} (message id {msg_id})")
 
 
 async def retrying(call: Callable[[], Awaitable[T]], *, window_s: float, what: str) -> T:
