@@ -92,7 +92,7 @@ def test_every_import_is_declared(dist: str) -> None:
             continue
         dists = {canonicalize_name(d) for d in providers.get(module, [])}
         if module.startswith("llmchat_"):  # editable installs: not in packages_distributions()
-            dists = {LOCAL_MODULES.get(module, module.replace("_", "-"))}
+            dists = {canonicalize_name(LOCAL_MODULES.get(module, module.replace("_", "-")))}
         if not dists & installed:
             missing[module] = (where, sorted(dists))
     assert not missing, f"{dist} imports what it does not declare (module: first file, providers): {missing}"
