@@ -17,7 +17,7 @@ include .env
 export
 endif
 
-.PHONY: setup system-deps web web-test k8s-tools screenshots run cluster test-cluster auth-cli history-cli metrics-cli replay test lint fmt bench clean
+.PHONY: setup system-deps web web-test k8s-tools screenshots run cluster test-cluster compose-smoke auth-cli history-cli metrics-cli replay test lint fmt bench clean
 
 setup: system-deps $(STAMP)
 
@@ -92,6 +92,14 @@ cluster: setup web
 # ~15 min; its table goes to bench/results/chaos-cluster/chaos.md and docs/scaling.md).
 test-cluster: setup web
 	$(PY) bench/chaos.py --cluster --state-dir .state/chaos-cluster --out bench/results/chaos-cluster
+
+# docker-compose.yml started for real with podman (no registry needed: every image is built here,
+# from Debian by debootstrap), the CPU worker in place of the GPU one; a user registers and chats,
+# and the history and usage rows are checked (opt-in: the first run builds images for ~10 min;
+# its report goes to .state/compose/). Root only (podman, runc, debootstrap from Debian).
+compose-smoke: setup
+	@bash infra/system-deps.sh compose
+	$(PY) infra/compose_smoke.py $(ARGS)
 
 # The auth service's operator commands against the platform `make run` started, e.g.
 #   make auth-cli ARGS="create-admin --email you@example.com"     (also: rotate-keys, list-keys,

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local stack and the test suite run (Postgres, Redis,
 # Prometheus, Node.js for the web app, Chromium for its browser tests, nginx in front of the
-# edges of `make cluster`) when missing.
+# edges of `make cluster`) when missing; with `compose`, what `make compose-smoke` needs too.
 set -euo pipefail
 need=()
+# `make compose-smoke` only: containers without a Docker daemon, and the base image's build.
+if [ "${1:-}" = compose ]; then
+  command -v podman >/dev/null || need+=(podman)
+  command -v runc >/dev/null || need+=(runc)
+  command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap || need+=(debootstrap)
+  # The init that `init: true` (the worker) asks for.
+  test -x /usr/libexec/podman/catatonit || need+=(catatonit)
+fi
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v prometheus >/dev/null || need+=(prometheus)
