@@ -13,6 +13,7 @@ and timed in llmchat_rpc_duration_seconds{service,method}.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
+import nats.errors
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client
@@ -34,6 +36,11 @@ from llmchat_common.telemetry import extract, inject, record_error, tracer
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
 
+# While no replica of a service is subscribed (each reconnecting to another NATS node after one
+# was lost, or all restarting), a request gets "no responders" at once: nobody received it, so
+# it is sent again after this pause, until the call's own timeout. A timeout is not retried: the
+# request may have been handled.
+NO_RESPONDERS_PAUSE_S = 0.25
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RPC_REQUESTS = Counter(
     "llmchat_rpc_requests",
@@ -291,10 +298,18 @@ class RpcClient:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            deadline = time.monotonic() + (timeout_s or self._timeout_s)
             try:
-                msg = await self._nc.request(
-                    subject, payload, timeout=timeout_s or self._timeout_s, headers=inject({})
-                )
+                while True:
+                    try:
+                        msg = await self._nc.request(
+                            subject, payload, timeout=deadline - time.monotonic(), headers=inject({})
+                        )
+                        break
+                    except nats.errors.NoRespondersError:
+                        if time.monotonic() + NO_RESPONDERS_PAUSE_S >= deadline:
+                            raise
+                        await asyncio.sleep(NO_RESPONDERS_PAUSE_S)
                 reply = RpcReply.model_validate_json(msg.data)
             except Exception as exc:
                 record_error(trace.get_current_span(), exc)
