@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from llmchat_chat.service import follow_events
 from llmchat_common import subjects
 from llmchat_common.launch.stack import LocalStack
 from llmchat_common.messaging import ensure_streams, files_store, registry_kv
@@ -143,6 +145,55 @@ async def test_a_killed_stream_leader_costs_seconds_and_no_publish(
         assert time.monotonic() < deadline, f"replicas differ: {counts}"
         await asyncio.sleep(0.5)
     print(f"leader {leader} SIGKILLed: the slowest publish took {worst:.2f} s; replicas {counts}")
+
+
+async def test_a_followed_answer_rides_out_the_loss_of_the_events_leader(
+    cluster: LocalStack, admin: Client
+) -> None:
+    """The edge follows an answer through an ordered consumer: a one-replica consumer on one
+    of the nodes. That node is SIGKILLed mid-answer (the stream's leader too when it is one):
+    the feed pauses for two heartbeats and, when the leader went, the election, then goes on
+    from the event after its last, with nothing missed or repeated."""
+    js = admin.jetstream()
+    stream = subjects.EVENTS_STREAM
+    request_id = f"follow-{uuid.uuid4().hex}"
+    feed = await follow_events(js, request_id, 0, heartbeat_s=1.0, retry_s=12.0)
+    assert feed.sub is not None
+    consumer = await feed.sub.consumer_info()
+    assert consumer.cluster is not None and consumer.cluster.leader is not None
+    node = consumer.cluster.leader
+    stream_leader = (await js.stream_info(stream)).cluster.leader  # type: ignore[union-attr]
+    count = 150
+    received: list[int] = []
+    gaps: list[float] = []
+
+    async def publish_all() -> None:
+        for i in range(count):
+            subject = subjects.event_subject(request_id, "delta")
+            headers = {"Nats-Msg-Id": f"{request_id}-{i}"}
+            await publish_retrying(js, subject, str(i).encode(), headers=headers, attempt_timeout_s=2.0)
+            if i == 50:
+                cluster.crash_process(node)
+            await asyncio.sleep(0.02)
+
+    async def read_all() -> None:
+        last = time.monotonic()
+        while len(received) < count:
+            msg = await feed.next(30)
+            received.append(int(msg.data))
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(publish_all(), read_all()), timeout=90)
+    finally:
+        await feed.close()
+        cluster.start_nats_node(node)
+    assert received == list(range(count))
+    worst = max(gaps)
+    assert worst < 10.0, f"the feed stopped for {worst:.1f} s"
+    role = "the consumer's and the stream's leader" if node == stream_leader else "the consumer's node"
+    print(f"{node} ({role}) SIGKILLed: the followed answer paused {worst:.2f} s at most")
 
 
 def keda_lag(cluster: LocalStack, stream: str, consumer: str) -> tuple[int, dict[str, int]]:

@@ -226,6 +226,33 @@ class EventFeed:
                 await self.sub.unsubscribe()
 
 
+async def follow_events(
+    js: JetStreamContext, request_id: str, after_seq: int, *, heartbeat_s: float, retry_s: float
+) -> EventFeed:
+    """A feed of one request's events after stream sequence `after_seq` (0: all of them),
+    through an ordered consumer. Made again while no leader answers (during an election); once
+    made, it outlives its consumer: two missed heartbeats and nats-py makes a new one from the
+    last event delivered (again every two heartbeats until one is made)."""
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    if after_seq > 0:
+        resume = DeliverPolicy.BY_START_SEQUENCE
+        config = ConsumerConfig(deliver_policy=resume, opt_start_seq=after_seq + 1)
+    feed = EventFeed()
+    feed.sub = await retrying(
+        lambda: js.subscribe(
+            subjects.request_events_filter(request_id),
+            stream=subjects.EVENTS_STREAM,
+            cb=feed.deliver,
+            ordered_consumer=True,
+            idle_heartbeat=heartbeat_s,
+            config=config,
+        ),
+        window_s=retry_s,
+        what="event log subscription",
+    )
+    return feed
+
+
 class RequestHandle:
     """One request's events from the log, in stream order, through an ordered consumer: events
     already stored first, then live ones; a lost connection or consumer resumes where it was,
@@ -455,25 +482,14 @@ class ChatService:
         return RequestHandle(request_id, await self._subscribe(request_id, after_seq), give_up_at)
 
     async def _subscribe(self, request_id: str, after_seq: int) -> EventFeed:
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-        if after_seq > 0:
-            resume = DeliverPolicy.BY_START_SEQUENCE
-            config = ConsumerConfig(deliver_policy=resume, opt_start_seq=after_seq + 1)
-        feed = EventFeed()
         try:
-            # Again while no leader answers (the consumer is created during an election).
-            feed.sub = await retrying(
-                lambda: self.js.subscribe(
-                    subjects.request_events_filter(request_id),
-                    stream=subjects.EVENTS_STREAM,
-                    cb=feed.deliver,
-                    ordered_consumer=True,
-                    config=config,
-                ),
-                window_s=self.settings.publish_retry_s,
-                what="event log subscription",
+            return await follow_events(
+                self.js,
+                request_id,
+                after_seq,
+                heartbeat_s=self.settings.event_heartbeat_s,
+                retry_s=self.settings.publish_retry_s,
             )
-            return feed
         except Exception as exc:
             log.warning("event log subscription failed", extra={"request_id": request_id, "error": repr(exc)})
             raise ServiceUnavailable("the event log did not answer; try again") from exc

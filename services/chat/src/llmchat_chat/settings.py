@@ -106,6 +106,11 @@ class ChatSettings(BaseSettings):
     # for up to `unconfirmed_cancel_s`, in case a copy was stored after all; the client gets a
     # 503 with Retry-After.
     publish_retry_s: float = Field(default=12.0, ge=0)
+    # Idle heartbeat of the ordered consumer that follows a request's events: two missed ones
+    # and the client makes the consumer again from the last event it had. The consumer lives on
+    # the stream's leader, so a killed leader stops a stream for about twice this plus the
+    # election (nats-py's default, 5 s, made that 10 s at least).
+    event_heartbeat_s: float = Field(default=1.0, gt=0)
     unconfirmed_cancel_s: float = 120.0
     startup_timeout_s: float = 30.0
     # On SIGTERM, unready (`/readyz` 503) this long before the edge stops taking connections:
