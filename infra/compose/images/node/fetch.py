@@ -20,10 +20,13 @@ if algorithm != "sha512" or base64.b64encode(hashlib.sha512(data).digest()).deco
     sys.exit(f"{name}@{version}: the tarball does not match the registry's integrity {dist['integrity']}")
 out = Path(target)
 with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+    # The "tar" filter (no absolute paths, nothing outside `out`) where this Python has it
+    # (3.11.4+, and Debian's backport).
+    if hasattr(tarfile, "tar_filter"):
+        archive.extraction_filter = tarfile.tar_filter
     for member in archive.getmembers():
         if not member.name.startswith("package/"):
             continue
         member.name = member.name.removeprefix("package/")
-        # The "tar" filter where this Python has it (3.11.4+, and Debian's backport).
-        archive.extract(member, out, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+        archive.extract(member, out)
 print(f"{name}@{version}: {len(data)} bytes, sha512 checked, into {out}")
