@@ -156,12 +156,31 @@ class ManagedProcess:
         if self._proc is not None:
             os.killpg(self._proc.pid, signal.SIGSTOP)
             self._signal_descendants(signal.SIGSTOP)
+            self._wait_stopped()
 
     def resume(self) -> None:
         if self._proc is not None:
             self._signal_descendants(signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGCONT)
+
+    def _wait_stopped(self, timeout_s: float = 5.0) -> None:
+        """A SIGSTOP takes effect when the kernel next runs the process: on a loaded machine a
+        moment after the signal was sent (CI once read "running" just after it). Returns once
+        the leader and every descendant are stopped, or after `timeout_s`."""
+        import psutil
+
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                leader = psutil.Process(self._proc.pid)
+                group = [leader, *leader.children(recursive=True)]
+                if all(proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) for proc in group):
+                    return
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.01)
 
     def _signal_descendants(self, sig: int) -> None:
         import psutil  # a test dependency: pause and resume are for tests only
